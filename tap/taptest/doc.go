@@ -1,0 +1,2 @@
+// Package taptest provides an in-memory tap.Device for tests that need no root.
+package taptest
