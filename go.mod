@@ -1,6 +1,6 @@
 module github.com/weavemesh/weave
 
-go 1.26
+go 1.26.8
 
 require (
 	github.com/containernetworking/cni v1.3.1 // indirect
