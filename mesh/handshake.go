@@ -1,0 +1,506 @@
+package mesh
+
+// The connection handshake. Wire format, each step written by both ends at once (so neither
+// waits for the other to speak first) and read in full before anything is judged (so both ends
+// report the same reason, instead of one seeing a reset):
+//
+//	1. hello:    "weave" minVersion maxVersion                       (7 bytes)
+//	2. key:      flag (0 plain, 1 encrypted) + 32-byte X25519 key    (33 bytes; zeros if plain)
+//	3. confirm:  framed, sealed transcript hash                      (encrypted only)
+//	4. intro:    framed (sealed if encrypted) key/value message:
+//	             count u8, then per entry: keyLen u8, key, valueLen u16 BE, value
+//	             with the reserved keys Name, NickName, UID, ConnID and the caller's Features.
+//
+// After that the connection carries framed messages (see Conn).
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Protocol version range this build speaks.
+const (
+	ProtocolMinVersion byte = 1
+	ProtocolMaxVersion byte = 1
+)
+
+// DefaultHandshakeTimeout bounds a handshake when HandshakeParams.Timeout is zero (as Weave).
+const DefaultHandshakeTimeout = 10 * time.Second
+
+// Limits on the intro message: enough for any real peer, small enough that an unauthenticated
+// peer cannot make us hold much.
+const (
+	MaxNickNameLen     = 255
+	MaxFeatures        = 32 // caller's features, not counting the reserved keys
+	MaxFeatureKeyLen   = 64
+	MaxFeatureValueLen = 1024
+	maxIntroEntries    = MaxFeatures + 4
+	maxIntroSize       = 1 + maxIntroEntries*(1+MaxFeatureKeyLen+2+MaxFeatureValueLen)
+)
+
+const (
+	protocolMagic = "weave"
+	helloSize     = len(protocolMagic) + 2
+	keyMsgSize    = 1 + 32
+	flagPlain     = 0
+	flagEncrypted = 1
+)
+
+// Reserved intro keys (Weave's feature names).
+const (
+	introName     = "Name"
+	introNickName = "NickName"
+	introUID      = "UID"
+	introConnID   = "ConnID"
+)
+
+// Errors callers branch on; returned wrapped with the peer's address and the details.
+var (
+	// ErrWrongPassword: the peer's confirmation did not open, so its password differs from ours.
+	ErrWrongPassword = errors.New("authentication failed: wrong password?")
+	// ErrPasswordMismatch: one end has a password and the other has none.
+	ErrPasswordMismatch = errors.New("password mismatch")
+	// ErrVersionMismatch: the protocol version ranges do not overlap.
+	ErrVersionMismatch = errors.New("protocol version mismatch")
+	// ErrMessageTooLarge: a message or frame exceeds the limit.
+	ErrMessageTooLarge = errors.New("message too large")
+	// ErrReplayOrForgery: a sealed message failed to open after the handshake (replayed,
+	// reordered, dropped or altered on the way).
+	ErrReplayOrForgery = errors.New("message failed authentication: replayed, reordered or forged")
+	// ErrBadHandshake: the peer sent something malformed during the handshake.
+	ErrBadHandshake = errors.New("malformed handshake")
+	// ErrHandshakeTimeout: the handshake did not finish within its deadline.
+	ErrHandshakeTimeout = errors.New("handshake timed out")
+)
+
+// ErrAuthFailed is another name for ErrWrongPassword.
+var ErrAuthFailed = ErrWrongPassword
+
+// ConnCounters counts refused handshakes and fatal connection errors by reason, for metrics.
+// Share one across all connections; the zero value is ready. A nil *ConnCounters counts
+// nothing.
+type ConnCounters struct {
+	WrongPassword    atomic.Uint64
+	PasswordMismatch atomic.Uint64
+	VersionMismatch  atomic.Uint64
+	BadHandshake     atomic.Uint64
+	HandshakeTimeout atomic.Uint64
+	MessageTooLarge  atomic.Uint64
+	ReplayOrForgery  atomic.Uint64
+}
+
+func (cc *ConnCounters) add(c *atomic.Uint64) {
+	if cc != nil {
+		c.Add(1)
+	}
+}
+
+// HandshakeParams describes our end of a connection.
+type HandshakeParams struct {
+	Name                   PeerName // our identity; must be non-zero
+	NickName               string
+	UID                    uint64 // must be non-zero
+	Password               []byte // nil/empty: no encryption
+	MinVersion, MaxVersion byte   // zero: ProtocolMinVersion/ProtocolMaxVersion
+	// Features are extra key/values for the peer (e.g. "overlays": "fastdp sleeve"). Keys are
+	// 1-64 printable ASCII characters and may not be one of the reserved intro keys (Name,
+	// NickName, UID, ConnID); values are UTF-8, at most 1024 bytes; at most 32 entries.
+	Features map[string]string
+	Outbound bool          // we dialled
+	Timeout  time.Duration // whole-handshake deadline; zero: DefaultHandshakeTimeout
+	Counters *ConnCounters // optional: failures are counted here
+	// Rand is the randomness source for ephemeral keys and the connection ID; nil: crypto/rand.
+	Rand io.Reader
+}
+
+// RemoteIntro is what the peer told us about itself, validated.
+type RemoteIntro struct {
+	Name     PeerName
+	NickName string
+	UID      uint64
+	ConnID   uint64 // our random ID XOR theirs: the same on both ends
+	Version  byte   // negotiated protocol version
+	Features map[string]string
+	// Encrypted: both ends have a password and the connection is sealed.
+	Encrypted bool
+}
+
+// Handshake runs the connection handshake on c (freshly dialled or accepted) and returns the
+// framed connection and the validated peer introduction. It takes ownership of c: on error c is
+// closed. Errors wrap one of the sentinels above when the reason is known, and are counted in
+// p.Counters. It does not judge the peer's identity (connection to self, name collisions):
+// that is the caller's, using the returned RemoteIntro.
+func Handshake(c net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
+	conn, intro, err := handshake(c, p)
+	if err != nil {
+		_ = c.Close()
+		p.Counters.countHandshakeError(err)
+		return nil, RemoteIntro{}, fmt.Errorf("handshake with %s: %w", c.RemoteAddr(), err)
+	}
+	return conn, intro, nil
+}
+
+func (cc *ConnCounters) countHandshakeError(err error) {
+	if cc == nil {
+		return
+	}
+	switch {
+	case errors.Is(err, ErrWrongPassword):
+		cc.add(&cc.WrongPassword)
+	case errors.Is(err, ErrPasswordMismatch):
+		cc.add(&cc.PasswordMismatch)
+	case errors.Is(err, ErrVersionMismatch):
+		cc.add(&cc.VersionMismatch)
+	case errors.Is(err, ErrHandshakeTimeout):
+		cc.add(&cc.HandshakeTimeout)
+	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
+		cc.add(&cc.BadHandshake)
+	}
+}
+
+func (p *HandshakeParams) validate() error {
+	if p.Name == UnknownPeerName || uint64(p.Name)>>peerNameBits != 0 {
+		return fmt.Errorf("invalid handshake params: bad peer name %#x", uint64(p.Name))
+	}
+	if p.UID == 0 {
+		return errors.New("invalid handshake params: zero UID")
+	}
+	if err := checkNickName(p.NickName); err != nil {
+		return fmt.Errorf("invalid handshake params: %w", err)
+	}
+	if p.MinVersion == 0 {
+		p.MinVersion = ProtocolMinVersion
+	}
+	if p.MaxVersion == 0 {
+		p.MaxVersion = ProtocolMaxVersion
+	}
+	if p.MinVersion > p.MaxVersion || p.MinVersion < ProtocolMinVersion || p.MaxVersion > ProtocolMaxVersion {
+		return fmt.Errorf("invalid handshake params: version range [%d,%d] outside supported [%d,%d]",
+			p.MinVersion, p.MaxVersion, ProtocolMinVersion, ProtocolMaxVersion)
+	}
+	if len(p.Features) > MaxFeatures {
+		return fmt.Errorf("invalid handshake params: %d features, max %d", len(p.Features), MaxFeatures)
+	}
+	for k, v := range p.Features {
+		if isReservedIntroKey(k) {
+			return fmt.Errorf("invalid handshake params: feature key %q is reserved", k)
+		}
+		if err := checkFeature(k, v); err != nil {
+			return fmt.Errorf("invalid handshake params: %w", err)
+		}
+	}
+	if p.Timeout <= 0 {
+		p.Timeout = DefaultHandshakeTimeout
+	}
+	if p.Rand == nil {
+		p.Rand = rand.Reader
+	}
+	return nil
+}
+
+func handshake(nc net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
+	if err := p.validate(); err != nil {
+		return nil, RemoteIntro{}, err
+	}
+	if err := nc.SetDeadline(time.Now().Add(p.Timeout)); err != nil {
+		return nil, RemoteIntro{}, fmt.Errorf("set deadline: %w", err)
+	}
+	conn, intro, err := runHandshake(nc, &p)
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w after %v: %w", ErrHandshakeTimeout, p.Timeout, err)
+		}
+		return nil, RemoteIntro{}, err
+	}
+	if err := nc.SetDeadline(time.Time{}); err != nil {
+		return nil, RemoteIntro{}, fmt.Errorf("clear deadline: %w", err)
+	}
+	return conn, intro, nil
+}
+
+func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
+	br := bufio.NewReaderSize(nc, 32<<10)
+	encrypted := len(p.Password) > 0
+
+	// 1. Version ranges.
+	ourHello := append([]byte(protocolMagic), p.MinVersion, p.MaxVersion)
+	theirHello := make([]byte, helloSize)
+	if err := exchange(
+		func() error { _, err := nc.Write(ourHello); return err },
+		func() error { _, err := io.ReadFull(br, theirHello); return err },
+	); err != nil {
+		return nil, RemoteIntro{}, fmt.Errorf("exchange versions: %w", err)
+	}
+	version, err := negotiateVersion(p.MinVersion, p.MaxVersion, theirHello)
+	if err != nil {
+		return nil, RemoteIntro{}, err
+	}
+
+	// 2. Encryption flag and ephemeral public key.
+	var ourKey ephemeralKey
+	ourKeyMsg := make([]byte, keyMsgSize)
+	if encrypted {
+		if ourKey, err = newEphemeralKey(p.Rand); err != nil {
+			return nil, RemoteIntro{}, err
+		}
+		ourKeyMsg[0] = flagEncrypted
+		copy(ourKeyMsg[1:], ourKey.pub[:])
+	}
+	theirKeyMsg := make([]byte, keyMsgSize)
+	if err := exchange(
+		func() error { _, err := nc.Write(ourKeyMsg); return err },
+		func() error { _, err := io.ReadFull(br, theirKeyMsg); return err },
+	); err != nil {
+		return nil, RemoteIntro{}, fmt.Errorf("exchange keys: %w", err)
+	}
+	switch theirKeyMsg[0] {
+	case flagPlain:
+		if encrypted {
+			return nil, RemoteIntro{}, fmt.Errorf("password configured here but peer requested an unencrypted connection: %w", ErrPasswordMismatch)
+		}
+	case flagEncrypted:
+		if !encrypted {
+			return nil, RemoteIntro{}, fmt.Errorf("peer %s requires a password but none is configured here: %w", nc.RemoteAddr(), ErrPasswordMismatch)
+		}
+	default:
+		return nil, RemoteIntro{}, fmt.Errorf("%w: encryption flag %d", ErrBadHandshake, theirKeyMsg[0])
+	}
+
+	var conn *Conn
+	if encrypted {
+		theirPub := (*[32]byte)(theirKeyMsg[1:])
+		keys, err := deriveSessionKeys(ourKey, theirPub, p.Password)
+		clear(ourKey.priv[:])
+		if err != nil {
+			return nil, RemoteIntro{}, err
+		}
+		if conn, err = newConn(nc, br, &keys, p.Counters); err != nil {
+			return nil, RemoteIntro{}, err
+		}
+		// 3. Key confirmation: the first sealed message in each direction.
+		weAreLo := bytes.Compare(ourKey.pub[:], theirPub[:]) < 0
+		transcript := transcriptHash(ourHello, theirHello, ourKeyMsg, theirKeyMsg, weAreLo)
+		conn.recvLimit = len(transcript)
+		var confirm []byte
+		if err := exchange(
+			func() error { return conn.Send(transcript[:]) },
+			func() (err error) { confirm, err = conn.receive(); return err },
+		); err != nil {
+			if errors.Is(err, ErrReplayOrForgery) {
+				return nil, RemoteIntro{}, ErrWrongPassword
+			}
+			return nil, RemoteIntro{}, fmt.Errorf("exchange key confirmation: %w", err)
+		}
+		if subtle.ConstantTimeCompare(confirm, transcript[:]) != 1 {
+			// Opened with the right keys but over different cleartext: someone rewrote the
+			// version or key messages on the way.
+			return nil, RemoteIntro{}, fmt.Errorf("%w: transcript mismatch (handshake altered in transit)", ErrBadHandshake)
+		}
+	} else if conn, err = newConn(nc, br, nil, p.Counters); err != nil {
+		return nil, RemoteIntro{}, err
+	}
+
+	// 4. Introductions.
+	ourConnID, err := randomUint64(p.Rand)
+	if err != nil {
+		return nil, RemoteIntro{}, err
+	}
+	ourIntro := encodeIntro(p, ourConnID)
+	conn.recvLimit = maxIntroSize
+	var theirIntroMsg []byte
+	if err := exchange(
+		func() error { return conn.Send(ourIntro) },
+		func() (err error) { theirIntroMsg, err = conn.receive(); return err },
+	); err != nil {
+		if errors.Is(err, ErrMessageTooLarge) {
+			return nil, RemoteIntro{}, fmt.Errorf("%w: intro: %w", ErrBadHandshake, err)
+		}
+		return nil, RemoteIntro{}, fmt.Errorf("exchange intro: %w", err)
+	}
+	intro, err := decodeIntro(theirIntroMsg)
+	if err != nil {
+		return nil, RemoteIntro{}, err
+	}
+	intro.ConnID ^= ourConnID
+	intro.Version = version
+	intro.Encrypted = encrypted
+	conn.recvLimit = MaxMessageSize
+	return conn, intro, nil
+}
+
+// exchange runs write and read at once and waits for both. Waiting for our write even when the
+// read failed matters: the peer is reading our half right now, and if we closed early it would
+// see a reset instead of the message that tells it what went wrong.
+func exchange(write, read func() error) error {
+	werr := make(chan error, 1)
+	go func() { werr <- write() }()
+	rerr := read()
+	if err := <-werr; rerr == nil && err != nil {
+		return err
+	}
+	return rerr
+}
+
+func negotiateVersion(ourMin, ourMax byte, theirHello []byte) (byte, error) {
+	if string(theirHello[:len(protocolMagic)]) != protocolMagic {
+		return 0, fmt.Errorf("%w: not a weave peer (greeting %q)", ErrBadHandshake, theirHello)
+	}
+	theirMin, theirMax := theirHello[len(protocolMagic)], theirHello[len(protocolMagic)+1]
+	if theirMin > theirMax || theirMin == 0 {
+		return 0, fmt.Errorf("%w: version range [%d,%d]", ErrBadHandshake, theirMin, theirMax)
+	}
+	v := min(ourMax, theirMax)
+	if max(ourMin, theirMin) > v {
+		return 0, fmt.Errorf("%w: ours [%d,%d], peer's [%d,%d]", ErrVersionMismatch, ourMin, ourMax, theirMin, theirMax)
+	}
+	return v, nil
+}
+
+func isReservedIntroKey(k string) bool {
+	return k == introName || k == introNickName || k == introUID || k == introConnID
+}
+
+func checkNickName(n string) error {
+	if len(n) > MaxNickNameLen {
+		return fmt.Errorf("nickname of %d bytes, max %d", len(n), MaxNickNameLen)
+	}
+	if !utf8.ValidString(n) {
+		return errors.New("nickname is not UTF-8")
+	}
+	for _, r := range n {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("nickname %q has a non-printable character", n)
+		}
+	}
+	return nil
+}
+
+func checkFeature(k, v string) error {
+	if len(k) == 0 || len(k) > MaxFeatureKeyLen {
+		return fmt.Errorf("feature key %q: length %d not in [1,%d]", k, len(k), MaxFeatureKeyLen)
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] <= ' ' || k[i] > '~' {
+			return fmt.Errorf("feature key %q: not printable ASCII", k)
+		}
+	}
+	if len(v) > MaxFeatureValueLen {
+		return fmt.Errorf("feature %q: value of %d bytes, max %d", k, len(v), MaxFeatureValueLen)
+	}
+	if !utf8.ValidString(v) {
+		return fmt.Errorf("feature %q: value is not UTF-8", k)
+	}
+	return nil
+}
+
+// encodeIntro writes the intro message; p has been validated, so every length fits.
+func encodeIntro(p *HandshakeParams, connID uint64) []byte {
+	entries := [][2]string{
+		{introName, p.Name.String()},
+		{introNickName, p.NickName},
+		{introUID, strconv.FormatUint(p.UID, 10)},
+		{introConnID, strconv.FormatUint(connID, 10)},
+	}
+	for k, v := range p.Features {
+		entries = append(entries, [2]string{k, v})
+	}
+	b := []byte{byte(len(entries))}
+	for _, e := range entries {
+		b = append(b, byte(len(e[0])))
+		b = append(b, e[0]...)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(e[1])))
+		b = append(b, e[1]...)
+	}
+	return b
+}
+
+// decodeIntro parses and validates a peer's intro message. ConnID is the peer's own value.
+func decodeIntro(b []byte) (RemoteIntro, error) {
+	bad := func(format string, args ...any) (RemoteIntro, error) {
+		return RemoteIntro{}, fmt.Errorf("%w: intro: %s", ErrBadHandshake, fmt.Sprintf(format, args...))
+	}
+	if len(b) > maxIntroSize {
+		return bad("%d bytes, max %d", len(b), maxIntroSize)
+	}
+	if len(b) < 1 {
+		return bad("empty")
+	}
+	n := int(b[0])
+	if n > maxIntroEntries {
+		return bad("%d entries, max %d", n, maxIntroEntries)
+	}
+	b = b[1:]
+	all := make(map[string]string, n)
+	for i := range n {
+		if len(b) < 1 {
+			return bad("entry %d: truncated", i)
+		}
+		kl := int(b[0])
+		if len(b) < 1+kl+2 {
+			return bad("entry %d: truncated", i)
+		}
+		k := string(b[1 : 1+kl])
+		vl := int(binary.BigEndian.Uint16(b[1+kl:]))
+		b = b[1+kl+2:]
+		if len(b) < vl {
+			return bad("entry %d: truncated", i)
+		}
+		v := string(b[:vl])
+		b = b[vl:]
+		if _, dup := all[k]; dup {
+			return bad("duplicate key %q", k)
+		}
+		if !isReservedIntroKey(k) {
+			if err := checkFeature(k, v); err != nil {
+				return bad("%v", err)
+			}
+		}
+		all[k] = v
+	}
+	if len(b) != 0 {
+		return bad("%d trailing bytes", len(b))
+	}
+
+	var in RemoteIntro
+	for _, k := range []string{introName, introNickName, introUID, introConnID} {
+		if _, ok := all[k]; !ok {
+			return bad("missing %s", k)
+		}
+	}
+	name, err := ParsePeerName(all[introName])
+	if err != nil {
+		return bad("%v", err)
+	}
+	in.Name = name
+	if err := checkNickName(all[introNickName]); err != nil {
+		return bad("%v", err)
+	}
+	in.NickName = all[introNickName]
+	if in.UID, err = strconv.ParseUint(all[introUID], 10, 64); err != nil || in.UID == 0 {
+		return bad("bad UID %q", all[introUID])
+	}
+	if in.ConnID, err = strconv.ParseUint(all[introConnID], 10, 64); err != nil {
+		return bad("bad ConnID %q", all[introConnID])
+	}
+	for _, k := range []string{introName, introNickName, introUID, introConnID} {
+		delete(all, k)
+	}
+	if len(all) > MaxFeatures {
+		return bad("%d features, max %d", len(all), MaxFeatures)
+	}
+	in.Features = all
+	return in, nil
+}
