@@ -1,0 +1,139 @@
+// Package client is the Go client of weaver's control API over its unix socket. weavectl and
+// the CNI plugin use it; it imports nothing of the daemon.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/weavemesh/weave/api"
+)
+
+// ErrNotRunning means no daemon answers on the socket.
+var ErrNotRunning = errors.New("weaver is not running")
+
+// Client talks to one daemon.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// New returns a client for the daemon listening on socket (api.DefaultSocket when empty).
+func New(socket string) *Client {
+	if socket == "" {
+		socket = api.DefaultSocket
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns:    2,
+		IdleConnTimeout: 10 * time.Second,
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+// NewWithHTTPClient is for tests: requests go to hc, which must route "http://weave/..." to a server.
+func NewWithHTTPClient(hc *http.Client) *Client {
+	return &Client{socket: "(test)", hc: hc}
+}
+
+// Socket returns the socket path the client uses.
+func (c *Client) Socket() string { return c.socket }
+
+// Close releases idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://weave"+path, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if isNotRunning(err) {
+			return fmt.Errorf("%w (no daemon on %s)", ErrNotRunning, c.socket)
+		}
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e api.Error
+		if json.Unmarshal(data, &e) == nil && e.Message != "" {
+			return &e
+		}
+		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func isNotRunning(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// Status returns the daemon's readiness. A daemon that is up but not ready answers too.
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var s api.Status
+	err := c.do(ctx, http.MethodGet, api.PathStatus, nil, &s)
+	return s, err
+}
+
+// Report returns the whole state.
+func (c *Client) Report(ctx context.Context) (api.Report, error) {
+	var r api.Report
+	err := c.do(ctx, http.MethodGet, api.PathReport, nil, &r)
+	return r, err
+}
+
+// Version returns the daemon's version.
+func (c *Client) Version(ctx context.Context) (api.VersionInfo, error) {
+	var v api.VersionInfo
+	err := c.do(ctx, http.MethodGet, api.PathVersion, nil, &v)
+	return v, err
+}
+
+// Stop asks the daemon to exit; it answers before it goes.
+func (c *Client) Stop(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, api.PathStop, nil, nil)
+}
+
+// Connect adds targets (replacing the current ones with replace).
+func (c *Client) Connect(ctx context.Context, peers []string, replace bool) error {
+	return c.do(ctx, http.MethodPost, api.PathConnect, api.PeersRequest{Peers: peers, Replace: replace}, nil)
+}
+
+// Forget removes targets.
+func (c *Client) Forget(ctx context.Context, peers []string) error {
+	return c.do(ctx, http.MethodPost, api.PathForget, api.PeersRequest{Peers: peers}, nil)
+}

@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/api/client"
+)
+
+// Env is what a command may touch of the outside world, so tests can run commands in-process.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	// Executable is weavectl's own path (launch finds weaver beside it).
+	Executable func() (string, error)
+}
+
+// OSEnv is the real environment.
+func OSEnv() Env {
+	return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Executable: os.Executable}
+}
+
+// usageError is reported with the usage line and exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// ctx is one command's context: settings shared by every subcommand.
+type ctx struct {
+	env      Env
+	socket   string
+	stateDir string
+	client   *client.Client
+}
+
+type command struct {
+	name, args, help string
+	run              func(c *ctx, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"launch", "[flags] [PEER...]", "start the router detached and wait until it is ready", runLaunch},
+		{"stop", "", "stop the router, keeping bridge, containers and state", runStop},
+		{"status", "[peers|connections|targets] [--json]", "show the router's status", runStatus},
+		{"report", "", "print the whole state as JSON", runReport},
+		{"connect", "[--replace] PEER...", "add connection targets", runConnect},
+		{"forget", "PEER...", "remove connection targets", runForget},
+		{"version", "", "print the version of weavectl and of the running router", runVersion},
+	}
+}
+
+// Run runs weavectl with args and returns the exit status: 0 on success, 1 when the command
+// failed, 2 for a usage error.
+func Run(args []string, env Env) int {
+	c := &ctx{env: env, socket: env.Getenv("WEAVE_SOCKET"), stateDir: env.Getenv("WEAVE_STATE_DIR")}
+	if c.socket == "" {
+		c.socket = api.DefaultSocket
+	}
+	if c.stateDir == "" {
+		c.stateDir = api.DefaultStateDir
+	}
+	// Global settings may come before the command or anywhere after it.
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || (name != "socket" && name != "state-dir") {
+			rest = append(rest, a)
+			continue
+		}
+		if !hasVal {
+			if i+1 >= len(args) {
+				fmt.Fprintf(env.Stderr, "weavectl: --%s needs a value\n", name)
+				return 2
+			}
+			i++
+			val = args[i]
+		}
+		if name == "socket" {
+			c.socket = val
+		} else {
+			c.stateDir = val
+		}
+	}
+	if len(rest) == 0 || rest[0] == "help" || rest[0] == "--help" || rest[0] == "-h" {
+		usage(env.Stdout)
+		if len(rest) == 0 {
+			return 2
+		}
+		return 0
+	}
+	c.client = client.New(c.socket)
+	defer c.client.Close()
+	for _, cmd := range commands() {
+		if cmd.name != rest[0] {
+			continue
+		}
+		err := cmd.run(c, rest[1:])
+		if err == nil {
+			return 0
+		}
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(env.Stderr, "weavectl %s: %v\nusage: weavectl %s %s\n", cmd.name, err, cmd.name, cmd.args)
+			return 2
+		}
+		fmt.Fprintf(env.Stderr, "weavectl %s: %v\n", cmd.name, oneLine(err))
+		return 1
+	}
+	fmt.Fprintf(env.Stderr, "weavectl: unknown command %q (try `weavectl help`)\n", rest[0])
+	return 2
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: weavectl [--socket PATH] [--state-dir DIR] COMMAND [ARGS]")
+	fmt.Fprintln(w, "\ncommands:")
+	cmds := commands()
+	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-8s %-40s %s\n", c.name, c.args, c.help)
+	}
+	fmt.Fprintln(w, "\nenvironment: WEAVE_SOCKET, WEAVE_STATE_DIR, WEAVE_PASSWORD")
+}
+
+func timeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+// splitFlags separates the boolean flags a command knows from its positional arguments.
+func splitFlags(args []string, known ...string) (set map[string]bool, pos []string, err error) {
+	set = make(map[string]bool)
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			pos = append(pos, a)
+			continue
+		}
+		name := strings.TrimLeft(a, "-")
+		ok := false
+		for _, k := range known {
+			if k == name {
+				ok = true
+			}
+		}
+		if !ok {
+			return nil, nil, usageError{fmt.Sprintf("unknown flag %s", a)}
+		}
+		set[name] = true
+	}
+	return set, pos, nil
+}

@@ -1,0 +1,265 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weavemesh/weave/api"
+)
+
+// fakeDaemon serves the control API on a unix socket with canned answers and records the
+// requests it got.
+type fakeDaemon struct {
+	socket string
+	report api.Report
+
+	mu       sync.Mutex
+	requests []string
+	bodies   []api.PeersRequest
+	stopped  bool
+	srv      *http.Server
+}
+
+func newFakeDaemon(t *testing.T) *fakeDaemon {
+	t.Helper()
+	retry := time.Date(2026, 11, 26, 13, 0, 0, 0, time.UTC)
+	f := &fakeDaemon{
+		socket: filepath.Join(t.TempDir(), "weave.sock"),
+		report: api.Report{
+			Version: "1.2.3", Ready: true,
+			Router: api.Router{
+				Name: "aa:00:00:00:00:01", NickName: "h1", Port: 6783, Encryption: true, Discovery: true,
+				Peers: []api.Peer{
+					{Name: "aa:00:00:00:00:01", NickName: "h1", Connections: []api.PeerConnection{
+						{Name: "aa:00:00:00:00:02", Address: "10.0.0.2:6783", Outbound: true, Established: true}}},
+					{Name: "aa:00:00:00:00:02", NickName: "h2", Connections: []api.PeerConnection{
+						{Name: "aa:00:00:00:00:01", Address: "10.0.0.1:40000", Outbound: false, Established: true}}},
+				},
+				Connections: []api.Connection{
+					{Peer: "aa:00:00:00:00:02", NickName: "h2", Address: "10.0.0.2:6783", Outbound: true,
+						State: api.StateEstablished, Overlay: "sleeve", Encrypted: true, MTU: 1414},
+					{Address: "10.0.0.9:6783", Outbound: true, State: api.StateFailed,
+						Info: "dial tcp 10.0.0.9:6783: connection refused", NextRetry: &retry},
+				},
+				Targets: []string{"10.0.0.2", "10.0.0.9"},
+			},
+			Bridge: api.Bridge{Name: "weave", TAP: "vethwe-tap", MTU: 1414},
+		},
+	}
+	mux := http.NewServeMux()
+	record := func(r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.requests = append(f.requests, r.Method+" "+r.URL.Path)
+	}
+	mux.HandleFunc("GET "+api.PathStatus, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		json.NewEncoder(w).Encode(api.Status{Version: "1.2.3", Ready: true, Name: f.report.Router.Name, PID: 42})
+	})
+	mux.HandleFunc("GET "+api.PathReport, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		json.NewEncoder(w).Encode(f.report)
+	})
+	mux.HandleFunc("GET "+api.PathVersion, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		json.NewEncoder(w).Encode(api.VersionInfo{Version: "1.2.3", API: api.Version})
+	})
+	mux.HandleFunc("POST "+api.PathStop, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		f.mu.Lock()
+		f.stopped = true
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		go f.srv.Close()
+	})
+	peers := func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		var req api.PeersRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			w.WriteHeader(400)
+			return
+		}
+		for _, p := range req.Peers {
+			if p == "bad:peer:addr" {
+				w.WriteHeader(400)
+				json.NewEncoder(w).Encode(api.Errorf(api.CodeBadRequest, "bad peer address %q", p))
+				return
+			}
+		}
+		f.mu.Lock()
+		f.bodies = append(f.bodies, req)
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}
+	mux.HandleFunc("POST "+api.PathConnect, peers)
+	mux.HandleFunc("POST "+api.PathForget, peers)
+	ln, err := net.Listen("unix", f.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv = &http.Server{Handler: mux}
+	go f.srv.Serve(ln)
+	t.Cleanup(func() { f.srv.Close() })
+	return f
+}
+
+func runCLI(t *testing.T, socket string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
+		Executable: func() (string, error) { return "", errors.New("none") }}
+	code = Run(append([]string{"--socket", socket}, args...), env)
+	return code, out.String(), errb.String()
+}
+
+func TestStatusSummary(t *testing.T) {
+	f := newFakeDaemon(t)
+	code, out, errs := runCLI(t, f.socket, "status")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, want := range []string{"Name: aa:00:00:00:00:01(h1)", "Encryption: enabled", "Connections: 2 (1 established)",
+		"Peers: 2 (with 2 established connections)", "Targets: 2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestStatusConnectionsPeersTargets(t *testing.T) {
+	f := newFakeDaemon(t)
+	_, out, _ := runCLI(t, f.socket, "status", "connections")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want 2 connection lines, got:\n%s", out)
+	}
+	if !strings.HasPrefix(lines[0], "-> 10.0.0.2:6783") || !strings.Contains(lines[0], "established") ||
+		!strings.Contains(lines[0], "sleeve aa:00:00:00:00:02(h2) encrypted mtu=1414") {
+		t.Errorf("established line: %q", lines[0])
+	}
+	if !strings.Contains(lines[1], "failed") || !strings.Contains(lines[1], "connection refused") ||
+		!strings.Contains(lines[1], "retry: 2026-11-26T13:00:00Z") {
+		t.Errorf("failed line: %q", lines[1])
+	}
+	_, out, _ = runCLI(t, f.socket, "status", "peers")
+	if !strings.Contains(out, "aa:00:00:00:00:01(h1)\n   -> 10.0.0.2:6783") || !strings.Contains(out, "aa:00:00:00:00:02(h2)") {
+		t.Errorf("peers:\n%s", out)
+	}
+	_, out, _ = runCLI(t, f.socket, "status", "targets")
+	if out != "10.0.0.2\n10.0.0.9\n" {
+		t.Errorf("targets: %q", out)
+	}
+}
+
+func TestStatusJSONAndReport(t *testing.T) {
+	f := newFakeDaemon(t)
+	for _, args := range [][]string{{"status", "--json"}, {"report"}} {
+		code, out, _ := runCLI(t, f.socket, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d", args, code)
+		}
+		var r api.Report
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("%v: not JSON: %v", args, err)
+		}
+		if r.Router.Name != f.report.Router.Name || len(r.Router.Connections) != 2 || !r.Ready {
+			t.Errorf("%v: report round trip lost data: %+v", args, r.Router)
+		}
+		for _, key := range []string{`"nickname"`, `"connections"`, `"established"`, `"outbound"`, `"encryption"`} {
+			if !strings.Contains(out, key) {
+				t.Errorf("%v: JSON lacks %s", args, key)
+			}
+		}
+	}
+	code, out, _ := runCLI(t, f.socket, "status", "connections", "--json")
+	var conns []api.Connection
+	if code != 0 || json.Unmarshal([]byte(out), &conns) != nil || len(conns) != 2 {
+		t.Errorf("status connections --json: exit %d, %q", code, out)
+	}
+}
+
+func TestConnectForget(t *testing.T) {
+	f := newFakeDaemon(t)
+	if code, _, errs := runCLI(t, f.socket, "connect", "--replace", "10.0.0.3", "10.0.0.4:7000"); code != 0 {
+		t.Fatalf("connect: exit %d %s", code, errs)
+	}
+	if code, _, errs := runCLI(t, f.socket, "forget", "10.0.0.3"); code != 0 {
+		t.Fatalf("forget: exit %d %s", code, errs)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.bodies) != 2 || !f.bodies[0].Replace || len(f.bodies[0].Peers) != 2 || f.bodies[1].Peers[0] != "10.0.0.3" {
+		t.Fatalf("bodies: %+v", f.bodies)
+	}
+}
+
+func TestErrorsAreOneLineWithNonZeroExit(t *testing.T) {
+	f := newFakeDaemon(t)
+	code, _, errs := runCLI(t, f.socket, "connect", "bad:peer:addr")
+	if code != 1 || !strings.Contains(errs, `bad peer address "bad:peer:addr"`) || strings.Count(errs, "\n") != 1 {
+		t.Errorf("API error: exit %d, stderr %q", code, errs)
+	}
+	code, _, errs = runCLI(t, f.socket, "frobnicate")
+	if code != 2 || !strings.Contains(errs, "unknown command") {
+		t.Errorf("unknown command: exit %d, %q", code, errs)
+	}
+	code, _, errs = runCLI(t, f.socket, "status", "bogus")
+	if code != 2 || !strings.Contains(errs, "unknown section") {
+		t.Errorf("bad section: exit %d, %q", code, errs)
+	}
+	code, _, errs = runCLI(t, f.socket, "connect")
+	if code != 2 {
+		t.Errorf("connect without peers: exit %d, %q", code, errs)
+	}
+	missing := filepath.Join(t.TempDir(), "nothing.sock")
+	code, _, errs = runCLI(t, missing, "status")
+	if code != 1 || !strings.Contains(errs, "weaver is not running") || !strings.Contains(errs, missing) {
+		t.Errorf("not running: exit %d, %q", code, errs)
+	}
+}
+
+func TestLaunchRefusesWhenRunning(t *testing.T) {
+	f := newFakeDaemon(t)
+	code, _, errs := runCLI(t, f.socket, "launch")
+	if code != 1 || !strings.Contains(errs, "already running") {
+		t.Errorf("exit %d, %q", code, errs)
+	}
+}
+
+func TestVersionAndStop(t *testing.T) {
+	f := newFakeDaemon(t)
+	code, out, _ := runCLI(t, f.socket, "version")
+	if code != 0 || !strings.Contains(out, "weavectl ") || !strings.Contains(out, "weaver   1.2.3 (API v1)") {
+		t.Errorf("version: exit %d %q", code, out)
+	}
+	code, out, errs := runCLI(t, f.socket, "stop")
+	if code != 0 || !strings.Contains(out, "stopped") {
+		t.Errorf("stop: exit %d %q %q", code, out, errs)
+	}
+	code, out, _ = runCLI(t, f.socket, "version")
+	if code != 0 || !strings.Contains(out, "not running") {
+		t.Errorf("version after stop: exit %d %q", code, out)
+	}
+}
+
+func TestExtractPassword(t *testing.T) {
+	rest, pw, err := extractPassword([]string{"--port", "1", "--password", "x y", "peer"})
+	if err != nil || pw != "x y" || strings.Join(rest, ",") != "--port,1,peer" {
+		t.Fatalf("%v %q %v", rest, pw, err)
+	}
+	_, pw, _ = extractPassword([]string{"--password=abc"})
+	if pw != "abc" {
+		t.Fatalf("%q", pw)
+	}
+	if _, _, err := extractPassword([]string{"--password"}); err == nil {
+		t.Fatal("missing value accepted")
+	}
+}

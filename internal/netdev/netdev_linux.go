@@ -1,0 +1,157 @@
+package netdev
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Netlink is the Linux implementation of Links.
+type Netlink struct{}
+
+var _ Links = Netlink{}
+
+func (Netlink) EnsureBridge(name string, mac net.HardwareAddr, mtu int) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("look up bridge %s: %w", name, err)
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = name
+		attrs.HardwareAddr = mac
+		if mtu > 0 {
+			attrs.MTU = mtu
+		}
+		br := &netlink.Bridge{LinkAttrs: attrs}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		if link, err = netlink.LinkByName(name); err != nil {
+			return fmt.Errorf("look up new bridge %s: %w", name, err)
+		}
+	} else if link.Type() != "bridge" {
+		return fmt.Errorf("%s exists but is a %s, not a bridge (run `weavectl reset` or remove it)", name, link.Type())
+	}
+	if mac != nil && link.Attrs().HardwareAddr.String() != mac.String() {
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return fmt.Errorf("set bridge %s address: %w", name, err)
+		}
+	}
+	if mtu > 0 && link.Attrs().MTU != mtu {
+		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+			return fmt.Errorf("set bridge %s mtu %d: %w", name, mtu, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring bridge %s up: %w", name, err)
+	}
+	return nil
+}
+
+func (Netlink) EnsureTAP(name, bridge string, mtu int) error {
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("look up bridge %s: %w", bridge, err)
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("look up tap %s: %w", name, err)
+		}
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = name
+		tap := &netlink.Tuntap{LinkAttrs: attrs, Mode: netlink.TUNTAP_MODE_TAP,
+			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR}
+		if err := netlink.LinkAdd(tap); err != nil {
+			return fmt.Errorf("create tap %s: %w", name, err)
+		}
+		// LinkAdd keeps the creating file descriptors open for non-persistent devices.
+		for _, f := range tap.Fds {
+			f.Close()
+		}
+		if link, err = netlink.LinkByName(name); err != nil {
+			return fmt.Errorf("look up new tap %s: %w", name, err)
+		}
+	} else if link.Type() != "tuntap" {
+		return fmt.Errorf("%s exists but is a %s, not a tap (run `weavectl reset` or remove it)", name, link.Type())
+	}
+	if mtu > 0 && link.Attrs().MTU != mtu {
+		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+			return fmt.Errorf("set tap %s mtu %d: %w", name, mtu, err)
+		}
+	}
+	if link.Attrs().MasterIndex != br.Attrs().Index {
+		if err := netlink.LinkSetMaster(link, br); err != nil {
+			return fmt.Errorf("attach tap %s to %s: %w", name, bridge, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring tap %s up: %w", name, err)
+	}
+	return nil
+}
+
+func (Netlink) Delete(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
+}
+
+func (Netlink) Exists(name string) (bool, error) {
+	_, err := netlink.LinkByName(name)
+	if err == nil {
+		return true, nil
+	}
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return false, nil
+	}
+	return false, fmt.Errorf("look up %s: %w", name, err)
+}
+
+func (Netlink) UnderlayMTU() (int, error) {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return 0, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				return l.Attrs().MTU, nil
+			}
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return 0, fmt.Errorf("list links: %w", err)
+	}
+	best := 0
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 || l.Type() == "bridge" || l.Type() == "tuntap" {
+			continue
+		}
+		if best == 0 || a.MTU < best {
+			best = a.MTU
+		}
+	}
+	if best == 0 {
+		return 0, errors.New("no underlay interface: no default route and no up interface")
+	}
+	return best, nil
+}

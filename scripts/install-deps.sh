@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs, as root on Debian 12, the system packages the tests, the demo and the benchmarks
+# need. Idempotent: installs only what is missing, and does nothing when all is there.
+set -euo pipefail
+
+# command -> Debian package
+declare -A need=(
+  [ip]=iproute2
+  [bridge]=iproute2
+  [iptables]=iptables
+  [ipset]=ipset
+  [iperf3]=iperf3
+  [tcpdump]=tcpdump
+  [ping]=iputils-ping
+  [ethtool]=ethtool
+  [ps]=procps
+  [sysctl]=procps
+  [modprobe]=kmod
+  [nc]=netcat-openbsd
+)
+
+missing=()
+for cmd in "${!need[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/sbin/$cmd" ]; then
+    missing+=("${need[$cmd]}")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages ${missing[*]}; run as root to install them" >&2
+  exit 1
+fi
+
+mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
+echo "install-deps: installing ${pkgs[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# iperf3's package asks whether to start a daemon; answer no.
+echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
+apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
