@@ -93,7 +93,9 @@ func (r *Ring) pieceEnd(i int) addr.Addr {
 }
 
 // Piece returns the range of entry i.
-func (r *Ring) Piece(i int) addr.Range { return addr.Range{Start: r.Entries[i].Token, End: r.pieceEnd(i)} }
+func (r *Ring) Piece(i int) addr.Range {
+	return addr.Range{Start: r.Entries[i].Token, End: r.pieceEnd(i)}
+}
 
 // find returns the index of the entry whose piece holds a (-1 if the ring is empty or a is
 // outside the range).
