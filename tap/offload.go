@@ -1,0 +1,211 @@
+package tap
+
+// Userspace TSO and GRO for a TAP opened with IFF_VNET_HDR.
+//
+// Every read from such a device starts with a virtio_net_hdr. With TUNSETOFFLOAD(CSUM|TSO4|
+// TSO6) the kernel may hand over a TCP "super-frame" of up to 64 KiB (gso_type TCPV4/TCPV6,
+// gso_size = MSS, checksum left partial); Segment cuts it into wire-sized frames with complete
+// checksums, because the frames leave the host through the sleeve, which cannot carry the
+// virtio header. In the other direction, Coalescer merges consecutive in-order TCP segments of
+// one flow back into a super-frame so the kernel receives one write instead of ~45 (GRO).
+//
+// Unlike wireguard-go (a TUN, IP packets), frames here are Ethernet: headers are parsed from
+// the Ethernet header (one VLAN tag allowed), coalescing also matches both MACs and the tag,
+// and anything that is not plain TCP over IPv4/IPv6 passes through untouched.
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/weavemesh/weave/tap/frame"
+)
+
+// VirtioNetHdrLen is the size of struct virtio_net_hdr (without num_buffers).
+const VirtioNetHdrLen = 10
+
+// virtio_net_hdr flags and GSO types (linux/virtio_net.h).
+const (
+	VirtioNetHdrFNeedsCsum = 1
+	VirtioNetHdrFDataValid = 2
+
+	VirtioNetHdrGSONone  = 0
+	VirtioNetHdrGSOTCPv4 = 1
+	VirtioNetHdrGSOUDP   = 3
+	VirtioNetHdrGSOTCPv6 = 4
+	VirtioNetHdrGSOUDPL4 = 5
+	VirtioNetHdrGSOECN   = 0x80
+)
+
+// maxSegments bounds how many frames one super-frame may expand into: a hostile gso_size of 1
+// would otherwise turn 64 KiB into 65535 reads' worth of work.
+const maxSegments = 1024
+
+// ErrMalformedOffload wraps every refusal of a virtio header or super-frame.
+var ErrMalformedOffload = errors.New("malformed offload frame")
+
+// VirtioNetHdr is struct virtio_net_hdr. Multi-byte fields are in host byte order (the
+// device is not switched to little-endian with TUNSETVNETLE, so legacy native order holds).
+type VirtioNetHdr struct {
+	Flags      uint8
+	GSOType    uint8
+	HdrLen     uint16
+	GSOSize    uint16
+	CsumStart  uint16
+	CsumOffset uint16
+}
+
+// Decode reads the header from b.
+func (h *VirtioNetHdr) Decode(b []byte) error {
+	if len(b) < VirtioNetHdrLen {
+		return fmt.Errorf("virtio net header: %d bytes: %w", len(b), ErrMalformedOffload)
+	}
+	h.Flags = b[0]
+	h.GSOType = b[1]
+	h.HdrLen = binary.NativeEndian.Uint16(b[2:4])
+	h.GSOSize = binary.NativeEndian.Uint16(b[4:6])
+	h.CsumStart = binary.NativeEndian.Uint16(b[6:8])
+	h.CsumOffset = binary.NativeEndian.Uint16(b[8:10])
+	return nil
+}
+
+// Encode writes the header to b, which must hold VirtioNetHdrLen bytes.
+func (h *VirtioNetHdr) Encode(b []byte) {
+	_ = b[VirtioNetHdrLen-1]
+	b[0] = h.Flags
+	b[1] = h.GSOType
+	binary.NativeEndian.PutUint16(b[2:4], h.HdrLen)
+	binary.NativeEndian.PutUint16(b[4:6], h.GSOSize)
+	binary.NativeEndian.PutUint16(b[6:8], h.CsumStart)
+	binary.NativeEndian.PutUint16(b[8:10], h.CsumOffset)
+}
+
+// Super describes a frame read from an offload device, ready to be cut with Segment.
+type Super struct {
+	pkt   []byte // whole frame, up to the IP total length
+	p     frame.Packet
+	mss   int
+	hdr   int // Ethernet+IP+TCP header length
+	total int // number of segments
+}
+
+// Segments is the number of frames the super-frame expands into (1 for an ordinary frame).
+func (s *Super) Segments() int { return s.total }
+
+// PrepareRead validates a frame read from an offload device, with its decoded header, and
+// completes a partial checksum of a frame that needs no segmentation. The frame is modified
+// in place. Anything malformed or of a GSO type we did not enable is refused with an error
+// wrapping ErrMalformedOffload (the caller drops and counts it).
+func PrepareRead(h *VirtioNetHdr, pkt []byte, s *Super) error {
+	*s = Super{pkt: pkt, total: 1}
+	switch h.GSOType &^ VirtioNetHdrGSOECN {
+	case VirtioNetHdrGSONone:
+		if h.Flags&VirtioNetHdrFNeedsCsum != 0 {
+			start, at := int(h.CsumStart), int(h.CsumStart)+int(h.CsumOffset)
+			if start >= len(pkt) || at+2 > len(pkt) {
+				return fmt.Errorf("checksum start %d offset %d beyond %d-byte frame: %w",
+					h.CsumStart, h.CsumOffset, len(pkt), ErrMalformedOffload)
+			}
+			// The field holds the pseudo-header sum (CHECKSUM_PARTIAL): summing from
+			// csum_start including it gives the full checksum.
+			binary.BigEndian.PutUint16(pkt[at:], ^frame.Checksum(pkt[start:], 0))
+		}
+		return nil
+	case VirtioNetHdrGSOTCPv4, VirtioNetHdrGSOTCPv6:
+	default:
+		return fmt.Errorf("gso type %#x not enabled: %w", h.GSOType, ErrMalformedOffload)
+	}
+	p, err := frame.Parse(pkt)
+	if err != nil {
+		return fmt.Errorf("tso frame: %w: %w", err, ErrMalformedOffload)
+	}
+	want := 4
+	if h.GSOType&^VirtioNetHdrGSOECN == VirtioNetHdrGSOTCPv6 {
+		want = 6
+	}
+	if !p.HasTCP || p.IP.Version != want {
+		return fmt.Errorf("tso frame is not tcp over ipv%d: %w", want, ErrMalformedOffload)
+	}
+	if h.GSOSize == 0 {
+		return fmt.Errorf("tso frame with gso size 0: %w", ErrMalformedOffload)
+	}
+	s.p = p
+	s.pkt = pkt[:p.L3Off+p.IP.TotalLen]
+	s.hdr = p.L4Off + p.TCP.HeaderLen
+	s.mss = int(h.GSOSize)
+	payload := len(s.pkt) - s.hdr
+	s.total = (payload + s.mss - 1) / s.mss
+	if s.total == 0 {
+		s.total = 1 // a bare header: send it as one frame with a fresh checksum
+	}
+	if s.total > maxSegments {
+		return fmt.Errorf("tso frame of %d bytes at gso size %d: %d segments: %w",
+			payload, s.mss, s.total, ErrMalformedOffload)
+	}
+	return nil
+}
+
+// Segment writes segments first, first+1, ... of s into bufs[i][offset:] (setting sizes[i])
+// until bufs or segments run out, and returns how many it wrote. Each segment is a complete
+// frame: copied headers, IPv4 length, ID (+i) and header checksum, IPv6 payload length, TCP
+// sequence number (+i*MSS), FIN/PSH only on the last segment and CWR only on the first, and
+// a full TCP checksum. A frame that needs no segmentation is copied as it is.
+func Segment(s *Super, first int, bufs [][]byte, sizes []int, offset int) (int, error) {
+	n := 0
+	if s.hdr == 0 { // not a super-frame
+		if first > 0 || len(bufs) == 0 {
+			return 0, nil
+		}
+		if len(bufs[0])-offset < len(s.pkt) {
+			return 0, fmt.Errorf("%d-byte frame does not fit a %d-byte buffer at offset %d",
+				len(s.pkt), len(bufs[0]), offset)
+		}
+		sizes[0] = copy(bufs[0][offset:], s.pkt)
+		return 1, nil
+	}
+	p := &s.p
+	ipHL, tcpHL := p.IP.HeaderLen, p.TCP.HeaderLen
+	l3, l4 := p.L3Off, p.L4Off
+	srcAddr, dstAddr := s.pkt[l3+12:l3+16], s.pkt[l3+16:l3+20]
+	if p.IP.Version == 6 {
+		srcAddr, dstAddr = s.pkt[l3+8:l3+24], s.pkt[l3+24:l3+40]
+	}
+	payload := s.pkt[s.hdr:]
+	for i := first; i < s.total && n < len(bufs); i++ {
+		start := i * s.mss
+		end := min(start+s.mss, len(payload))
+		segLen := end - start
+		out := bufs[n][offset:]
+		if len(out) < s.hdr+segLen {
+			return n, fmt.Errorf("%d-byte segment does not fit a %d-byte buffer at offset %d",
+				s.hdr+segLen, len(bufs[n]), offset)
+		}
+		copy(out, s.pkt[:s.hdr])
+		copy(out[s.hdr:], payload[start:end])
+		ip := out[l3:]
+		if p.IP.Version == 4 {
+			binary.BigEndian.PutUint16(ip[2:], uint16(ipHL+tcpHL+segLen))
+			binary.BigEndian.PutUint16(ip[4:], p.IP.ID+uint16(i))
+			ip[10], ip[11] = 0, 0
+			binary.BigEndian.PutUint16(ip[10:], ^frame.Checksum(ip[:ipHL], 0))
+		} else {
+			binary.BigEndian.PutUint16(ip[4:], uint16(tcpHL+segLen))
+		}
+		tcp := out[l4:]
+		binary.BigEndian.PutUint32(tcp[4:], p.TCP.Seq+uint32(start))
+		flags := p.TCP.Flags
+		if i != s.total-1 {
+			flags &^= frame.TCPFlagFIN | frame.TCPFlagPSH
+		}
+		if i != 0 {
+			flags &^= frame.TCPFlagCWR
+		}
+		tcp[13] = flags
+		tcp[16], tcp[17] = 0, 0
+		psum := frame.PseudoHeaderSum(frame.ProtoTCP, srcAddr, dstAddr, uint16(tcpHL+segLen))
+		binary.BigEndian.PutUint16(tcp[16:], ^frame.Checksum(tcp[:tcpHL+segLen], psum))
+		sizes[n] = s.hdr + segLen
+		n++
+	}
+	return n, nil
+}
