@@ -1,0 +1,68 @@
+package netlab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+)
+
+func checkPlatform() error { return nil }
+
+// inNetns runs fn on an OS thread switched into the named namespace. Sockets fn creates stay in
+// that namespace after the thread switches back. If switching back fails, the thread stays
+// locked and dies with the goroutine rather than returning to the pool in the wrong namespace.
+func inNetns(name string, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netlab: current netns: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netlab: open netns %s: %w", name, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netlab: enter netns %s: %w", name, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return fmt.Errorf("netlab: leave netns %s: %w", name, err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+func listenIn(ns, network, address string) (ln net.Listener, err error) {
+	err = inNetns(ns, func() error {
+		ln, err = net.Listen(network, address)
+		return err
+	})
+	return ln, err
+}
+
+func listenPacketIn(ns, network, address string) (pc net.PacketConn, err error) {
+	err = inNetns(ns, func() error {
+		pc, err = net.ListenPacket(network, address)
+		return err
+	})
+	return pc, err
+}
+
+// dialIn dials from inside ns. The socket is created on the locked thread, so it belongs to ns
+// even though the connection completes through the netpoller.
+func dialIn(ctx context.Context, ns, network, address string) (c net.Conn, err error) {
+	err = inNetns(ns, func() error {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}

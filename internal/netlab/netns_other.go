@@ -1,0 +1,21 @@
+//go:build !linux
+
+package netlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+)
+
+func checkPlatform() error {
+	return fmt.Errorf("netlab needs Linux network namespaces, not %s: %w", runtime.GOOS, errors.ErrUnsupported)
+}
+
+func listenIn(string, string, string) (net.Listener, error) { return nil, checkPlatform() }
+
+func listenPacketIn(string, string, string) (net.PacketConn, error) { return nil, checkPlatform() }
+
+func dialIn(context.Context, string, string, string) (net.Conn, error) { return nil, checkPlatform() }
