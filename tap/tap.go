@@ -1,9 +1,6 @@
 package tap
 
-import (
-	"errors"
-	"log/slog"
-)
+import "log/slog"
 
 // Device is the bridge side of the data plane: a TAP interface carrying Ethernet frames.
 //
@@ -111,9 +108,6 @@ type Config struct {
 	// Logger receives the device's logs; nil discards them.
 	Logger *slog.Logger
 }
-
-// ErrTooManySegments is returned by Read when len(bufs) is 0.
-var ErrTooManySegments = errors.New("tap: no buffer to read into")
 
 func (c *Config) logger() *slog.Logger {
 	if c.Logger == nil {

@@ -1,0 +1,317 @@
+package tap
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weavemesh/weave/internal/testutil"
+)
+
+// The root tests build this, inside namespaces they create and delete:
+//
+//	 ns <p>c (10.99.0.1, fd99::1)          ns <p>s (10.99.0.2, fd99::2)
+//	      veth c0                                veth s0
+//	        |                                      |
+//	 ns <p>r: veth c1 - bridge brc - TAP tc   TAP ts - bridge brs - veth s1
+//	                                  \          /
+//	                          the test reads one TAP and writes the other
+//
+// so every frame between client and server crosses Device.Read and Device.Write.
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// newNS creates a named network namespace deleted at cleanup.
+func newNS(t *testing.T, name string) {
+	t.Helper()
+	run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	run(t, "ip", "-n", name, "link", "set", "lo", "up")
+}
+
+// inNS runs fn on a thread switched into the named namespace, and switches it back.
+func inNS(t *testing.T, name string, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatalf("get netns: %v", err)
+	}
+	defer orig.Close()
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatalf("netns %s: %v", name, err)
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		t.Fatalf("enter netns %s: %v", name, err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic(fmt.Sprintf("cannot return to the original netns: %v", err)) // the thread is poisoned
+		}
+	}()
+	fn()
+}
+
+type topo struct {
+	client, server, router string
+	tc, ts                 Device
+}
+
+func buildTopo(t *testing.T, offload bool) *topo {
+	testutil.RequireRoot(t)
+	testutil.RequireCommands(t, "ip")
+	p := fmt.Sprintf("wvtap%d%03d", os.Getpid()%100000, rand.IntN(1000))
+	tp := &topo{client: p + "c", server: p + "s", router: p + "r"}
+	for _, ns := range []string{tp.client, tp.server, tp.router} {
+		newNS(t, ns)
+	}
+	for _, side := range []struct{ ns, veth, br, addr4, addr6 string }{
+		{tp.client, "c", "brc", "10.99.0.1/24", "fd99::1/64"},
+		{tp.server, "s", "brs", "10.99.0.2/24", "fd99::2/64"},
+	} {
+		run(t, "ip", "-n", tp.router, "link", "add", side.veth+"1", "type", "veth", "peer", "name", side.veth+"0", "netns", side.ns)
+		run(t, "ip", "-n", tp.router, "link", "add", side.br, "type", "bridge")
+		run(t, "ip", "-n", tp.router, "link", "set", side.veth+"1", "master", side.br, "up")
+		run(t, "ip", "-n", tp.router, "link", "set", side.br, "up")
+		run(t, "ip", "-n", side.ns, "addr", "add", side.addr4, "dev", side.veth+"0")
+		run(t, "ip", "-n", side.ns, "addr", "add", side.addr6, "dev", side.veth+"0", "nodad")
+		run(t, "ip", "-n", side.ns, "link", "set", side.veth+"0", "up")
+	}
+	open := func(name string) Device {
+		var d Device
+		var err error
+		inNS(t, tp.router, func() { d, err = Open(Config{Name: name, Offload: offload}) })
+		if err != nil {
+			t.Fatalf("Open(%s, offload=%v): %v", name, offload, err)
+		}
+		t.Cleanup(func() { _ = d.Close() })
+		if d.Name() != name || d.MTU() != 1500 || d.BatchSize() != IdealBatchSize {
+			t.Fatalf("device %q mtu %d batch %d", d.Name(), d.MTU(), d.BatchSize())
+		}
+		if got := d.(Offloader).OffloadActive(); got != offload {
+			t.Fatalf("OffloadActive() = %v, want %v", got, offload)
+		}
+		return d
+	}
+	tp.tc, tp.ts = open("tc"), open("ts")
+	run(t, "ip", "-n", tp.router, "link", "set", "tc", "master", "brc", "up")
+	run(t, "ip", "-n", tp.router, "link", "set", "ts", "master", "brs", "up")
+	return tp
+}
+
+// forward copies frames from one device to the other until the source is closed.
+func forward(t *testing.T, from, to Device, maxFrame *int, mu *sync.Mutex) {
+	bufs := make([][]byte, IdealBatchSize)
+	wbufs := make([][]byte, IdealBatchSize)
+	sizes := make([]int, IdealBatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, Headroom+MaxFrameSize)
+	}
+	for {
+		n, err := from.Read(bufs, sizes, Headroom)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("read %s: %v", from.Name(), err)
+			}
+			return
+		}
+		mu.Lock()
+		for i := 0; i < n; i++ {
+			*maxFrame = max(*maxFrame, sizes[i])
+			wbufs[i] = bufs[i][:Headroom+sizes[i]]
+		}
+		mu.Unlock()
+		if _, err := to.Write(wbufs[:n], Headroom); err != nil && errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+// transfer sends size bytes over TCP from the client to the server namespace and returns
+// how long it took; the server checks every byte.
+func transfer(t *testing.T, tp *topo, network, serverAddr string, size int) time.Duration {
+	var ln net.Listener
+	inNS(t, tp.server, func() {
+		var err error
+		if ln, err = net.Listen(network, serverAddr); err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+	})
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		_, _ = io.Copy(h, c)
+		got <- h.Sum(nil)
+	}()
+	var conn net.Conn
+	inNS(t, tp.client, func() {
+		d := net.Dialer{Timeout: 10 * time.Second}
+		var err error
+		if conn, err = d.DialContext(context.Background(), network, ln.Addr().String()); err != nil {
+			t.Fatalf("dial through the taps: %v", err)
+		}
+	})
+	src := rand.NewChaCha8([32]byte{1})
+	data := make([]byte, size)
+	_, _ = src.Read(data)
+	want := sha256.Sum256(data)
+	start := time.Now()
+	_ = conn.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := conn.Write(data); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	_ = conn.Close()
+	select {
+	case h := <-got:
+		if !bytes.Equal(h, want[:]) {
+			t.Fatalf("server received different bytes")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("server did not finish")
+	}
+	return time.Since(start)
+}
+
+func testTCPThroughTaps(t *testing.T, offload bool) {
+	tp := buildTopo(t, offload)
+	var mu sync.Mutex
+	var maxC, maxS int
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); forward(t, tp.tc, tp.ts, &maxC, &mu) }()
+	go func() { defer wg.Done(); forward(t, tp.ts, tp.tc, &maxS, &mu) }()
+	defer func() {
+		_ = tp.tc.Close()
+		_ = tp.ts.Close()
+		wg.Wait()
+	}()
+	const size = 32 << 20
+	for _, c := range []struct{ network, addr string }{{"tcp4", "10.99.0.2:0"}, {"tcp6", "[fd99::2]:0"}} {
+		d := transfer(t, tp, c.network, c.addr, size)
+		t.Logf("offload=%v %s: %d MiB in %v: %.2f Gbit/s", offload, c.network, size>>20, d, float64(size)*8/d.Seconds()/1e9)
+	}
+	sc, ss := tp.tc.(StatsReporter).Stats(), tp.ts.(StatsReporter).Stats()
+	t.Logf("client-side tap %+v", sc)
+	t.Logf("server-side tap %+v", ss)
+	mu.Lock()
+	defer mu.Unlock()
+	if maxC > 1514 || maxS > 1514 {
+		t.Fatalf("Read returned a %d-byte frame: super-frames must be segmented to the MTU", max(maxC, maxS))
+	}
+	if offload {
+		if sc.RxSuperFrames == 0 {
+			t.Fatalf("the kernel handed over no TSO super-frame: %+v", sc)
+		}
+		if ss.TxCoalesced == 0 || ss.TxWrites >= ss.TxFrames {
+			t.Fatalf("no segment was coalesced on the server side: %+v", ss)
+		}
+	} else if sc.RxSuperFrames != 0 || ss.TxCoalesced != 0 {
+		t.Fatalf("plain devices used offloads: %+v %+v", sc, ss)
+	}
+	if sc.RxDropped != 0 || ss.TxDropped != 0 {
+		t.Fatalf("frames dropped: %+v %+v", sc, ss)
+	}
+}
+
+func TestTCPThroughTapsOffload(t *testing.T) { testTCPThroughTaps(t, true) }
+func TestTCPThroughTapsPlain(t *testing.T)   { testTCPThroughTaps(t, false) }
+
+func TestOpenPersistAndClose(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCommands(t, "ip")
+	ns := fmt.Sprintf("wvtapp%d%03d", os.Getpid()%100000, rand.IntN(1000))
+	newNS(t, ns)
+	linkExists := func() bool { return exec.Command("ip", "-n", ns, "link", "show", "tp").Run() == nil }
+	for _, offload := range []bool{false, true} {
+		var d Device
+		var err error
+		inNS(t, ns, func() { d, err = Open(Config{Name: "tp", Offload: offload, Persist: true, MTU: 1400, Queues: 2}) })
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		if d.MTU() != 1400 || len(d.(MultiQueue).Queues()) != 2 {
+			t.Fatalf("mtu %d, queues %d", d.MTU(), len(d.(MultiQueue).Queues()))
+		}
+		if err := d.Close(); err != nil || d.Close() != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if _, err := d.Read([][]byte{make([]byte, 2000)}, []int{0}, 0); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Read after Close: %v, want net.ErrClosed", err)
+		}
+		if _, err := d.Write([][]byte{make([]byte, 100)}, 0); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Write after Close: %v, want net.ErrClosed", err)
+		}
+		if !linkExists() {
+			t.Fatalf("offload=%v: persistent tap went away on Close", offload)
+		}
+		// Re-opening without Persist clears it, so the interface goes with the device.
+		inNS(t, ns, func() { d, err = Open(Config{Name: "tp", Offload: offload, Queues: 2}) })
+		if err != nil {
+			t.Fatalf("re-Open: %v", err)
+		}
+		_ = d.Close()
+		testutil.Eventually(t, 5*time.Second, "tap removed after a non-persistent close", func() error {
+			if linkExists() {
+				return errors.New("tp still exists")
+			}
+			return nil
+		})
+	}
+}
+
+func TestReadUnblocksOnClose(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := fmt.Sprintf("wvtapc%d%03d", os.Getpid()%100000, rand.IntN(1000))
+	newNS(t, ns)
+	for _, offload := range []bool{false, true} {
+		var d Device
+		var err error
+		inNS(t, ns, func() { d, err = Open(Config{Name: "tq", Offload: offload}) })
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := d.Read([][]byte{make([]byte, 2000)}, []int{0}, 0)
+			done <- err
+		}()
+		_ = d.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("blocked Read returned %v, want net.ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Read still blocked after Close")
+		}
+	}
+}
