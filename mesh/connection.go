@@ -1,0 +1,444 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Handshake feature carrying the incarnation start time, which decides who yields when two
+// live peers share a name.
+const featureStarted = "started"
+
+// meshConn is one established (handshaken) connection to a neighbour.
+type meshConn struct {
+	r        *Router
+	c        *Conn
+	intro    RemoteIntro
+	outbound bool
+	remote   string // remote address
+	target   string // connection-maker target that dialled it ("" when inbound)
+	since    time.Time
+
+	sendq     chan []byte
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+
+	established bool // guarded by r.mu
+	sent, recvd atomic.Uint64
+}
+
+type handshakeState struct {
+	nc       net.Conn
+	remote   string
+	outbound bool
+	target   string
+	since    time.Time
+}
+
+func (c *meshConn) enqueue(msg []byte) bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+	}
+	select {
+	case c.sendq <- msg:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *meshConn) close(err error) {
+	c.closeOnce.Do(func() {
+		c.closeErr = err
+		close(c.done)
+		c.c.Close()
+	})
+}
+
+// acceptLoop accepts with a token bucket (burst acceptBurst, one per acceptRefill) so a
+// flood of connection attempts cannot starve the router.
+func (r *Router) acceptLoop(ln net.Listener) {
+	defer r.wg.Done()
+	tokens := float64(acceptBurst)
+	last := time.Now()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || r.ctx.Err() != nil {
+				return
+			}
+			r.log.Warn("accept failed", "err", err)
+			select {
+			case <-r.ctx.Done():
+				return
+			case <-time.After(acceptRefill):
+			}
+			continue
+		}
+		now := time.Now()
+		tokens = min(float64(acceptBurst), tokens+float64(now.Sub(last))/float64(acceptRefill))
+		last = now
+		if tokens < 1 {
+			wait := time.Duration((1 - tokens) * float64(acceptRefill))
+			select {
+			case <-r.ctx.Done():
+				nc.Close()
+				return
+			case <-time.After(wait):
+			}
+			tokens, last = 1, time.Now()
+		}
+		tokens--
+		r.startHandshake(nc, false, "")
+	}
+}
+
+// startHandshake runs the handshake on nc in its own goroutine and registers the result.
+func (r *Router) startHandshake(nc net.Conn, outbound bool, target string) {
+	h := &handshakeState{nc: nc, remote: nc.RemoteAddr().String(), outbound: outbound, target: target, since: time.Now()}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		nc.Close()
+		return
+	}
+	r.handshakes[h] = struct{}{}
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		err := r.handshakeAndAdd(h)
+		r.mu.Lock()
+		delete(r.handshakes, h)
+		if target != "" {
+			r.attemptDoneLocked(target, err)
+		}
+		r.mu.Unlock()
+		if err != nil {
+			r.log.Info("connection failed", "remote_addr", h.remote, "outbound", outbound, "err", err)
+		}
+	}()
+}
+
+func (r *Router) handshakeParams(outbound bool) HandshakeParams {
+	feats := map[string]string{}
+	for k, v := range r.cfg.Features {
+		feats[k] = v
+	}
+	feats[featureStarted] = strconv.FormatUint(r.topo.started, 10)
+	return HandshakeParams{
+		Name:     r.cfg.Name,
+		NickName: r.cfg.NickName,
+		UID:      r.cfg.UID,
+		Password: r.cfg.Password,
+		Features: feats,
+		Outbound: outbound,
+		Timeout:  r.cfg.HandshakeTimeout,
+		Counters: &r.counters,
+	}
+}
+
+func (r *Router) handshakeAndAdd(h *handshakeState) error {
+	conn, intro, err := Handshake(h.nc, r.handshakeParams(h.outbound))
+	if err != nil {
+		return err
+	}
+	if h.target != "" && intro.Name != r.cfg.Name {
+		r.mu.Lock()
+		if t := r.targets[h.target]; t != nil {
+			t.peer = intro.Name
+		}
+		r.mu.Unlock()
+	}
+	mc := &meshConn{
+		r: r, c: conn, intro: intro, outbound: h.outbound, remote: h.remote, target: h.target,
+		since: time.Now(), sendq: make(chan []byte, sendQueueLen), done: make(chan struct{}),
+	}
+	if err := r.addConn(mc); err != nil {
+		r.mu.Lock()
+		r.stats.ConnectionsRefused++
+		r.mu.Unlock()
+		conn.Close()
+		return err
+	}
+	return nil
+}
+
+// addConn registers a handshaken connection, applying the identity checks, the connection
+// limit and the duplicate tie-break, then starts its goroutines.
+func (r *Router) addConn(mc *meshConn) error {
+	in := mc.intro
+	if in.Name == r.cfg.Name {
+		if in.UID == r.cfg.UID {
+			return ErrConnectToSelf
+		}
+		their, _ := strconv.ParseUint(in.Features[featureStarted], 10, 64)
+		ce := &CollisionError{Name: in.Name, OurUID: r.cfg.UID, TheirUID: in.UID, TheirNick: in.NickName, OurNick: r.cfg.NickName}
+		ce.WeAreNewer = r.topo.started > their || (r.topo.started == their && r.cfg.UID > in.UID)
+		r.log.Error("PEER NAME COLLISION: a live peer with our name connected",
+			"remote_addr", mc.remote, "our_uid", r.cfg.UID, "their_uid", in.UID, "their_nickname", in.NickName,
+			"we_are_newer", ce.WeAreNewer)
+		if ce.WeAreNewer {
+			r.fail(ce)
+		}
+		return ce
+	}
+	var evicted *meshConn
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return ErrClosed
+	}
+	if old := r.conns[in.Name]; old != nil {
+		// Both ends see the same two ConnIDs, so both keep the same connection: the lower.
+		switch {
+		case in.ConnID < old.intro.ConnID:
+			evicted = old
+		case in.ConnID == old.intro.ConnID:
+			r.mu.Unlock()
+			old.close(ErrDuplicateConn)
+			return fmt.Errorf("%w to %s (equal connection ids: both dropped)", ErrDuplicateConn, in.Name)
+		default:
+			r.mu.Unlock()
+			return fmt.Errorf("%w to %s: keeping connection %x", ErrDuplicateConn, in.Name, old.intro.ConnID)
+		}
+	} else if len(r.conns) >= r.cfg.ConnLimit {
+		r.mu.Unlock()
+		return fmt.Errorf("%w (%d)", ErrConnLimit, r.cfg.ConnLimit)
+	}
+	if evicted != nil {
+		r.removeConnLocked(evicted)
+	}
+	mc.established = !r.cfg.OverlayConfirms
+	r.conns[in.Name] = mc
+	r.topo.notePeer(in.Name, in.NickName, in.UID)
+	r.topo.setConn(connSummary{Name: in.Name, Addr: mc.remote, Outbound: mc.outbound, Established: mc.established})
+	r.topo.connUp(in.Name)
+	if mc.target != "" {
+		if t := r.targets[mc.target]; t != nil {
+			t.peer = in.Name
+		}
+	}
+	r.afterChangeLocked()
+	chans := r.channelList()
+	r.wg.Add(2)
+	r.mu.Unlock()
+	if evicted != nil {
+		r.log.Info("replacing duplicate connection", "remote", in.Name.String(), "kept_conn_id", in.ConnID, "dropped_conn_id", evicted.intro.ConnID)
+		evicted.close(ErrDuplicateConn)
+	}
+	go mc.writeLoop()
+	go mc.readLoop()
+	r.log.Info("connection added", "remote", in.Name.String(), "nickname", in.NickName, "remote_addr", mc.remote,
+		"outbound", mc.outbound, "encrypted", in.Encrypted, "conn_id", in.ConnID)
+	if ov := r.cfg.Overlay; ov != nil {
+		ov.ConnectionUp(mc.info())
+	}
+	// A new neighbour gets every channel's full state at once (as in Weave).
+	for _, ch := range chans {
+		ch.sendFullState(in.Name)
+	}
+	return nil
+}
+
+// removeConnLocked forgets mc if it is still the registered connection for its peer.
+func (r *Router) removeConnLocked(mc *meshConn) bool {
+	if r.conns[mc.intro.Name] != mc {
+		return false
+	}
+	delete(r.conns, mc.intro.Name)
+	r.topo.delConn(mc.intro.Name)
+	r.stats.Terminations++
+	if r.flushAt.IsZero() {
+		r.flushAt = time.Now() // tell the mesh (and GC) now, not after the coalescing delay
+	}
+	r.connDownTargetLocked(mc)
+	r.afterChangeLocked()
+	return true
+}
+
+func (r *Router) connDown(mc *meshConn, err error) {
+	mc.close(err)
+	r.mu.Lock()
+	removed := r.removeConnLocked(mc)
+	r.mu.Unlock()
+	if removed {
+		r.kick()
+		r.log.Info("connection deleted", "remote", mc.intro.Name.String(), "remote_addr", mc.remote, "err", err)
+		if ov := r.cfg.Overlay; ov != nil {
+			ov.ConnectionDown(mc.intro.Name, mc.intro.ConnID)
+		}
+	}
+}
+
+func (c *meshConn) writeLoop() {
+	defer c.r.wg.Done()
+	hb := time.NewTicker(c.r.cfg.HeartbeatInterval)
+	defer hb.Stop()
+	heartbeat := []byte{tagHeartbeat}
+	for {
+		var msg []byte
+		select {
+		case <-c.done:
+			return
+		case <-hb.C:
+			msg = heartbeat
+		case msg = <-c.sendq:
+		}
+		if err := c.c.Send(msg); err != nil {
+			c.r.connDown(c, fmt.Errorf("send: %w", err))
+			return
+		}
+		c.sent.Add(uint64(len(msg)))
+	}
+}
+
+func (c *meshConn) readLoop() {
+	defer c.r.wg.Done()
+	timeout := 2 * c.r.cfg.HeartbeatInterval
+	for {
+		if err := c.c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+			c.r.connDown(c, fmt.Errorf("set read deadline: %w", err))
+			return
+		}
+		msg, err := c.c.Receive()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				err = fmt.Errorf("%w: nothing received for %v", errHeartbeatTimeout, timeout)
+			}
+			c.r.connDown(c, err)
+			return
+		}
+		c.recvd.Add(uint64(len(msg)))
+		if err := c.r.dispatch(c, msg); err != nil {
+			c.r.mu.Lock()
+			c.r.stats.MalformedMessages++
+			c.r.mu.Unlock()
+			c.r.log.Warn("dropped bad message", "remote", c.intro.Name.String(), "err", err)
+		}
+	}
+}
+
+// dispatch handles one message from neighbour c. msg is only valid during the call.
+func (r *Router) dispatch(c *meshConn, msg []byte) error {
+	if len(msg) == 0 {
+		return fmt.Errorf("%w: empty message", ErrMalformed)
+	}
+	from := c.intro.Name
+	switch tag := msg[0]; tag {
+	case tagHeartbeat:
+		return nil
+	case tagTopoUpdate, tagTopoBroadcast, tagTopoDigest, tagTopoRequest, tagTopoHash:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		err := r.topo.handle(from, msg)
+		r.afterChangeLocked()
+		if err == nil && tag == tagTopoUpdate && !r.cfg.NoDiscovery {
+			r.kick() // new peers may be new discovery targets
+		}
+		return err
+	case tagGossip, tagGossipUnicast, tagGossipBroadcast:
+		return r.handleGossip(from, msg)
+	case tagOverlayControl:
+		if ov := r.cfg.Overlay; ov != nil {
+			ov.OverlayControl(from, c.intro.ConnID, msg[1:])
+		}
+		return nil
+	default:
+		return fmt.Errorf("%w: unknown tag %d", ErrMalformed, tag)
+	}
+}
+
+// OverlayHook lets a data-plane overlay follow the mesh connections. Methods are called
+// without locks held and must not block.
+type OverlayHook interface {
+	// ConnectionUp: a connection to a peer was established at TCP level. With
+	// Config.OverlayConfirms the mesh waits for SetEstablished before routing data over it.
+	ConnectionUp(ConnInfo)
+	// ConnectionDown: the connection is gone.
+	ConnectionDown(peer PeerName, connID uint64)
+	// OverlayControl: a message the peer's overlay sent with SendOverlayControl. msg is
+	// only valid during the call.
+	OverlayControl(peer PeerName, connID uint64, msg []byte)
+}
+
+// ConnInfo describes a connection to an overlay.
+type ConnInfo struct {
+	Peer       PeerName
+	NickName   string
+	UID        uint64
+	ConnID     uint64 // identical on both ends: a shared id for heartbeats and key ids
+	Outbound   bool
+	RemoteAddr net.Addr
+	LocalAddr  net.Addr
+	Encrypted  bool
+	// Trusted: the remote address is inside one of our trusted subnets, so the data plane
+	// may skip encryption with it.
+	Trusted          bool
+	SendKey, RecvKey [KeySize]byte
+	HasKeys          bool
+	Features         map[string]string
+}
+
+func (c *meshConn) info() ConnInfo {
+	ci := ConnInfo{
+		Peer: c.intro.Name, NickName: c.intro.NickName, UID: c.intro.UID, ConnID: c.intro.ConnID,
+		Outbound: c.outbound, RemoteAddr: c.c.RemoteAddr(), LocalAddr: c.c.LocalAddr(),
+		Encrypted: c.intro.Encrypted, Features: c.intro.Features,
+	}
+	ci.SendKey, ci.RecvKey, ci.HasKeys = c.c.DataKeys()
+	if ap, err := netip.ParseAddrPort(c.remote); err == nil {
+		for _, p := range c.r.cfg.TrustedSubnets {
+			if p.Contains(ap.Addr().Unmap()) {
+				ci.Trusted = true
+			}
+		}
+	}
+	return ci
+}
+
+// SetEstablished marks the connection to peer (with connID) as established, or not, for
+// data: the overlay calls it when its own heartbeats pass both ways, or stop.
+func (r *Router) SetEstablished(peer PeerName, connID uint64, established bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.conns[peer]
+	if c == nil || c.intro.ConnID != connID {
+		return fmt.Errorf("set established %s/%x: %w", peer, connID, ErrUnknownConn)
+	}
+	if c.established == established {
+		return nil
+	}
+	c.established = established
+	r.topo.setConn(connSummary{Name: peer, Addr: c.remote, Outbound: c.outbound, Established: established})
+	r.afterChangeLocked()
+	return nil
+}
+
+// SendOverlayControl sends a small message to the overlay of peer over the connection
+// connID. It never blocks; it fails if the connection is gone or its queue is full.
+func (r *Router) SendOverlayControl(peer PeerName, connID uint64, msg []byte) error {
+	r.mu.Lock()
+	c := r.conns[peer]
+	r.mu.Unlock()
+	if c == nil || c.intro.ConnID != connID {
+		return fmt.Errorf("overlay control to %s/%x: %w", peer, connID, ErrUnknownConn)
+	}
+	m := make([]byte, 1+len(msg))
+	m[0] = tagOverlayControl
+	copy(m[1:], msg)
+	if !c.enqueue(m) {
+		return fmt.Errorf("overlay control to %s: send queue full or closed", peer)
+	}
+	return nil
+}

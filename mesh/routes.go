@@ -1,0 +1,145 @@
+package mesh
+
+import (
+	"maps"
+	"slices"
+)
+
+// routeTable is an immutable snapshot of routes computed from one topology. Peers are
+// indexed in name order, so sorting a BFS level by index sorts it by name: that tie-break is
+// what makes every peer compute the same trees from the same topology.
+//
+// Two edge sets, as in Weave: "all" edges are every connection a peer reports (used for
+// gossip, which must work while connections are still being confirmed), "established"
+// edges need both ends to report the connection as established (used for data).
+type routeTable struct {
+	self   int32
+	names  []PeerName
+	idx    map[PeerName]int32
+	adjAll [][]int32
+	adjEst [][]int32
+
+	unicast    map[PeerName]PeerName // destination -> first hop, established+symmetric edges
+	unicastAll map[PeerName]PeerName // destination -> first hop, all edges
+
+	// per-origin broadcast next hops, filled lazily (the snapshot is owned by one goroutine
+	// at a time: the topology's lock holder).
+	bcast    map[PeerName][]PeerName
+	bcastAll map[PeerName][]PeerName
+	scratch  []int32
+}
+
+func newRouteTable(self PeerName, peers map[PeerName]*peerEntry) *routeTable {
+	t := &routeTable{
+		names:    slices.Sorted(maps.Keys(peers)),
+		idx:      make(map[PeerName]int32, len(peers)),
+		bcast:    map[PeerName][]PeerName{},
+		bcastAll: map[PeerName][]PeerName{},
+	}
+	for i, n := range t.names {
+		t.idx[n] = int32(i)
+	}
+	t.self = t.idx[self]
+	t.adjAll = make([][]int32, len(t.names))
+	t.adjEst = make([][]int32, len(t.names))
+	for i, n := range t.names {
+		e := peers[n]
+		for _, c := range e.Conns {
+			j, ok := t.idx[c.Name]
+			if !ok || j == int32(i) {
+				continue
+			}
+			t.adjAll[i] = append(t.adjAll[i], j)
+			if !c.Established {
+				continue
+			}
+			if back := peers[c.Name].conn(n); back != nil && back.Established {
+				t.adjEst[i] = append(t.adjEst[i], j)
+			}
+		}
+	}
+	t.scratch = make([]int32, len(t.names))
+	t.unicast = t.firstHops(t.adjEst)
+	t.unicastAll = t.firstHops(t.adjAll)
+	return t
+}
+
+// bfs walks from src level by level (each level in name order) and records each reached
+// peer's first hop from src in hop (-1: not reached). It stops when it dequeues stop and
+// reports whether it did.
+func (t *routeTable) bfs(src, stop int32, adj [][]int32, hop []int32) bool {
+	for i := range hop {
+		hop[i] = -1
+	}
+	hop[src] = src
+	level := []int32{src}
+	var next []int32
+	for len(level) > 0 {
+		slices.Sort(level)
+		next = next[:0]
+		for _, cur := range level {
+			if cur == stop {
+				return true
+			}
+			for _, nb := range adj[cur] {
+				if hop[nb] != -1 {
+					continue
+				}
+				if cur == src {
+					hop[nb] = nb
+				} else {
+					hop[nb] = hop[cur]
+				}
+				next = append(next, nb)
+			}
+		}
+		level, next = next, level
+	}
+	return false
+}
+
+func (t *routeTable) firstHops(adj [][]int32) map[PeerName]PeerName {
+	t.bfs(t.self, -1, adj, t.scratch)
+	m := make(map[PeerName]PeerName, len(t.names))
+	for i, h := range t.scratch {
+		if h >= 0 && int32(i) != t.self {
+			m[t.names[i]] = t.names[h]
+		}
+	}
+	return m
+}
+
+// broadcastHops returns the neighbours this peer forwards origin's broadcast to: those not
+// yet reached when a BFS from origin dequeues us. Every peer running this on the same
+// topology gets one shortest-path tree, so each broadcast reaches each peer once.
+func (t *routeTable) broadcastHops(origin PeerName, all bool) []PeerName {
+	cache, adj := t.bcast, t.adjEst
+	if all {
+		cache, adj = t.bcastAll, t.adjAll
+	}
+	if hops, ok := cache[origin]; ok {
+		return hops
+	}
+	var hops []PeerName
+	if o, ok := t.idx[origin]; ok {
+		if t.bfs(o, t.self, adj, t.scratch) {
+			for _, nb := range adj[t.self] {
+				if t.scratch[nb] == -1 {
+					hops = append(hops, t.names[nb])
+				}
+			}
+		}
+	}
+	cache[origin] = hops
+	return hops
+}
+
+// reachable reports the peers reachable from us over any reported connection.
+func (t *routeTable) reachableAll() map[PeerName]bool {
+	m := make(map[PeerName]bool, len(t.unicastAll)+1)
+	for n := range t.unicastAll {
+		m[n] = true
+	}
+	m[t.names[t.self]] = true
+	return m
+}
