@@ -1,0 +1,194 @@
+// Command bench measures the data paths of the overlay on one machine: for each mode it builds a
+// fresh two-host namespace lab (internal/netlab) with one container per host, then measures
+// iperf3 TCP throughput (one stream) and ping RTT between the containers, and reports every
+// figure as a ratio to a hand-made kernel VXLAN measured in the same run, minutes apart, so that
+// numbers from different machines can be compared by their ratios.
+//
+//	go run ./bench [-out bench/results] [-duration 10s] [-modes underlay,kernel-vxlan,...]
+//
+// It needs root, iproute2, iptables, iperf3 and ping (scripts/install-deps.sh). Modes that run
+// our binaries take them from -bin (default bin/, `make build`).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type config struct {
+	out       string
+	duration  time.Duration
+	modes     []string
+	pings     int
+	binDir    string
+	keep      bool
+	verbose   bool
+	listModes bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	var modes string
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.out, "out", "bench/results", "directory for the JSON result (empty: do not write)")
+	fs.DurationVar(&c.duration, "duration", 10*time.Second, "iperf3 run time per mode")
+	fs.StringVar(&modes, "modes", "", "comma-separated modes to run (default: all; "+baselineMode+" is always added)")
+	fs.IntVar(&c.pings, "pings", 50, "ping count per mode for the RTT")
+	fs.StringVar(&c.binDir, "bin", "bin", "directory of weaver and weavectl for the modes that run them")
+	fs.BoolVar(&c.keep, "keep", false, "keep each lab's directory (process logs) after the run")
+	fs.BoolVar(&c.verbose, "v", false, "log the lab's progress")
+	fs.BoolVar(&c.listModes, "list", false, "list the modes and exit")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.duration < time.Second {
+		return c, fmt.Errorf("-duration %v: at least 1s", c.duration)
+	}
+	if c.pings < 1 {
+		return c, fmt.Errorf("-pings %d: at least 1", c.pings)
+	}
+	if modes != "" {
+		for m := range strings.SplitSeq(modes, ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				c.modes = append(c.modes, m)
+			}
+		}
+	}
+	return c, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		return 2
+	}
+	registry := allModes()
+	if cfg.listModes {
+		for _, m := range registry {
+			fmt.Fprintf(stdout, "%-18s %s\n", m.Name(), m.Description())
+		}
+		return 0
+	}
+	selected, err := selectModes(registry, cfg.modes)
+	if err != nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		return 2
+	}
+	if err := preflight(); err != nil {
+		fmt.Fprintf(stderr, "bench: %v\n", err)
+		return 1
+	}
+	level := slog.LevelWarn
+	if cfg.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	rep := newReport(cfg)
+	for _, m := range selected {
+		fmt.Fprintf(stderr, "bench: %s ...\n", m.Name())
+		res := measureMode(ctx, cfg, m, log)
+		if res.Error != "" {
+			fmt.Fprintf(stderr, "bench: %s: %s\n", m.Name(), res.Error)
+		}
+		rep.Results = append(rep.Results, res)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	rep.finish()
+	rep.printTable(stdout)
+	if cfg.out != "" {
+		path, err := rep.write(cfg.out)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "\nwrote %s\n", path)
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "bench: interrupted")
+		return 1
+	}
+	if rep.baseline() == nil {
+		fmt.Fprintf(stderr, "bench: the %s baseline failed: no ratios\n", baselineMode)
+		return 1
+	}
+	return 0
+}
+
+// selectModes returns the requested modes in registry order, always with the baseline first so
+// that every other figure has its reference from the same run.
+func selectModes(registry []Mode, names []string) ([]Mode, error) {
+	if len(names) == 0 {
+		return registry, nil
+	}
+	want := map[string]bool{baselineMode: true}
+	for _, n := range names {
+		found := false
+		for _, m := range registry {
+			found = found || m.Name() == n
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown mode %q (see -list)", n)
+		}
+		want[n] = true
+	}
+	var out []Mode
+	for _, m := range registry {
+		if want[m.Name()] {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+func preflight() error {
+	if runtime.GOOS != "linux" {
+		return fmt.Errorf("needs Linux network namespaces, not %s", runtime.GOOS)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, veth, iptables)")
+	}
+	for _, tool := range []string{"ip", "iptables", "iperf3", "ping", "ss"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("needs %s on PATH (scripts/install-deps.sh installs it): %w", tool, err)
+		}
+	}
+	return nil
+}
+
+// absBin resolves the binary directory once, since processes run from other directories.
+func absBin(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
+	}
+	return dir
+}

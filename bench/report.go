@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is the JSON written to <out>/<UTC time>.json.
+type Report struct {
+	Started         time.Time `json:"started"`
+	Finished        time.Time `json:"finished"`
+	Machine         Machine   `json:"machine"`
+	DurationSeconds float64   `json:"duration_seconds"`
+	Pings           int       `json:"pings"`
+	Baseline        string    `json:"baseline"`
+	Results         []Result  `json:"results"`
+}
+
+// Machine identifies where the figures come from; only ratios compare across machines.
+type Machine struct {
+	Kernel string `json:"kernel"`
+	CPU    string `json:"cpu"`
+	CPUs   int    `json:"cpus"`
+	Go     string `json:"go"`
+}
+
+func newReport(cfg config) *Report {
+	return &Report{
+		Started:         time.Now().UTC(),
+		Machine:         machine(),
+		DurationSeconds: cfg.duration.Seconds(),
+		Pings:           cfg.pings,
+		Baseline:        baselineMode,
+	}
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		defer f.Close()
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+func (r *Report) baseline() *Result {
+	for i := range r.Results {
+		if r.Results[i].Mode == baselineMode && r.Results[i].ok() {
+			return &r.Results[i]
+		}
+	}
+	return nil
+}
+
+// finish stamps the end time and fills in the ratios to the baseline.
+func (r *Report) finish() {
+	r.Finished = time.Now().UTC()
+	base := r.baseline()
+	if base == nil {
+		return
+	}
+	for i := range r.Results {
+		res := &r.Results[i]
+		if !res.ok() {
+			continue
+		}
+		if base.ThroughputBps > 0 {
+			v := res.ThroughputBps / base.ThroughputBps
+			res.ThroughputRatio = &v
+		}
+		if base.RTTAvgMs > 0 && res.RTTAvgMs > 0 {
+			v := res.RTTAvgMs / base.RTTAvgMs
+			res.RTTRatio = &v
+		}
+	}
+}
+
+func (r *Report) printTable(w io.Writer) {
+	fmt.Fprintf(w, "\n%s, %d CPUs, kernel %s; iperf3 1 TCP stream %gs, %d pings; ratios to %s\n\n",
+		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.DurationSeconds, r.Pings, r.Baseline)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MODE\tTHROUGHPUT\tx BASE\tRETRANS\tRTT AVG\tRTT MIN\tx BASE\tLOSS\tINFO")
+	for _, res := range r.Results {
+		switch {
+		case res.Skipped != "":
+			fmt.Fprintf(tw, "%s\tskipped: %s\n", res.Mode, res.Skipped)
+			continue
+		case res.Error != "":
+			fmt.Fprintf(tw, "%s\tFAILED: %s\n", res.Mode, oneLine(res.Error, 160))
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.3f ms\t%.3f ms\t%s\t%.0f%%\t%s\n",
+			res.Mode, gbits(res.ThroughputBps), ratio(res.ThroughputRatio), res.Retransmits,
+			res.RTTAvgMs, res.RTTMinMs, ratio(res.RTTRatio), res.PingLoss*100, res.Info)
+	}
+	tw.Flush()
+}
+
+func gbits(bps float64) string {
+	if bps >= 1e9 {
+		return fmt.Sprintf("%.2f Gbit/s", bps/1e9)
+	}
+	return fmt.Sprintf("%.0f Mbit/s", bps/1e6)
+}
+
+func ratio(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", *v)
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		s = s[:n] + "..."
+	}
+	return s
+}
+
+// write stores the report as <dir>/<UTC start time>.json and returns the path.
+func (r *Report) write(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("results dir: %w", err)
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("encode results: %w", err)
+	}
+	path := filepath.Join(dir, r.Started.Format("2006-01-02T150405Z")+".json")
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return "", fmt.Errorf("write results: %w", err)
+	}
+	return path, nil
+}
