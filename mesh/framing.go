@@ -198,7 +198,9 @@ func (c *Conn) receive() ([]byte, error) {
 	body, err := c.fr.next(limit)
 	if err != nil {
 		if errors.Is(err, ErrMessageTooLarge) {
-			c.counters.add(&c.counters.MessageTooLarge)
+			if c.counters != nil {
+				c.counters.MessageTooLarge.Add(1)
+			}
 		}
 		c.recvErr = fmt.Errorf("receive from %s: %w", c.nc.RemoteAddr(), err)
 		return nil, c.recvErr
@@ -208,7 +210,9 @@ func (c *Conn) receive() ([]byte, error) {
 	}
 	msg, err := c.recvSeq.open(body[:0], c.fr.hdr[:], body)
 	if err != nil {
-		c.counters.add(&c.counters.ReplayOrForgery)
+		if c.counters != nil {
+			c.counters.ReplayOrForgery.Add(1)
+		}
 		c.recvErr = fmt.Errorf("receive from %s: message %d: %w", c.nc.RemoteAddr(), c.recvSeq.seq-1, ErrReplayOrForgery)
 		return nil, c.recvErr
 	}

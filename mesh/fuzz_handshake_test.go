@@ -118,6 +118,8 @@ func FuzzHandshake(f *testing.F) {
 	f.Add(hello, true)
 	f.Add(append(append([]byte{}, hello...), 1, 9, 9, 9), true)
 	f.Add([]byte("weave\x00\xff"), false)
+	// Found by the fuzzer: an oversize intro length with no counters configured.
+	f.Add(append(append([]byte{}, plain...), 0xb6, 0x1a, 0x93, 0xe3, 0x87, 0xa7, 0x0e, 0x00), false)
 	f.Fuzz(func(t *testing.T, script []byte, withPassword bool) {
 		pw := ""
 		if withPassword {

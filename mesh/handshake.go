@@ -102,12 +102,6 @@ type ConnCounters struct {
 	ReplayOrForgery  atomic.Uint64
 }
 
-func (cc *ConnCounters) add(c *atomic.Uint64) {
-	if cc != nil {
-		c.Add(1)
-	}
-}
-
 // HandshakeParams describes our end of a connection.
 type HandshakeParams struct {
 	Name                   PeerName // our identity; must be non-zero
@@ -159,15 +153,15 @@ func (cc *ConnCounters) countHandshakeError(err error) {
 	}
 	switch {
 	case errors.Is(err, ErrWrongPassword):
-		cc.add(&cc.WrongPassword)
+		cc.WrongPassword.Add(1)
 	case errors.Is(err, ErrPasswordMismatch):
-		cc.add(&cc.PasswordMismatch)
+		cc.PasswordMismatch.Add(1)
 	case errors.Is(err, ErrVersionMismatch):
-		cc.add(&cc.VersionMismatch)
+		cc.VersionMismatch.Add(1)
 	case errors.Is(err, ErrHandshakeTimeout):
-		cc.add(&cc.HandshakeTimeout)
+		cc.HandshakeTimeout.Add(1)
 	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
-		cc.add(&cc.BadHandshake)
+		cc.BadHandshake.Add(1)
 	}
 }
 

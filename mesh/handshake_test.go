@@ -304,6 +304,11 @@ func TestHandshakeMalformedPeer(t *testing.T) {
 			if cc.BadHandshake.Load() != 1 {
 				t.Errorf("bad-handshake counter %d, want 1", cc.BadHandshake.Load())
 			}
+			// Counting is optional: the same refusal without counters.
+			p.Counters = nil
+			if err := hsRawPeer(t, p, []byte(tc.script)); !errors.Is(err, tc.want) {
+				t.Fatalf("without counters: got %v, want %v", err, tc.want)
+			}
 		})
 	}
 }
@@ -367,8 +372,10 @@ func TestHandshakeInvalidParams(t *testing.T) {
 		"control in nick": func(p *HandshakeParams) { p.NickName = "a\nb" },
 		"reserved key":    func(p *HandshakeParams) { p.Features = map[string]string{"UID": "7"} },
 		"empty key":       func(p *HandshakeParams) { p.Features = map[string]string{"": "7"} },
-		"long value":      func(p *HandshakeParams) { p.Features = map[string]string{"k": strings.Repeat("v", MaxFeatureValueLen+1)} },
-		"bad versions":    func(p *HandshakeParams) { p.MinVersion, p.MaxVersion = 1, 9 },
+		"long value": func(p *HandshakeParams) {
+			p.Features = map[string]string{"k": strings.Repeat("v", MaxFeatureValueLen+1)}
+		},
+		"bad versions": func(p *HandshakeParams) { p.MinVersion, p.MaxVersion = 1, 9 },
 		"too many features": func(p *HandshakeParams) {
 			p.Features = map[string]string{}
 			for i := range MaxFeatures + 1 {
@@ -409,7 +416,9 @@ func TestIntroRoundTripAndValidation(t *testing.T) {
 	}
 
 	valid := [][2]string{{"Name", "0a:00:00:00:00:01"}, {"NickName", "n"}, {"UID", "5"}, {"ConnID", "0"}}
-	with := func(extra ...[2]string) []byte { return hsEncodeEntries(append(append([][2]string{}, valid...), extra...)) }
+	with := func(extra ...[2]string) []byte {
+		return hsEncodeEntries(append(append([][2]string{}, valid...), extra...))
+	}
 	replace := func(i int, v string) []byte {
 		e := append([][2]string{}, valid...)
 		e[i][1] = v
