@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavemesh/weave/internal/netlab"
+	"github.com/weavemesh/weave/internal/testutil"
+)
+
+func TestParseIperf(t *testing.T) {
+	good := `{"start":{},"end":{"sum_sent":{"bits_per_second":9.5e9,"retransmits":12},
+		"sum_received":{"bits_per_second":9.4e9},"cpu_utilization_percent":{"host_total":40.5,"remote_total":60.25}}}`
+	r, err := parseIperf([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.bps != 9.4e9 || r.retransmits != 12 || r.senderCPU != 40.5 || r.receiverCPU != 60.25 {
+		t.Fatalf("parseIperf = %+v", r)
+	}
+	for name, out := range map[string]string{
+		"iperf error":   `{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}`,
+		"no throughput": `{"end":{"sum_received":{"bits_per_second":0}}}`,
+		"not json":      "iperf3: error - unable to connect",
+	} {
+		if _, err := parseIperf([]byte(out)); err == nil {
+			t.Errorf("%s: accepted %q", name, out)
+		}
+	}
+	if _, err := parseIperf([]byte(`{"error":"unable to connect to server"}`)); err == nil || !strings.Contains(err.Error(), "unable to connect") {
+		t.Errorf("iperf3's own error not passed on: %v", err)
+	}
+}
+
+// FuzzParseIperf: iperf3's output is another program's; nothing in it may panic the parser or
+// produce a non-positive throughput.
+func FuzzParseIperf(f *testing.F) {
+	f.Add([]byte(`{"end":{"sum_received":{"bits_per_second":1e9},"sum_sent":{"retransmits":3}}}`))
+	f.Add([]byte(`{"error":"x"}`))
+	f.Add([]byte(`{"end":{"sum_received":{"bits_per_second":-1}}}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := parseIperf(b)
+		if err == nil && !(r.bps > 0) {
+			t.Fatalf("accepted throughput %v", r.bps)
+		}
+	})
+}
+
+func TestSelectModes(t *testing.T) {
+	reg := allModes()
+	names := func(ms []Mode) string {
+		var s []string
+		for _, m := range ms {
+			s = append(s, m.Name())
+		}
+		return strings.Join(s, ",")
+	}
+	all, err := selectModes(reg, nil)
+	if err != nil || len(all) != len(reg) || all[0].Name() != baselineMode {
+		t.Fatalf("default selection %q, %v: want every mode, baseline first", names(all), err)
+	}
+	got, err := selectModes(reg, []string{"underlay"})
+	if err != nil || names(got) != baselineMode+",underlay" {
+		t.Fatalf("selection of underlay = %q, %v; want the baseline added first", names(got), err)
+	}
+	if _, err := selectModes(reg, []string{"nope"}); err == nil {
+		t.Fatal("unknown mode accepted")
+	}
+	seen := map[string]bool{}
+	for _, m := range reg {
+		if seen[m.Name()] {
+			t.Fatalf("mode %q registered twice", m.Name())
+		}
+		seen[m.Name()] = true
+	}
+}
+
+func TestReportRatios(t *testing.T) {
+	r := &Report{Baseline: baselineMode, Results: []Result{
+		{Mode: baselineMode, ThroughputBps: 8e9, RTTAvgMs: 0.1},
+		{Mode: "underlay", ThroughputBps: 12e9, RTTAvgMs: 0.05},
+		{Mode: "sleeve", Error: "boom"},
+	}}
+	r.finish()
+	u := r.Results[1]
+	if u.ThroughputRatio == nil || *u.ThroughputRatio != 1.5 || u.RTTRatio == nil || *u.RTTRatio != 0.5 {
+		t.Fatalf("ratios of underlay: %v %v", u.ThroughputRatio, u.RTTRatio)
+	}
+	if r.Results[2].ThroughputRatio != nil {
+		t.Fatal("a failed mode got a ratio")
+	}
+	var buf bytes.Buffer
+	r.printTable(&buf)
+	for _, want := range []string{"12.00 Gbit/s", "1.50", "FAILED: boom"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Fatalf("table lacks %q:\n%s", want, buf.String())
+		}
+	}
+	dir := t.TempDir()
+	path, err := r.write(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil || len(back.Results) != 3 || filepath.Dir(path) != dir {
+		t.Fatalf("written report does not read back: %v", err)
+	}
+}
+
+// TestKernelVXLANBaseline wires the baseline in a real lab and measures it briefly: the
+// containers reach each other only through the hand-made VXLAN, and iperf3 moves data.
+func TestKernelVXLANBaseline(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCommands(t, "iperf3", "ping", "ss")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	res := measureMode(ctx, config{duration: time.Second, pings: 5}, kernelVXLAN{}, log)
+	if !res.ok() {
+		t.Fatalf("kernel-vxlan: %+v", res)
+	}
+	if res.ThroughputBps < 10e6 || res.PingLoss != 0 || res.RTTAvgMs <= 0 {
+		t.Fatalf("implausible baseline %+v", res)
+	}
+
+	// The containers talk over the VXLAN only: without it they are cut off.
+	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	env := &Env{Lab: lab, Hosts: [2]*netlab.Host{lab.Hosts[0], lab.Hosts[1]}}
+	for i, h := range env.Hosts {
+		c, err := h.AddContainer("c1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.Containers[i] = c
+	}
+	path, err := kernelVXLAN{}.Setup(ctx, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "containers reach each other over the vxlan", func() error {
+		loss, _, err := netlab.Ping(ctx, path.Client, path.ServerAddr, 1)
+		if err == nil && loss > 0 {
+			err = os.ErrDeadlineExceeded
+		}
+		return err
+	})
+	if err := lab.BlockUDPPort(env.Hosts[0], env.Hosts[1], 4789); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := netlab.PingWith(ctx, path.Client, path.ServerAddr, netlab.PingOptions{Count: 2, Timeout: 300 * time.Millisecond}); err != nil || r.Loss != 1 {
+		t.Fatalf("containers still reach each other with the vxlan port blocked: %+v %v", r, err)
+	}
+}
