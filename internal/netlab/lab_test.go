@@ -468,3 +468,68 @@ func netnsWithPrefix(t *testing.T, prefix string) []string {
 	}
 	return names
 }
+
+// TestCleanupOnFailureAndPanic runs this test binary again with a lab in a test that fails or
+// panics, and checks that the lab is gone afterwards.
+func TestCleanupOnFailureAndPanic(t *testing.T) {
+	if how := os.Getenv("NETLAB_CHILD"); how != "" {
+		lab := New(t, Options{Hosts: 2, NAT: []int{1}})
+		if _, err := lab.Hosts[0].Start("sleeper", nil, "sleep", "1000"); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("PREFIX=%s\n", lab.Prefix)
+		if how == "panic" {
+			panic("child panics on purpose")
+		}
+		t.Fatal("child fails on purpose")
+	}
+	testutil.RequireRoot(t)
+	for _, how := range []string{"fail", "panic"} {
+		t.Run(how, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCleanupOnFailureAndPanic$", "-test.count=1")
+			cmd.Env = append(os.Environ(), "NETLAB_CHILD="+how)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("child did not fail:\n%s", out)
+			}
+			_, rest, ok := strings.Cut(string(out), "PREFIX=")
+			if !ok {
+				t.Fatalf("child printed no prefix:\n%s", out)
+			}
+			prefix, _, _ := strings.Cut(rest, "\n")
+			if left := netnsWithPrefix(t, prefix); len(left) > 0 {
+				t.Fatalf("namespaces left after the child's %s: %v\n%s", how, left, out)
+			}
+		})
+	}
+}
+
+// TestSweepRecycledPID: an owner record whose PID now belongs to another process (a different
+// start time) marks an abandoned lab.
+func TestSweepRecycledPID(t *testing.T) {
+	testutil.RequireRoot(t)
+	ctx := testCtx(t)
+	prefix, err := newPrefix(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := prefix + "-h1"
+	if _, err := runCmd(ctx, "ip", "netns", "add", ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteNetns(ns) })
+	dir := filepath.Join(stateRoot, prefix)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rec := fmt.Sprintf("pid=%d start=1 dir=/nonexistent\n", os.Getpid())
+	if err := os.WriteFile(filepath.Join(dir, "owner"), []byte(rec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := Sweep(PrefixRoot); err != nil {
+		t.Fatal(err)
+	}
+	if left := netnsWithPrefix(t, prefix); len(left) > 0 {
+		t.Fatalf("Sweep kept a lab whose owner PID was recycled: %v", left)
+	}
+}
