@@ -98,9 +98,15 @@ func TestReportRatios(t *testing.T) {
 	if r.Results[2].ThroughputRatio != nil {
 		t.Fatal("a failed mode got a ratio")
 	}
+	// A repeated baseline: ratios use the mean of both runs, and the drift is reported.
+	r.BaselineRepeat = &Result{Mode: baselineMode, ThroughputBps: 4e9, RTTAvgMs: 0.1}
+	r.finish()
+	if u := r.Results[1]; u.ThroughputRatio == nil || *u.ThroughputRatio != 2 || r.BaselineDrift == nil || *r.BaselineDrift != 0.5 {
+		t.Fatalf("with a repeated baseline: ratio %v drift %v, want 2 and 0.5", u.ThroughputRatio, r.BaselineDrift)
+	}
 	var buf bytes.Buffer
 	r.printTable(&buf)
-	for _, want := range []string{"12.00 Gbit/s", "1.50", "FAILED: boom"} {
+	for _, want := range []string{"12.00 Gbit/s", "2.00", "FAILED: boom", "drift x0.50"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Fatalf("table lacks %q:\n%s", want, buf.String())
 		}

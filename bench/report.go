@@ -22,6 +22,11 @@ type Report struct {
 	Pings           int       `json:"pings"`
 	Baseline        string    `json:"baseline"`
 	Results         []Result  `json:"results"`
+	// BaselineRepeat is the baseline measured again after the other modes; the ratios use the
+	// mean of both runs.
+	BaselineRepeat *Result `json:"baseline_repeat,omitempty"`
+	// BaselineDrift is the repeat's throughput over the first run's (1 = steady machine).
+	BaselineDrift *float64 `json:"baseline_drift,omitempty"`
 }
 
 // Machine identifies where the figures come from; only ratios compare across machines.
@@ -69,12 +74,29 @@ func (r *Report) baseline() *Result {
 	return nil
 }
 
+// measuredOthers reports whether a mode other than the baseline was measured.
+func (r *Report) measuredOthers() bool {
+	for _, res := range r.Results {
+		if res.Mode != baselineMode && res.ok() {
+			return true
+		}
+	}
+	return false
+}
+
 // finish stamps the end time and fills in the ratios to the baseline.
 func (r *Report) finish() {
 	r.Finished = time.Now().UTC()
-	base := r.baseline()
-	if base == nil {
+	first := r.baseline()
+	if first == nil {
 		return
+	}
+	base := *first
+	if again := r.BaselineRepeat; again != nil && again.ok() {
+		drift := again.ThroughputBps / first.ThroughputBps
+		r.BaselineDrift = &drift
+		base.ThroughputBps = (first.ThroughputBps + again.ThroughputBps) / 2
+		base.RTTAvgMs = (first.RTTAvgMs + again.RTTAvgMs) / 2
 	}
 	for i := range r.Results {
 		res := &r.Results[i]
@@ -111,6 +133,14 @@ func (r *Report) printTable(w io.Writer) {
 			res.RTTAvgMs, res.RTTMinMs, ratio(res.RTTRatio), res.PingLoss*100, res.Info)
 	}
 	tw.Flush()
+	switch again := r.BaselineRepeat; {
+	case again == nil:
+	case !again.ok():
+		fmt.Fprintf(w, "\n%s measured again at the end: %s%s\n", r.Baseline, again.Skipped, oneLine(again.Error, 160))
+	default:
+		fmt.Fprintf(w, "\n%s measured again at the end: %s, RTT %.3f ms; drift x%.2f (ratios use the mean of both)\n",
+			r.Baseline, gbits(again.ThroughputBps), again.RTTAvgMs, *r.BaselineDrift)
+	}
 }
 
 func gbits(bps float64) string {
