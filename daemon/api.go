@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/weavemesh/weave/api"
+)
+
+const maxRequestBody = 1 << 20
+
+func (d *Daemon) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathStatus, d.handleStatus)
+	mux.HandleFunc("GET "+api.PathReport, d.handleReport)
+	mux.HandleFunc("GET "+api.PathVersion, d.handleVersion)
+	mux.HandleFunc("POST "+api.PathStop, d.handleStop)
+	mux.HandleFunc("POST "+api.PathConnect, d.handleConnect)
+	mux.HandleFunc("POST "+api.PathForget, d.handleForget)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, api.Errorf(api.CodeNotFound, "no such API path %s %s (API %s)", r.Method, r.URL.Path, api.Version))
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		ae = &api.Error{Code: api.CodeInternal, Message: err.Error()}
+	}
+	writeJSON(w, ae.Code.HTTPStatus(), ae)
+}
+
+// decode reads a JSON body strictly: unknown fields and trailing data are refused, so a
+// client typo is an error instead of a silently ignored setting.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return api.Errorf(api.CodeBadRequest, "bad request body: %v", err)
+	}
+	if dec.More() {
+		return api.Errorf(api.CodeBadRequest, "bad request body: trailing data")
+	}
+	return nil
+}
+
+func (d *Daemon) isReady() bool {
+	select {
+	case <-d.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, api.Status{
+		Version: d.cfg.Version,
+		Ready:   d.isReady(),
+		Name:    d.name.String(),
+		PID:     os.Getpid(),
+	})
+}
+
+func (d *Daemon) handleVersion(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, api.VersionInfo{Version: d.cfg.Version, API: api.Version})
+}
+
+func (d *Daemon) handleReport(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, d.report())
+}
+
+func (d *Daemon) handleStop(w http.ResponseWriter, _ *http.Request) {
+	d.log.Info("stop requested through the API")
+	w.WriteHeader(http.StatusNoContent)
+	d.requestStop()
+}
+
+func (d *Daemon) peersRequest(r *http.Request) (api.PeersRequest, error) {
+	var req api.PeersRequest
+	if err := decode(r, &req); err != nil {
+		return req, err
+	}
+	for _, p := range req.Peers {
+		if p == "" || len(p) > 255 || strings.ContainsAny(p, " \t\n/") {
+			return req, api.Errorf(api.CodeBadRequest, "bad peer address %q: want host[:port]", p)
+		}
+	}
+	return req, nil
+}
+
+func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) {
+	req, err := d.peersRequest(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := d.mesh.Connect(req.Peers, req.Replace); err != nil {
+		writeError(w, api.Errorf(api.CodeBadRequest, "connect: %v", err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (d *Daemon) handleForget(w http.ResponseWriter, r *http.Request) {
+	req, err := d.peersRequest(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(req.Peers) == 0 {
+		writeError(w, api.Errorf(api.CodeBadRequest, "forget: no peers given"))
+		return
+	}
+	if err := d.mesh.Forget(req.Peers); err != nil {
+		writeError(w, api.Errorf(api.CodeBadRequest, "forget: %v", fmt.Sprint(err)))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

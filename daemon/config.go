@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/internal/netdev"
+)
+
+// Config is everything the daemon needs; cmd/weaver fills it from flags and environment.
+type Config struct {
+	// Name overrides the persisted peer name (MAC form); empty: load or derive it.
+	Name string
+	// NickName is shown to users; empty: the hostname.
+	NickName string
+	// Port is the TCP control port and UDP sleeve port; Port+1 is the fastdp VXLAN port.
+	Port int
+	// Password enables encryption of every control and data path.
+	Password []byte
+	// Peers are the initial targets, host[:port].
+	Peers []string
+	// ConnLimit caps the number of connections (0: unlimited).
+	ConnLimit int
+	// NoDiscovery stops dialling peers learned from gossip.
+	NoDiscovery bool
+	// TrustedSubnets are underlay networks whose peers skip data-plane encryption.
+	TrustedSubnets []netip.Prefix
+	// MTU of the bridge and containers; 0: computed from the underlay.
+	MTU int
+	// NoFastDP keeps every connection on the sleeve overlay.
+	NoFastDP bool
+	// IPAllocRange is the IPAM universe.
+	IPAllocRange netip.Prefix
+	// IPAllocInit is consensus[=N], seed=NAME,... or observer.
+	IPAllocInit string
+	// StateDir holds identity, IPAM database and targets.
+	StateDir string
+	// Socket is the control API's unix socket.
+	Socket string
+	// MetricsAddr is where Prometheus metrics are served ("": off).
+	MetricsAddr string
+	// Bridge and TAP are the names of the host devices.
+	Bridge, TAP string
+
+	Logger *slog.Logger
+	// Links is the host plumbing; nil: netlink in the current namespace.
+	Links netdev.Links
+	// Version is reported by the API.
+	Version string
+	// ShutdownTimeout bounds Close.
+	ShutdownTimeout time.Duration
+}
+
+// DefaultConfig returns the CONTRACT defaults.
+func DefaultConfig() Config {
+	return Config{
+		Port:            api.DefaultPort,
+		StateDir:        api.DefaultStateDir,
+		Socket:          api.DefaultSocket,
+		MetricsAddr:     api.DefaultMetricsAddr,
+		Bridge:          api.DefaultBridge,
+		TAP:             api.DefaultTAP,
+		IPAllocRange:    netip.MustParsePrefix(api.DefaultIPRange),
+		IPAllocInit:     "consensus",
+		ConnLimit:       200,
+		ShutdownTimeout: 10 * time.Second,
+		Version:         "dev",
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Port <= 0 || c.Port > 65534 {
+		errs = append(errs, fmt.Errorf("--port %d out of range 1-65534 (port+1 is used for VXLAN)", c.Port))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("--state-dir is empty"))
+	}
+	if c.Socket == "" {
+		errs = append(errs, errors.New("--socket is empty"))
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
+		errs = append(errs, fmt.Errorf("--mtu %d out of range 576-65535", c.MTU))
+	}
+	if c.ConnLimit < 0 {
+		errs = append(errs, fmt.Errorf("--conn-limit %d is negative", c.ConnLimit))
+	}
+	if c.Bridge == "" || len(c.Bridge) > 15 || c.TAP == "" || len(c.TAP) > 15 {
+		errs = append(errs, fmt.Errorf("bridge %q and tap %q names must be 1-15 characters", c.Bridge, c.TAP))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("no logger"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,273 @@
+// Package daemon is the composition root of weaver: it wires identity, mesh, host plumbing
+// and the control API together, and owns their lifecycle (New, Start, Close, Wait). Only
+// cmd/weaver and the tests import it.
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weavemesh/weave/internal/netdev"
+	"github.com/weavemesh/weave/mesh"
+)
+
+// Overheads of the encapsulations, used to derive the default container MTU from the
+// underlay: the sleeve's is the larger (Weave quoted 62 plain, 86 sealed for 1500 → 1438/1414),
+// VXLAN's is 50.
+const (
+	sleeveOverheadPlain  = 62
+	sleeveOverheadSealed = 86
+	fallbackUnderlayMTU  = 1500
+)
+
+// Daemon is one running router.
+type Daemon struct {
+	cfg   Config
+	log   *slog.Logger
+	links netdev.Links
+
+	name mesh.PeerName
+	uid  uint64
+	mtu  int
+
+	lockFile *os.File
+	mesh     *mesh.Router
+	apiLn    net.Listener
+	apiSrv   *http.Server
+
+	started time.Time
+	ready   chan struct{}
+
+	closeOnce sync.Once
+	done      chan struct{} // closed when Close has finished
+	stopReq   chan struct{} // closed when the API asked us to stop
+	stopOnce  sync.Once
+
+	errMu sync.Mutex
+	err   error // first fatal error
+}
+
+// New checks the configuration, takes the state dir's lock and loads the identity. It
+// creates nothing on the host yet; Start does.
+func New(cfg Config) (*Daemon, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	if cfg.Links == nil {
+		cfg.Links = netdev.Netlink{}
+	}
+	if cfg.NickName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("no --nickname and no hostname: %w", err)
+		}
+		cfg.NickName = h
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	name, err := mesh.LoadOrCreateName(cfg.StateDir, cfg.Name)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("peer identity: %w", err)
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("random uid: %w", err)
+	}
+	d := &Daemon{
+		cfg:      cfg,
+		log:      cfg.Logger.With(slog.String("peer", name.String())),
+		links:    cfg.Links,
+		name:     name,
+		uid:      binary.BigEndian.Uint64(b[:]) | 1,
+		lockFile: lock,
+		ready:    make(chan struct{}),
+		done:     make(chan struct{}),
+		stopReq:  make(chan struct{}),
+	}
+	return d, nil
+}
+
+// lockStateDir makes sure only one weaver uses a state dir: a second one would fight over
+// identity and IPAM.
+func lockStateDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "weaver.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state dir lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another weaver is already running with state dir %s", dir)
+		}
+		return nil, fmt.Errorf("lock state dir: %w", err)
+	}
+	if err := f.Truncate(0); err == nil {
+		fmt.Fprintf(f, "%d\n", os.Getpid())
+	}
+	return f, nil
+}
+
+// Name is the peer name.
+func (d *Daemon) Name() mesh.PeerName { return d.name }
+
+// Start creates the bridge and TAP, starts the mesh and serves the API. It does not block.
+func (d *Daemon) Start() error {
+	d.started = time.Now()
+	mtu, err := d.containerMTU()
+	if err != nil {
+		return err
+	}
+	d.mtu = mtu
+	nb := d.name.Bytes()
+	mac := net.HardwareAddr(nb[:])
+	if err := d.links.EnsureBridge(d.cfg.Bridge, mac, mtu); err != nil {
+		return fmt.Errorf("bridge: %w", err)
+	}
+	if err := d.links.EnsureTAP(d.cfg.TAP, d.cfg.Bridge, mtu); err != nil {
+		return fmt.Errorf("tap: %w", err)
+	}
+	m, err := mesh.New(mesh.Config{
+		Name:           d.name,
+		NickName:       d.cfg.NickName,
+		UID:            d.uid,
+		Port:           d.cfg.Port,
+		Password:       d.cfg.Password,
+		StateDir:       d.cfg.StateDir,
+		ConnLimit:      d.cfg.ConnLimit,
+		NoDiscovery:    d.cfg.NoDiscovery,
+		TrustedSubnets: d.cfg.TrustedSubnets,
+		Peers:          d.cfg.Peers,
+		Logger:         d.log.With(slog.String("component", "mesh")),
+	})
+	if err != nil {
+		return fmt.Errorf("mesh: %w", err)
+	}
+	if err := m.Start(); err != nil {
+		return fmt.Errorf("mesh: %w", err)
+	}
+	d.mesh = m
+	if err := d.serveAPI(); err != nil {
+		d.mesh.Close()
+		return err
+	}
+	close(d.ready)
+	d.log.Info("router started", "nickname", d.cfg.NickName, "port", d.cfg.Port, "mtu", mtu,
+		"encryption", len(d.cfg.Password) > 0, "socket", d.cfg.Socket)
+	return nil
+}
+
+func (d *Daemon) containerMTU() (int, error) {
+	if d.cfg.MTU != 0 {
+		return d.cfg.MTU, nil
+	}
+	under, err := d.links.UnderlayMTU()
+	if err != nil {
+		d.log.Warn("cannot read the underlay MTU; assuming 1500", "err", err)
+		under = fallbackUnderlayMTU
+	}
+	overhead := sleeveOverheadPlain
+	if len(d.cfg.Password) > 0 {
+		overhead = sleeveOverheadSealed
+	}
+	return under - overhead, nil
+}
+
+func (d *Daemon) serveAPI() error {
+	dir := filepath.Dir(d.cfg.Socket)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create socket dir: %w", err)
+	}
+	// A socket left by a killed weaver blocks the listen; the state-dir lock proves it is stale
+	// only when it is ours, so refuse to remove a socket another live daemon answers on.
+	if c, err := net.DialTimeout("unix", d.cfg.Socket, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("another daemon answers on %s", d.cfg.Socket)
+	}
+	if err := os.Remove(d.cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.Listen("unix", d.cfg.Socket)
+	unix.Umask(old)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", d.cfg.Socket, err)
+	}
+	if err := os.Chmod(d.cfg.Socket, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("chmod socket: %w", err)
+	}
+	d.apiLn = ln
+	d.apiSrv = &http.Server{Handler: d.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := d.apiSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.fail(fmt.Errorf("api server: %w", err))
+		}
+	}()
+	return nil
+}
+
+// fail records the first fatal error and asks Wait's caller to shut down.
+func (d *Daemon) fail(err error) {
+	d.errMu.Lock()
+	if d.err == nil {
+		d.err = err
+	}
+	d.errMu.Unlock()
+	d.requestStop()
+}
+
+func (d *Daemon) requestStop() { d.stopOnce.Do(func() { close(d.stopReq) }) }
+
+// Stopping is closed when the daemon wants to stop (API request or fatal error).
+func (d *Daemon) Stopping() <-chan struct{} { return d.stopReq }
+
+// Err returns the first fatal error, if any.
+func (d *Daemon) Err() error {
+	d.errMu.Lock()
+	defer d.errMu.Unlock()
+	return d.err
+}
+
+// Close stops the API and the mesh. It keeps the bridge, TAP and state so that a later
+// start resumes. It is idempotent.
+func (d *Daemon) Close() error {
+	var errs []error
+	d.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
+		defer cancel()
+		if d.apiSrv != nil {
+			if err := d.apiSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("api shutdown: %w", err))
+			}
+			os.Remove(d.cfg.Socket)
+		}
+		if d.mesh != nil {
+			if err := d.mesh.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("mesh: %w", err))
+			}
+		}
+		d.lockFile.Close()
+		close(d.done)
+		d.log.Info("router stopped")
+	})
+	return errors.Join(errs...)
+}

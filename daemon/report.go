@@ -1,0 +1,67 @@
+package daemon
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/mesh"
+)
+
+// report assembles the API's view from the components' own status snapshots.
+func (d *Daemon) report() api.Report {
+	rep := api.Report{
+		Version:   d.cfg.Version,
+		Ready:     d.isReady(),
+		Endpoints: []api.Endpoint{},
+		Bridge:    api.Bridge{Name: d.cfg.Bridge, TAP: d.cfg.TAP, MTU: d.mtu, MAC: d.name.String()},
+		Router: api.Router{
+			Name: d.name.String(), NickName: d.cfg.NickName, UID: d.uid, Port: d.cfg.Port,
+			Encryption: len(d.cfg.Password) > 0, Discovery: !d.cfg.NoDiscovery,
+			Peers: []api.Peer{}, Connections: []api.Connection{}, Targets: []string{},
+			TrustedSubnets: prefixStrings(d.cfg.TrustedSubnets),
+		},
+	}
+	if d.mesh == nil {
+		return rep
+	}
+	st := d.mesh.Status()
+	rep.Ready = rep.Ready && st.Ready
+	liveness := make(map[mesh.PeerName]string, len(st.Liveness))
+	for _, m := range st.Liveness {
+		liveness[m.Peer] = m.State
+	}
+	for _, p := range st.Peers {
+		ap := api.Peer{Name: p.Name.String(), NickName: p.NickName, UID: p.UID, Version: p.Version,
+			Connections: []api.PeerConnection{}, Liveness: liveness[p.Name]}
+		for _, c := range p.Connections {
+			ap.Connections = append(ap.Connections, api.PeerConnection{
+				Name: c.Name.String(), Address: c.Address, Outbound: c.Outbound, Established: c.Established})
+		}
+		rep.Router.Peers = append(rep.Router.Peers, ap)
+	}
+	for _, c := range st.Connections {
+		ac := api.Connection{
+			Address: c.Address, Outbound: c.Outbound, State: c.State, Info: c.Info,
+			Encrypted: c.Encrypted, NickName: c.NickName,
+		}
+		if c.Peer != mesh.UnknownPeerName {
+			ac.Peer = c.Peer.String()
+		}
+		if !c.NextRetry.IsZero() {
+			t := c.NextRetry.Truncate(time.Second)
+			ac.NextRetry = &t
+		}
+		rep.Router.Connections = append(rep.Router.Connections, ac)
+	}
+	rep.Router.Targets = append(rep.Router.Targets, st.Targets...)
+	return rep
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
