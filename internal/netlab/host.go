@@ -46,6 +46,8 @@ type Host struct {
 
 	lab *Lab
 
+	ipt sync.Mutex // serialises our iptables changes in this namespace
+
 	mu         sync.Mutex
 	chains     map[string]bool // iptables chains of ours already hooked in this namespace
 	containers []*Container

@@ -91,6 +91,8 @@ func (l *Lab) DropPercent(h *Host, pct int) error {
 	if err := h.ensureChain(chainLoss); err != nil {
 		return err
 	}
+	h.ipt.Lock()
+	defer h.ipt.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), impairLimit)
 	defer cancel()
 	if _, err := h.Run(ctx, "iptables", "-w", "-F", chainLoss); err != nil {
@@ -165,6 +167,9 @@ func (h *Host) rule(add bool, chain string, spec ...string) error {
 	if err := h.ensureChain(chain); err != nil {
 		return err
 	}
+	// Check-then-change must not interleave with another change of the same host.
+	h.ipt.Lock()
+	defer h.ipt.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), impairLimit)
 	defer cancel()
 	check := append([]string{"iptables", "-w", "-C", chain}, spec...)

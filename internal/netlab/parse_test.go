@@ -87,6 +87,14 @@ func TestPrefixRoundTrip(t *testing.T) {
 	}
 }
 
+func TestSweepRejectsAmbiguousRoots(t *testing.T) {
+	for _, root := range []string{"", "w", "W1", "wl-"} {
+		if err := Sweep(root); err == nil {
+			t.Errorf("Sweep(%q) accepted", root)
+		}
+	}
+}
+
 func TestParseStartTime(t *testing.T) {
 	// A command name with spaces and a ')' must not shift the fields.
 	stat := "4242 (a) b) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10"

@@ -47,10 +47,22 @@ func (l *Lab) start(ns, name string, env, argv []string) (*Proc, error) {
 	if closed {
 		return nil, fmt.Errorf("netlab: lab %s is closed", l.Prefix)
 	}
-	logPath := filepath.Join(l.Dir, ns+"-"+name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("netlab: start %s: %w", name, err)
+	// A name started twice in one namespace gets a fresh log: "<ns>-<name>.2.log", ...
+	var f *os.File
+	var logPath string
+	for i := 1; ; i++ {
+		logPath = filepath.Join(l.Dir, ns+"-"+name+".log")
+		if i > 1 {
+			logPath = filepath.Join(l.Dir, fmt.Sprintf("%s-%s.%d.log", ns, name, i))
+		}
+		var err error
+		f, err = os.OpenFile(logPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrExist) || i >= 1000 {
+			return nil, fmt.Errorf("netlab: start %s: %w", name, err)
+		}
 	}
 	// `ip netns exec` execs the command in place, so the PID we get is the command's.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)

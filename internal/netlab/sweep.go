@@ -21,8 +21,10 @@ const netnsDir = "/run/netns"
 // processes still running inside those namespaces, and their owner records. Labs of live
 // processes (including parallel test binaries) are left alone. Build calls it first.
 func Sweep(prefixRoot string) error {
-	if prefixRoot == "" {
-		return errors.New("netlab: sweep needs a non-empty prefix root")
+	// A root that is a prefix of another project's root would read part of that project's
+	// random string as a PID; roots are letters only, and the project uses PrefixRoot.
+	if len(prefixRoot) < 2 || strings.Trim(prefixRoot, "abcdefghijklmnopqrstuvwxyz") != "" {
+		return fmt.Errorf("netlab: sweep prefix root %q: want 2 or more lowercase letters", prefixRoot)
 	}
 	byPrefix := map[string][]string{}
 	pids := map[string]int{}
