@@ -150,8 +150,9 @@ func transcriptHash(ourHello, theirHello, ourKeyMsg, theirKeyMsg []byte, weAreLo
 // counting on its own, can only open messages in the order they were sealed: a dropped,
 // replayed or reordered message fails authentication.
 type sealer struct {
-	aead cipher.AEAD
-	seq  uint64
+	aead  cipher.AEAD
+	seq   uint64
+	nonce [chacha20poly1305.NonceSize]byte // kept here so sealing does not allocate
 }
 
 func newSealer(key *[KeySize]byte) (*sealer, error) {
@@ -162,33 +163,31 @@ func newSealer(key *[KeySize]byte) (*sealer, error) {
 	return &sealer{aead: aead}, nil
 }
 
-func (s *sealer) nonce() ([chacha20poly1305.NonceSize]byte, error) {
-	var n [chacha20poly1305.NonceSize]byte
+// next sets s.nonce to the next counter value.
+func (s *sealer) next() error {
 	if s.seq == math.MaxUint64 {
-		return n, errNonceExhausted
+		return errNonceExhausted
 	}
-	binary.BigEndian.PutUint64(n[4:], s.seq)
+	binary.BigEndian.PutUint64(s.nonce[4:], s.seq)
 	s.seq++
-	return n, nil
+	return nil
 }
 
 // seal appends the sealed msg to dst; ad (the frame header) is authenticated too, so the
 // length cannot be altered without detection.
 func (s *sealer) seal(dst, ad, msg []byte) ([]byte, error) {
-	n, err := s.nonce()
-	if err != nil {
+	if err := s.next(); err != nil {
 		return nil, err
 	}
-	return s.aead.Seal(dst, n[:], msg, ad), nil
+	return s.aead.Seal(dst, s.nonce[:], msg, ad), nil
 }
 
 // open is the receiving half; it uses the same counter discipline.
 func (s *sealer) open(dst, ad, sealed []byte) ([]byte, error) {
-	n, err := s.nonce()
-	if err != nil {
+	if err := s.next(); err != nil {
 		return nil, err
 	}
-	return s.aead.Open(dst, n[:], sealed, ad)
+	return s.aead.Open(dst, s.nonce[:], sealed, ad)
 }
 
 // randomUint64 returns a random non-zero value (connection IDs).

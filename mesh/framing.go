@@ -95,10 +95,13 @@ type Conn struct {
 	counters  *ConnCounters
 	dataKeys  sessionKeys
 
-	sendMu  sync.Mutex
-	sendBuf []byte
-	sendSeq *sealer // nil: plaintext
-	sendErr error
+	sendMu   sync.Mutex
+	sendBuf  []byte
+	sendHdr  [frameHeaderSize]byte // plaintext path; fields rather than locals so Send does not allocate
+	sendVecs [2][]byte
+	sendBufs net.Buffers
+	sendSeq  *sealer // nil: plaintext
+	sendErr  error
 
 	// Receive side: used by one goroutine at a time, no lock.
 	fr        frameReader
@@ -148,11 +151,12 @@ func (c *Conn) Send(msg []byte) error {
 	}
 	var err error
 	if c.sendSeq == nil {
-		var hdr [frameHeaderSize]byte
-		binary.BigEndian.PutUint32(hdr[:], uint32(len(msg)))
+		binary.BigEndian.PutUint32(c.sendHdr[:], uint32(len(msg)))
 		// writev: no copy of a large message.
-		bufs := net.Buffers{hdr[:], msg}
-		_, err = bufs.WriteTo(c.nc)
+		c.sendVecs = [2][]byte{c.sendHdr[:], msg}
+		c.sendBufs = c.sendVecs[:]
+		_, err = c.sendBufs.WriteTo(c.nc)
+		c.sendVecs = [2][]byte{} // do not keep the caller's message alive
 	} else {
 		need := frameHeaderSize + len(msg) + sealOverhead
 		if cap(c.sendBuf) < need || (cap(c.sendBuf) > bigBuffer && need <= readChunk) {
