@@ -158,9 +158,9 @@ const weaveReadyLimit = 60 * time.Second
 func (m weaveMode) Setup(ctx context.Context, env *Env) (Path, error) {
 	socks := make([]string, len(env.Hosts))
 	for i, h := range env.Hosts {
-		dir := filepath.Join(env.Lab.Dir, fmt.Sprintf("weave-h%d", i+1))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return Path{}, fmt.Errorf("state dir: %w", err)
+		dir, err := h.Dir()
+		if err != nil {
+			return Path{}, err
 		}
 		socks[i] = filepath.Join(dir, "weave.sock")
 		argv := append([]string{filepath.Join(env.BinDir, "weaver"),

@@ -21,4 +21,17 @@
 //	+-+-----------------+-----------------+-+
 //	|        br0 in <p>-u (underlay)        |
 //	+---------------------------------------+
+//
+// In a test (root; New fails the test otherwise, and tears the lab down at its end):
+//
+//	lab := netlab.New(t, netlab.Options{Hosts: 3, NAT: []int{2}})
+//	h1, h2 := lab.Hosts[0], lab.Hosts[1]
+//	dir, _ := h1.Dir()
+//	weaver, err := h1.Start("weaver", nil, bin, "--state-dir", dir+"/state", "--socket", dir+"/weave.sock")
+//	...
+//	lab.Firewall(h1, h2)                        // all TCP and UDP between them dropped, both ways
+//	loss, rtt, err := netlab.Ping(ctx, h1, h2.Addr, 3)
+//	c, _ := h2.AddContainer("c1")               // namespace "<prefix>-h2-c1", for weavectl attach
+//
+// Outside tests, Build returns the same Lab; defer its Close.
 package netlab

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -87,6 +89,16 @@ func (h *Host) ListenPacket(network, address string) (net.PacketConn, error) {
 // DialContext dials from inside the host's namespace.
 func (h *Host) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return dialIn(ctx, h.Name, network, address)
+}
+
+// Dir returns a directory of this host's own under Lab.Dir ("<Lab.Dir>/h1"), created on first
+// use: the place for a daemon's state dir and control socket. Keep socket paths under 108 bytes.
+func (h *Host) Dir() (string, error) {
+	d := filepath.Join(h.lab.Dir, "h"+strconv.Itoa(h.Index+1))
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return "", fmt.Errorf("netlab: host dir: %w", err)
+	}
+	return d, nil
 }
 
 // Containers returns the containers added to the host so far.
