@@ -92,6 +92,7 @@ func unexpectedEOF(err error) error {
 type Conn struct {
 	nc        net.Conn
 	encrypted bool
+	outbound  bool
 	counters  *ConnCounters
 	dataKeys  sessionKeys
 
@@ -242,6 +243,9 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // LocalAddr is our address.
 func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+
+// Outbound reports whether we dialled this connection (HandshakeParams.Outbound).
+func (c *Conn) Outbound() bool { return c.outbound }
 
 // Encrypted reports whether messages are sealed (a password was configured on both ends).
 func (c *Conn) Encrypted() bool { return c.encrypted }

@@ -16,6 +16,7 @@ package mesh
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/binary"
@@ -113,7 +114,10 @@ type HandshakeParams struct {
 	// 1-64 printable ASCII characters and may not be one of the reserved intro keys (Name,
 	// NickName, UID, ConnID); values are UTF-8, at most 1024 bytes; at most 32 entries.
 	Features map[string]string
-	Outbound bool          // we dialled
+	// Outbound: we dialled. Recorded (Conn.Outbound) for the caller; it never orients the keys,
+	// which follow the public keys, because both ends of a crossed or forged connection could
+	// claim it.
+	Outbound bool
 	Timeout  time.Duration // whole-handshake deadline; zero: DefaultHandshakeTimeout
 	Counters *ConnCounters // optional: failures are counted here
 	// Rand is the randomness source for ephemeral keys and the connection ID; nil: crypto/rand.
@@ -138,10 +142,21 @@ type RemoteIntro struct {
 // p.Counters. It does not judge the peer's identity (connection to self, name collisions):
 // that is the caller's, using the returned RemoteIntro.
 func Handshake(c net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
-	conn, intro, err := handshake(c, p)
+	return HandshakeContext(context.Background(), c, p)
+}
+
+// HandshakeContext is Handshake that also ends, closing c, when ctx is done (the router uses it
+// so that Close does not wait for handshakes in flight). The error then wraps ctx's cause and is
+// not counted as a failure of the peer.
+func HandshakeContext(ctx context.Context, c net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
+	conn, intro, err := handshake(ctx, c, p)
 	if err != nil {
 		_ = c.Close()
-		p.Counters.countHandshakeError(err)
+		if ctx.Err() != nil {
+			err = fmt.Errorf("handshake cancelled: %w (%w)", context.Cause(ctx), err)
+		} else {
+			p.Counters.countHandshakeError(err)
+		}
 		return nil, RemoteIntro{}, fmt.Errorf("handshake with %s: %w", c.RemoteAddr(), err)
 	}
 	return conn, intro, nil
@@ -205,16 +220,31 @@ func (p *HandshakeParams) validate() error {
 	return nil
 }
 
-func handshake(nc net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
+func handshake(ctx context.Context, nc net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
 	if err := p.validate(); err != nil {
+		return nil, RemoteIntro{}, err
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, RemoteIntro{}, err
 	}
 	if err := nc.SetDeadline(time.Now().Add(p.Timeout)); err != nil {
 		return nil, RemoteIntro{}, fmt.Errorf("set deadline: %w", err)
 	}
+	// Cancellation moves the deadline into the past: every blocked read and write returns.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = nc.SetDeadline(time.Unix(1, 0))
+	})
 	conn, intro, err := runHandshake(nc, &p)
+	if !stop() {
+		<-fired // the deadline may have hit an established conn: it is unusable
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
 	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		if ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
 			err = fmt.Errorf("%w after %v: %w", ErrHandshakeTimeout, p.Timeout, err)
 		}
 		return nil, RemoteIntro{}, err
@@ -332,6 +362,7 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 	intro.Version = version
 	intro.Encrypted = encrypted
 	conn.recvLimit = MaxMessageSize
+	conn.outbound = p.Outbound
 	return conn, intro, nil
 }
 

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -104,6 +105,9 @@ func TestHandshakeHappyPath(t *testing.T) {
 			}
 			if ia.Version != 1 || ib.Version != 1 {
 				t.Errorf("versions %d/%d, want 1", ia.Version, ib.Version)
+			}
+			if !ca.Outbound() || cb.Outbound() {
+				t.Errorf("outbound: dialler %v, acceptor %v", ca.Outbound(), cb.Outbound())
 			}
 			enc := pw != ""
 			if ia.Encrypted != enc || ib.Encrypted != enc || ca.Encrypted() != enc || cb.Encrypted() != enc {
@@ -360,6 +364,42 @@ func TestHandshakeTimeout(t *testing.T) {
 	_ = b.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadAll(b); err != nil {
 		t.Errorf("silent peer: reading until EOF: %v", err)
+	}
+}
+
+func TestHandshakeContextCancel(t *testing.T) {
+	var cc ConnCounters
+	p := hsParams(1, "pw")
+	p.Counters = &cc
+	a, b := hsTCPPair(t) // b never speaks
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { _, _, err := HandshakeContext(ctx, a, p); errc <- err }()
+	// Wait until the hello is on the wire, so the cancel hits a handshake in flight.
+	hello := make([]byte, helloSize)
+	if _, err := io.ReadFull(b, hello); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) || errors.Is(err, ErrHandshakeTimeout) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("handshake still running after cancel")
+	}
+	if n := cc.HandshakeTimeout.Load() + cc.BadHandshake.Load(); n != 0 {
+		t.Errorf("a cancelled handshake was counted as a peer failure (%d)", n)
+	}
+	// Already cancelled: refused at once, connection closed.
+	c1, c2 := net.Pipe()
+	defer c2.Close()
+	if _, _, err := HandshakeContext(ctx, c1, p); !errors.Is(err, context.Canceled) {
+		t.Errorf("pre-cancelled: got %v", err)
+	}
+	if _, err := c2.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("pre-cancelled: conn not closed: %v", err)
 	}
 }
 
