@@ -123,14 +123,15 @@ func New(cfg Config) (*Router, error) {
 		surrogate:  map[uint64]time.Time{},
 	}
 	r.topo = newTopo(topoConfig{
-		Self:       cfg.Name,
-		UID:        cfg.UID,
-		NickName:   cfg.NickName,
-		Now:        time.Now,
-		RouteDelay: cfg.RouteDelay,
-		Rand:       rand.New(rand.NewPCG(seed+1, seed)),
-		Log:        r.log,
-		Send:       r.sendLocked,
+		Self:        cfg.Name,
+		UID:         cfg.UID,
+		NickName:    cfg.NickName,
+		Now:         time.Now,
+		RouteDelay:  cfg.RouteDelay,
+		RepairDelay: cfg.TopologyInterval / 2,
+		Rand:        rand.New(rand.NewPCG(seed+1, seed)),
+		Log:         r.log,
+		Send:        r.sendLocked,
 	})
 	persisted, err := loadTargets(cfg.StateDir)
 	if err != nil {

@@ -41,6 +41,7 @@ type topo struct {
 	rtAt    time.Time
 
 	seen      seenSet
+	mismatch  map[PeerName]time.Time // neighbour -> first hash mismatch not yet repaired
 	collision *CollisionError
 	warned    map[uint64]bool // foreign UIDs already logged as name collisions
 
@@ -64,8 +65,11 @@ type topoConfig struct {
 	NickName   string
 	Now        func() time.Time
 	RouteDelay time.Duration
-	Rand       *rand.Rand
-	Log        *slog.Logger
+	// RepairDelay: how long a topology hash mismatch with a neighbour must persist
+	// before a digest exchange repairs it.
+	RepairDelay time.Duration
+	Rand        *rand.Rand
+	Log         *slog.Logger
 	// Send delivers msg (tag byte first) to a directly connected neighbour. It must not
 	// block and must not call back into the topology.
 	Send func(to PeerName, msg []byte)
@@ -101,15 +105,16 @@ func newTopo(cfg topoConfig) *topo {
 	self := &peerEntry{Name: cfg.Self, NickName: cfg.NickName, UID: cfg.UID, Version: now, Started: now}
 	self.hash = self.digestHash()
 	t := &topo{
-		cfg:     cfg,
-		peers:   map[PeerName]*peerEntry{cfg.Self: self},
-		self:    self,
-		started: now,
-		hash:    self.hash,
-		pending: map[PeerName]PeerName{},
-		rtDirty: true,
-		seen:    newSeenSet(8192),
-		warned:  map[uint64]bool{},
+		cfg:      cfg,
+		peers:    map[PeerName]*peerEntry{cfg.Self: self},
+		self:     self,
+		started:  now,
+		hash:     self.hash,
+		pending:  map[PeerName]PeerName{},
+		rtDirty:  true,
+		seen:     newSeenSet(8192),
+		warned:   map[uint64]bool{},
+		mismatch: map[PeerName]time.Time{},
 	}
 	return t
 }
@@ -267,7 +272,8 @@ func (t *topo) handle1(from PeerName, tag byte, p []byte) error {
 			return fmt.Errorf("topology update from %s: %w", from, err)
 		}
 		for _, e := range entries {
-			if t.apply(e) {
+			// The sender's own entry is not relayed: its owner broadcasts it along its tree.
+			if t.apply(e) && e.Name != from {
 				t.pending[e.Name] = from
 			}
 		}
@@ -288,7 +294,7 @@ func (t *topo) handle1(from PeerName, tag byte, p []byte) error {
 		for _, e := range entries {
 			t.apply(e)
 		}
-		for _, hop := range t.routes().broadcastHops(origin, true) {
+		for _, hop := range t.relayRoutes().broadcastHops(origin, true) {
 			if hop != from && hop != origin {
 				t.send(hop, tagTopoBroadcast, p)
 			}
@@ -316,7 +322,20 @@ func (t *topo) handle1(from PeerName, tag byte, p []byte) error {
 		if err != nil {
 			return fmt.Errorf("topology hash from %s: %w", from, err)
 		}
-		if h != t.hash || n != t.countEntries() {
+		if h == t.hash && n == t.countEntries() {
+			delete(t.mismatch, from)
+			return nil
+		}
+		// A mismatch is usually an update still on its way; only one that is still there
+		// at the neighbour's next check is repaired with a digest (O(N) bytes).
+		now := t.cfg.Now()
+		first, seen := t.mismatch[from]
+		if !seen {
+			t.mismatch[from] = now
+			return nil
+		}
+		if now.Sub(first) >= t.cfg.RepairDelay {
+			t.mismatch[from] = now
 			t.sendDigest(from)
 		}
 	default:
@@ -487,6 +506,16 @@ func (t *topo) routes() *routeTable {
 	return t.rt
 }
 
+// relayRoutes is routes for relaying a broadcast: the tree must reflect what we just
+// applied (as every other relay's will), or relays on old and new views disagree and some
+// peers miss the broadcast. It still coalesces, over a much shorter window.
+func (t *topo) relayRoutes() *routeTable {
+	if t.rt == nil || (t.rtDirty && t.cfg.Now().Sub(t.rtAt) >= t.cfg.RouteDelay/20) {
+		t.recompute()
+	}
+	return t.rt
+}
+
 func (t *topo) recompute() {
 	t.rt = newRouteTable(t.self.Name, t.peers)
 	t.rtDirty = false
@@ -509,6 +538,7 @@ func (t *topo) gc() []PeerName {
 		}
 		delete(t.peers, n)
 		delete(t.pending, n)
+		delete(t.mismatch, n)
 		gone = append(gone, n)
 	}
 	if len(gone) > 0 {
