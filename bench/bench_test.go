@@ -170,3 +170,68 @@ func TestKernelVXLANBaseline(t *testing.T) {
 		t.Fatalf("containers still reach each other with the vxlan port blocked: %+v %v", r, err)
 	}
 }
+
+// TestWeaveModeWithFakeBinaries drives a weaver mode's Setup against stand-in binaries: it
+// must pass the right flags and peer, accept only the overlay it is named for, and give up at
+// once, with the reason, when a router exits.
+func TestWeaveModeWithFakeBinaries(t *testing.T) {
+	testutil.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	newEnv := func(t *testing.T, weaver string) *Env {
+		bin := t.TempDir()
+		report := `{"router":{"connections":[{"state":"established","overlay":"fastdp","encrypted":false,"mtu":1410}]}}`
+		weavectl := "#!/bin/sh\ncase \"$1\" in\nreport) echo '" + report + "';;\nattach) echo \"$WEAVE_SOCKET $*\" >> " + bin + "/attach.log;;\nesac\n"
+		for name, script := range map[string]string{"weaver": weaver, "weavectl": weavectl} {
+			if err := os.WriteFile(filepath.Join(bin, name), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		lab := netlab.New(t, netlab.Options{Hosts: 2})
+		env := &Env{Lab: lab, Hosts: [2]*netlab.Host{lab.Hosts[0], lab.Hosts[1]}, BinDir: bin,
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		for i, h := range env.Hosts {
+			c, err := h.AddContainer("c1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			env.Containers[i] = c
+		}
+		return env
+	}
+
+	t.Run("connected", func(t *testing.T) {
+		env := newEnv(t, "#!/bin/sh\necho \"$*\" > \"$(dirname \"$4\")/args\"\nexec sleep 1000\n")
+		fastdp := weaveMode{name: "fastdp", wantOverlay: "fastdp"}
+		if err := fastdp.Available(env); err != nil {
+			t.Fatal(err)
+		}
+		path, err := fastdp.Setup(ctx, env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if path.Info != "fastdp encrypted=false mtu 1410" || path.ServerAddr != containerCIDR(1).Addr() {
+			t.Fatalf("path %+v", path)
+		}
+		dir, _ := env.Hosts[1].Dir()
+		args, err := os.ReadFile(filepath.Join(dir, "args"))
+		if err != nil || !strings.HasSuffix(strings.TrimSpace(string(args)), env.Hosts[0].Addr.String()) {
+			t.Fatalf("h2's weaver args %q (%v): want h1's address as peer", args, err)
+		}
+		attached, err := os.ReadFile(filepath.Join(env.BinDir, "attach.log"))
+		if err != nil || !strings.Contains(string(attached), "attach 192.168.240.2/24 "+env.Containers[1].Name) {
+			t.Fatalf("attach calls %q (%v)", attached, err)
+		}
+	})
+	t.Run("router exits", func(t *testing.T) {
+		env := newEnv(t, "#!/bin/sh\necho 'weaver: no such flag' >&2\nexit 2\n")
+		start := time.Now()
+		_, err := weaveMode{name: "sleeve", wantOverlay: "sleeve"}.Setup(ctx, env)
+		if err == nil || !strings.Contains(err.Error(), "no such flag") {
+			t.Fatalf("Setup = %v, want the router's own error", err)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("gave up only after %v", time.Since(start))
+		}
+	})
+}

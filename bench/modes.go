@@ -157,6 +157,7 @@ const weaveReadyLimit = 60 * time.Second
 
 func (m weaveMode) Setup(ctx context.Context, env *Env) (Path, error) {
 	socks := make([]string, len(env.Hosts))
+	procs := make([]*netlab.Proc, len(env.Hosts))
 	for i, h := range env.Hosts {
 		dir, err := h.Dir()
 		if err != nil {
@@ -172,16 +173,30 @@ func (m weaveMode) Setup(ctx context.Context, env *Env) (Path, error) {
 		if i > 0 {
 			argv = append(argv, env.Hosts[0].Addr.String())
 		}
-		if _, err := h.Start("weaver", nil, argv...); err != nil {
+		if procs[i], err = h.Start("weaver", nil, argv...); err != nil {
 			return Path{}, err
 		}
 	}
 	var info string
-	err := netlab.WaitFor(ctx, weaveReadyLimit, func() error {
+	// A router that exits is not worth waiting for: stop polling and say why.
+	waitCtx, stopWaiting := context.WithCancel(ctx)
+	defer stopWaiting()
+	var exited error
+	err := netlab.WaitFor(waitCtx, weaveReadyLimit, func() error {
+		for i, p := range procs {
+			if !p.Running() {
+				exited = fmt.Errorf("weaver on h%d exited (%v): %s", i+1, p.Wait(), lastLines(p.Log(), 5))
+				stopWaiting()
+				return exited
+			}
+		}
 		var err error
 		info, err = m.connected(ctx, env, env.Hosts[1], socks[1])
 		return err
 	})
+	if exited != nil {
+		return Path{}, exited
+	}
 	if err != nil {
 		return Path{}, fmt.Errorf("routers not connected over %s: %w", m.wantOverlay, err)
 	}
@@ -224,4 +239,9 @@ func (m weaveMode) connected(ctx context.Context, env *Env, h *netlab.Host, sock
 		}
 	}
 	return "", fmt.Errorf("connections: [%s]", strings.Join(seen, " "))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }
