@@ -18,6 +18,8 @@ import (
 // which returns the frames to send in its place (it may hold, duplicate, reorder or alter them).
 type hsFrameProxy struct {
 	tamper func(index int, frame []byte) [][]byte
+	// alterClear, if set, may rewrite the clear handshake steps (0: hello, 1: key) a->b.
+	alterClear func(step int, b []byte)
 }
 
 func (p *hsFrameProxy) run(t *testing.T, from, to net.Conn, tamper bool) {
@@ -25,10 +27,13 @@ func (p *hsFrameProxy) run(t *testing.T, from, to net.Conn, tamper bool) {
 	defer from.Close()
 	r := bufio.NewReader(from)
 	// The clear steps go one at a time: each end waits for the other's before sending more.
-	for _, n := range []int{helloSize, keyMsgSize} {
+	for step, n := range []int{helloSize, keyMsgSize} {
 		clear := make([]byte, n)
 		if _, err := io.ReadFull(r, clear); err != nil {
 			return
+		}
+		if tamper && p.alterClear != nil {
+			p.alterClear(step, clear)
 		}
 		if _, err := to.Write(clear); err != nil {
 			return
@@ -70,6 +75,29 @@ func hsProxied(t *testing.T, pa, pb HandshakeParams, tamper func(int, []byte) []
 	}
 	t.Cleanup(func() { ra.conn.Close(); rb.conn.Close() })
 	return ra.conn, rb.conn
+}
+
+func TestHandshakeDetectsAlteredCleartext(t *testing.T) {
+	// A man in the middle widens one side's advertised version range (a downgrade attack in
+	// the making). The keys do not cover those bytes; the sealed transcript does.
+	a, pa1 := net.Pipe()
+	pb1, b := net.Pipe()
+	p := &hsFrameProxy{
+		tamper: func(_ int, f []byte) [][]byte { return [][]byte{f} },
+		alterClear: func(step int, b []byte) {
+			if step == 0 {
+				b[len(b)-1] = 9
+			}
+		},
+	}
+	go p.run(t, pa1, pb1, true)
+	go p.run(t, pb1, pa1, false)
+	ra, rb := hsRun(a, b, hsParams(1, "pw"), hsParams(2, "pw"))
+	for _, r := range []hsResult{ra, rb} {
+		if !errors.Is(r.err, ErrBadHandshake) || !strings.Contains(r.err.Error(), "transcript mismatch") {
+			t.Errorf("got %v, want a transcript mismatch", r.err)
+		}
+	}
 }
 
 func TestConnDetectsReplayReorderForgery(t *testing.T) {

@@ -311,7 +311,7 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 		if err != nil {
 			return nil, RemoteIntro{}, err
 		}
-		if conn, err = newConn(nc, br, &keys, p.Counters); err != nil {
+		if conn, err = newConn(nc, br, &keys, nil); err != nil {
 			return nil, RemoteIntro{}, err
 		}
 		// 3. Key confirmation: the first sealed message in each direction.
@@ -333,7 +333,7 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 			// version or key messages on the way.
 			return nil, RemoteIntro{}, fmt.Errorf("%w: transcript mismatch (handshake altered in transit)", ErrBadHandshake)
 		}
-	} else if conn, err = newConn(nc, br, nil, p.Counters); err != nil {
+	} else if conn, err = newConn(nc, br, nil, nil); err != nil {
 		return nil, RemoteIntro{}, err
 	}
 
@@ -363,6 +363,8 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 	intro.Encrypted = encrypted
 	conn.recvLimit = MaxMessageSize
 	conn.outbound = p.Outbound
+	// Counted from here on: a failure during the handshake is counted once, by its reason.
+	conn.counters = p.Counters
 	return conn, intro, nil
 }
 

@@ -199,6 +199,9 @@ func TestHandshakeWrongPassword(t *testing.T) {
 	if ca.WrongPassword.Load() != 1 || cb.WrongPassword.Load() != 1 {
 		t.Errorf("wrong-password counters %d/%d, want 1/1", ca.WrongPassword.Load(), cb.WrongPassword.Load())
 	}
+	if ca.ReplayOrForgery.Load()+cb.ReplayOrForgery.Load() != 0 {
+		t.Errorf("a wrong password was also counted as a forgery")
+	}
 }
 
 func TestHandshakePasswordOnOneSide(t *testing.T) {
