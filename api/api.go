@@ -213,3 +213,38 @@ func (c ErrorCode) HTTPStatus() int {
 		return 500
 	}
 }
+
+// More paths (attachments).
+const (
+	PathAttach    = "/v1/attach"
+	PathDetach    = "/v1/detach"
+	PathExpose    = "/v1/expose"
+	PathHide      = "/v1/hide"
+	PathEndpoints = "/v1/endpoints"
+)
+
+// ExposeID is the endpoint ID of the host's own address on the bridge (Weave's name).
+const ExposeID = "weave:expose"
+
+// AttachRequest attaches a network namespace to the bridge.
+type AttachRequest struct {
+	// Target is a name from `ip netns list`, a namespace path, or a PID.
+	Target string `json:"target"`
+	// CIDRs to give the interface; empty: one allocated by IPAM in the default subnet
+	// (or the addresses it had, when it is attached already).
+	CIDRs []string `json:"cidrs,omitempty"`
+	// IfName inside the namespace; empty: ethwe.
+	IfName string `json:"ifname,omitempty"`
+}
+
+// DetachRequest removes CIDRs (or, with none, the interface) and releases the addresses.
+type DetachRequest struct {
+	Target string   `json:"target"`
+	CIDRs  []string `json:"cidrs,omitempty"`
+	IfName string   `json:"ifname,omitempty"`
+}
+
+// ExposeRequest gives the host an address on the bridge (none given: IPAM allocates one).
+type ExposeRequest struct {
+	CIDRs []string `json:"cidrs,omitempty"`
+}

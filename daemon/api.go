@@ -22,6 +22,13 @@ func (d *Daemon) apiHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathStop, d.handleStop)
 	mux.HandleFunc("POST "+api.PathConnect, d.handleConnect)
 	mux.HandleFunc("POST "+api.PathForget, d.handleForget)
+	mux.HandleFunc("POST "+api.PathAttach, endpointHandler(d.attach))
+	mux.HandleFunc("POST "+api.PathDetach, endpointHandler(d.detach))
+	mux.HandleFunc("POST "+api.PathExpose, endpointHandler(d.expose))
+	mux.HandleFunc("POST "+api.PathHide, endpointHandler(d.hide))
+	mux.HandleFunc("GET "+api.PathEndpoints, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, d.endpointList())
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "no such API path %s %s (API %s)", r.Method, r.URL.Path, api.Version))
 	})
@@ -131,4 +138,21 @@ func (d *Daemon) handleForget(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// endpointHandler decodes a request of type T, runs f and answers with the endpoint.
+func endpointHandler[T any](f func(T) (api.Endpoint, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req T
+		if err := decode(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		ep, err := f(req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ep)
+	}
 }

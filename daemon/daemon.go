@@ -42,10 +42,11 @@ type Daemon struct {
 	uid  uint64
 	mtu  int
 
-	lockFile *os.File
-	mesh     *mesh.Router
-	apiLn    net.Listener
-	apiSrv   *http.Server
+	lockFile  *os.File
+	endpoints *endpointStore
+	mesh      *mesh.Router
+	apiLn     net.Listener
+	apiSrv    *http.Server
 
 	started time.Time
 	ready   chan struct{}
@@ -87,21 +88,27 @@ func New(cfg Config) (*Daemon, error) {
 		lock.Close()
 		return nil, fmt.Errorf("peer identity: %w", err)
 	}
+	eps, err := loadEndpoints(cfg.StateDir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("random uid: %w", err)
 	}
 	d := &Daemon{
-		cfg:      cfg,
-		log:      cfg.Logger.With(slog.String("peer", name.String())),
-		links:    cfg.Links,
-		name:     name,
-		uid:      binary.BigEndian.Uint64(b[:]) | 1,
-		lockFile: lock,
-		ready:    make(chan struct{}),
-		done:     make(chan struct{}),
-		stopReq:  make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With(slog.String("peer", name.String())),
+		links:     cfg.Links,
+		name:      name,
+		uid:       binary.BigEndian.Uint64(b[:]) | 1,
+		lockFile:  lock,
+		endpoints: eps,
+		ready:     make(chan struct{}),
+		done:      make(chan struct{}),
+		stopReq:   make(chan struct{}),
 	}
 	return d, nil
 }
@@ -156,7 +163,7 @@ func (d *Daemon) Start() error {
 		NoDiscovery:    d.cfg.NoDiscovery,
 		TrustedSubnets: d.cfg.TrustedSubnets,
 		Peers:          d.cfg.Peers,
-		Logger:         d.log.With(slog.String("component", "mesh")),
+		Logger:         d.cfg.Logger, // mesh adds its own component and peer keys
 	})
 	if err != nil {
 		return fmt.Errorf("mesh: %w", err)

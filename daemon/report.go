@@ -11,16 +11,18 @@ import (
 // report assembles the API's view from the components' own status snapshots.
 func (d *Daemon) report() api.Report {
 	rep := api.Report{
-		Version:   d.cfg.Version,
-		Ready:     d.isReady(),
-		Endpoints: []api.Endpoint{},
-		Bridge:    api.Bridge{Name: d.cfg.Bridge, TAP: d.cfg.TAP, MTU: d.mtu, MAC: d.name.String()},
+		Version: d.cfg.Version,
+		Ready:   d.isReady(),
+		Bridge:  api.Bridge{Name: d.cfg.Bridge, TAP: d.cfg.TAP, MTU: d.mtu, MAC: d.name.String()},
 		Router: api.Router{
 			Name: d.name.String(), NickName: d.cfg.NickName, UID: d.uid, Port: d.cfg.Port,
 			Encryption: len(d.cfg.Password) > 0, Discovery: !d.cfg.NoDiscovery,
 			Peers: []api.Peer{}, Connections: []api.Connection{}, Targets: []string{},
 			TrustedSubnets: prefixStrings(d.cfg.TrustedSubnets),
 		},
+	}
+	if d.endpoints != nil {
+		rep.Endpoints = d.endpointList()
 	}
 	if d.mesh == nil {
 		return rep

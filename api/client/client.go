@@ -137,3 +137,38 @@ func (c *Client) Connect(ctx context.Context, peers []string, replace bool) erro
 func (c *Client) Forget(ctx context.Context, peers []string) error {
 	return c.do(ctx, http.MethodPost, api.PathForget, api.PeersRequest{Peers: peers}, nil)
 }
+
+// Attach attaches a namespace to the bridge.
+func (c *Client) Attach(ctx context.Context, req api.AttachRequest) (api.Endpoint, error) {
+	var ep api.Endpoint
+	err := c.do(ctx, http.MethodPost, api.PathAttach, req, &ep)
+	return ep, err
+}
+
+// Detach removes addresses or the whole interface of a namespace.
+func (c *Client) Detach(ctx context.Context, req api.DetachRequest) (api.Endpoint, error) {
+	var ep api.Endpoint
+	err := c.do(ctx, http.MethodPost, api.PathDetach, req, &ep)
+	return ep, err
+}
+
+// Expose gives the host addresses on the bridge.
+func (c *Client) Expose(ctx context.Context, cidrs []string) (api.Endpoint, error) {
+	var ep api.Endpoint
+	err := c.do(ctx, http.MethodPost, api.PathExpose, api.ExposeRequest{CIDRs: cidrs}, &ep)
+	return ep, err
+}
+
+// Hide removes the host's addresses from the bridge (all of them when cidrs is empty).
+func (c *Client) Hide(ctx context.Context, cidrs []string) (api.Endpoint, error) {
+	var ep api.Endpoint
+	err := c.do(ctx, http.MethodPost, api.PathHide, api.ExposeRequest{CIDRs: cidrs}, &ep)
+	return ep, err
+}
+
+// Endpoints lists what is attached to the bridge.
+func (c *Client) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
+	var eps []api.Endpoint
+	err := c.do(ctx, http.MethodGet, api.PathEndpoints, nil, &eps)
+	return eps, err
+}

@@ -3,13 +3,16 @@ package netdev
 import (
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 )
 
 // Fake is an in-memory Links for tests without root.
 type Fake struct {
-	mu    sync.Mutex
-	links map[string]FakeLink
+	mu       sync.Mutex
+	links    map[string]FakeLink
+	attached map[string]*FakeAttachment
 	// MTU is what UnderlayMTU returns.
 	MTU int
 }
@@ -20,6 +23,7 @@ type FakeLink struct {
 	Master string
 	MTU    int
 	MAC    string
+	Addrs  []netip.Prefix
 }
 
 var _ Links = (*Fake)(nil)
@@ -69,4 +73,88 @@ func (f *Fake) Link(name string) (FakeLink, bool) {
 	defer f.mu.Unlock()
 	l, ok := f.links[name]
 	return l, ok
+}
+
+// FakeAttachment is what Fake records of an attached namespace.
+type FakeAttachment struct {
+	Spec  AttachSpec
+	CIDRs []netip.Prefix
+}
+
+var _ Attacher = (*Fake)(nil)
+
+func (f *Fake) Attach(spec AttachSpec) (Attached, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.links[spec.Bridge]; !ok {
+		return Attached{}, fmt.Errorf("look up bridge %s: %w", spec.Bridge, ErrNotFound)
+	}
+	if f.attached == nil {
+		f.attached = make(map[string]*FakeAttachment)
+	}
+	key := spec.NetnsPath + "/" + spec.IfName
+	a := f.attached[key]
+	if a == nil {
+		a = &FakeAttachment{Spec: spec}
+		f.attached[key] = a
+	}
+	for _, c := range spec.CIDRs {
+		if !slices.Contains(a.CIDRs, c) {
+			a.CIDRs = append(a.CIDRs, c)
+		}
+	}
+	return Attached{MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, byte(len(f.attached))}, CIDRs: slices.Clone(a.CIDRs)}, nil
+}
+
+func (f *Fake) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := netnsPath + "/" + ifName
+	a := f.attached[key]
+	if a == nil {
+		return nil
+	}
+	if len(cidrs) == 0 {
+		delete(f.attached, key)
+		return nil
+	}
+	a.CIDRs = slices.DeleteFunc(a.CIDRs, func(c netip.Prefix) bool { return slices.Contains(cidrs, c) })
+	return nil
+}
+
+func (f *Fake) Expose(bridge string, cidr netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, ok := f.links[bridge]
+	if !ok {
+		return fmt.Errorf("look up bridge %s: %w", bridge, ErrNotFound)
+	}
+	if !slices.Contains(l.Addrs, cidr) {
+		l.Addrs = append(l.Addrs, cidr)
+	}
+	f.links[bridge] = l
+	return nil
+}
+
+func (f *Fake) Hide(bridge string, cidr netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, ok := f.links[bridge]
+	if !ok {
+		return nil
+	}
+	l.Addrs = slices.DeleteFunc(l.Addrs, func(c netip.Prefix) bool { return c == cidr })
+	f.links[bridge] = l
+	return nil
+}
+
+// Attachment returns what is attached at netnsPath/ifName.
+func (f *Fake) Attachment(netnsPath, ifName string) (FakeAttachment, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.attached[netnsPath+"/"+ifName]
+	if !ok {
+		return FakeAttachment{}, false
+	}
+	return *a, true
 }

@@ -24,4 +24,5 @@ type Links interface {
 	// UnderlayMTU returns the MTU of the interface of the default route, or of the first
 	// up non-loopback interface when there is no default route.
 	UnderlayMTU() (int, error)
+	Attacher
 }

@@ -53,6 +53,11 @@ func commands() []command {
 		{"report", "", "print the whole state as JSON", runReport},
 		{"connect", "[--replace] PEER...", "add connection targets", runConnect},
 		{"forget", "PEER...", "remove connection targets", runForget},
+		{"attach", "[CIDR...] TARGET", "connect a network namespace (name, path or PID) to the network", runAttach},
+		{"detach", "[CIDR...] TARGET", "remove addresses, or the whole interface, from a namespace", runDetach},
+		{"expose", "[CIDR...]", "give the host an address on the network", runExpose},
+		{"hide", "[CIDR...]", "remove the host's addresses from the network", runHide},
+		{"ps", "", "list attached endpoints: ID MAC CIDR...", runPs},
 		{"version", "", "print the version of weavectl and of the running router", runVersion},
 	}
 }

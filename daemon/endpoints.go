@@ -1,0 +1,373 @@
+package daemon
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/internal/netdev"
+)
+
+// endpoint is one interface this router attached to the bridge; the records persist in the
+// state dir so that stop/launch keeps ps, detach and re-attach working.
+type endpoint struct {
+	ID        string         `json:"id"`
+	NetnsPath string         `json:"netns_path"`
+	IfName    string         `json:"ifname"`
+	HostIf    string         `json:"host_if"`
+	MAC       string         `json:"mac"`
+	CIDRs     []netip.Prefix `json:"cidrs"`
+}
+
+type endpointStore struct {
+	path string
+	mu   sync.Mutex
+	m    map[string]*endpoint // by ID + "/" + IfName
+}
+
+func loadEndpoints(stateDir string) (*endpointStore, error) {
+	s := &endpointStore{path: filepath.Join(stateDir, "endpoints.json"), m: make(map[string]*endpoint)}
+	b, err := os.ReadFile(s.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read endpoints: %w", err)
+	}
+	var list []*endpoint
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, fmt.Errorf("endpoints file %s is corrupt (remove it to start afresh): %w", s.path, err)
+	}
+	for _, e := range list {
+		s.m[e.ID+"/"+e.IfName] = e
+	}
+	return s, nil
+}
+
+// saveLocked writes the records atomically; must hold s.mu.
+func (s *endpointStore) saveLocked() error {
+	list := s.listLocked()
+	b, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode endpoints: %w", err)
+	}
+	tmp := s.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write endpoints: %w", err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fmt.Errorf("write endpoints: %w", err)
+	}
+	return nil
+}
+
+func (s *endpointStore) listLocked() []*endpoint {
+	list := make([]*endpoint, 0, len(s.m))
+	for _, e := range s.m {
+		list = append(list, e)
+	}
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].ID != list[j].ID {
+			return list[i].ID < list[j].ID
+		}
+		return list[i].IfName < list[j].IfName
+	})
+	return list
+}
+
+var netnsName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$`)
+
+// resolveTarget turns weavectl's TARGET into an endpoint ID and a namespace path.
+func resolveTarget(target string) (id, nsPath string, err error) {
+	switch {
+	case target == "":
+		return "", "", api.Errorf(api.CodeBadRequest, "no target given: want a netns name, a netns path or a PID")
+	case target[0] == '/':
+		if fi, err := os.Stat(target); err != nil || fi.IsDir() {
+			return "", "", api.Errorf(api.CodeNotFound, "no network namespace at %s", target)
+		}
+		return target, target, nil
+	case isDigits(target):
+		pid, err := strconv.Atoi(target)
+		if err != nil || pid <= 0 {
+			return "", "", api.Errorf(api.CodeBadRequest, "bad PID %q", target)
+		}
+		p := fmt.Sprintf("/proc/%d/ns/net", pid)
+		if _, err := os.Stat(p); err != nil {
+			return "", "", api.Errorf(api.CodeNotFound, "no process %d", pid)
+		}
+		return "pid:" + target, p, nil
+	case netnsName.MatchString(target):
+		p := filepath.Join("/run/netns", target)
+		if _, err := os.Stat(p); err != nil {
+			return "", "", api.Errorf(api.CodeNotFound, "no network namespace %q (see `ip netns list`)", target)
+		}
+		return target, p, nil
+	default:
+		return "", "", api.Errorf(api.CodeBadRequest, "bad target %q: want a netns name, a netns path or a PID", target)
+	}
+}
+
+func isDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// hostIfName is the bridge-side veth name: stable per endpoint, within IFNAMSIZ.
+func hostIfName(id, ifName string) string {
+	h := sha256.Sum256([]byte(id + "/" + ifName))
+	return "vethwepl" + hex.EncodeToString(h[:])[:7]
+}
+
+func parseCIDRs(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, api.Errorf(api.CodeBadRequest, "bad CIDR %q: %v", s, err)
+		}
+		if !p.Addr().Is4() {
+			return nil, api.Errorf(api.CodeBadRequest, "CIDR %q: only IPv4 is supported", s)
+		}
+		if p.Bits() < 32 && (p.Addr() == p.Masked().Addr() || p.Addr() == lastAddr(p)) {
+			return nil, api.Errorf(api.CodeBadRequest, "CIDR %q: %s is the network or broadcast address of its subnet", s, p.Addr())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func prefixesToStrings(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+// attach implements weavectl attach: the same target attached again keeps its addresses.
+func (d *Daemon) attach(req api.AttachRequest) (api.Endpoint, error) {
+	id, nsPath, err := resolveTarget(req.Target)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	ifName := req.IfName
+	if ifName == "" {
+		ifName = "ethwe"
+	}
+	if len(ifName) > 15 || !netnsName.MatchString(ifName) {
+		return api.Endpoint{}, api.Errorf(api.CodeBadRequest, "bad interface name %q", ifName)
+	}
+	cidrs, err := parseCIDRs(req.CIDRs)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	s := d.endpoints
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := id + "/" + ifName
+	prev := s.m[key]
+	if prev != nil && prev.NetnsPath != nsPath {
+		prev = nil // a PID reused by another process, or a path re-pointed: a new endpoint
+	}
+	if len(cidrs) == 0 {
+		switch {
+		case prev != nil && len(prev.CIDRs) > 0:
+			cidrs = slices.Clone(prev.CIDRs)
+		default:
+			return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "no CIDR given and this router has no IPAM to allocate one; give a CIDR")
+		}
+	}
+	spec := netdev.AttachSpec{
+		NetnsPath: nsPath, IfName: ifName, HostIfName: hostIfName(id, ifName), Bridge: d.cfg.Bridge,
+		MTU: d.mtu, CIDRs: cidrs, Hairpin: true,
+	}
+	if r := d.cfg.IPAllocRange; r.IsValid() && !coveredBy(r, cidrs) {
+		spec.Routes = []netip.Prefix{r}
+	}
+	got, err := d.links.Attach(spec)
+	if err != nil {
+		return api.Endpoint{}, api.Errorf(api.CodeInternal, "attach %s: %v", req.Target, err)
+	}
+	e := &endpoint{ID: id, NetnsPath: nsPath, IfName: ifName, HostIf: spec.HostIfName, MAC: got.MAC.String()}
+	if prev != nil {
+		e.CIDRs = slices.Clone(prev.CIDRs)
+	}
+	for _, c := range cidrs {
+		if !slices.Contains(e.CIDRs, c) {
+			e.CIDRs = append(e.CIDRs, c)
+		}
+	}
+	s.m[key] = e
+	if err := s.saveLocked(); err != nil {
+		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
+	}
+	d.log.Info("attached", "netns", nsPath, "id", id, "cidrs", prefixesToStrings(e.CIDRs))
+	return api.Endpoint{ID: id, MAC: e.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
+}
+
+func coveredBy(r netip.Prefix, cidrs []netip.Prefix) bool {
+	for _, c := range cidrs {
+		if c.Masked().Contains(r.Addr()) && c.Bits() <= r.Bits() {
+			return true
+		}
+	}
+	return false
+}
+
+// detach removes the given CIDRs from the endpoint, or the endpoint with all of them.
+func (d *Daemon) detach(req api.DetachRequest) (api.Endpoint, error) {
+	ifName := req.IfName
+	if ifName == "" {
+		ifName = "ethwe"
+	}
+	cidrs, err := parseCIDRs(req.CIDRs)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	id, nsPath, rerr := resolveTarget(req.Target)
+	s := d.endpoints
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rerr != nil {
+		// The namespace may be gone already: a recorded endpoint can still be forgotten.
+		var known *endpoint
+		for _, e := range s.m {
+			if (e.ID == req.Target || e.ID == "pid:"+req.Target) && e.IfName == ifName {
+				known = e
+			}
+		}
+		if known == nil {
+			return api.Endpoint{}, rerr
+		}
+		id, nsPath = known.ID, known.NetnsPath
+	}
+	key := id + "/" + ifName
+	e := s.m[key]
+	if e == nil {
+		return api.Endpoint{}, api.Errorf(api.CodeNotFound, "%s is not attached", req.Target)
+	}
+	if err := d.links.Detach(nsPath, ifName, cidrs); err != nil {
+		return api.Endpoint{}, api.Errorf(api.CodeInternal, "detach %s: %v", req.Target, err)
+	}
+	removed := cidrs
+	if len(cidrs) == 0 {
+		removed = e.CIDRs
+		delete(s.m, key)
+	} else {
+		e.CIDRs = slices.DeleteFunc(e.CIDRs, func(c netip.Prefix) bool { return slices.Contains(cidrs, c) })
+	}
+	if err := s.saveLocked(); err != nil {
+		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
+	}
+	d.log.Info("detached", "netns", nsPath, "id", id, "cidrs", prefixesToStrings(removed))
+	return api.Endpoint{ID: id, MAC: e.MAC, CIDRs: prefixesToStrings(removed)}, nil
+}
+
+// expose gives the host addresses on the bridge, recorded as the endpoint weave:expose.
+func (d *Daemon) expose(req api.ExposeRequest) (api.Endpoint, error) {
+	cidrs, err := parseCIDRs(req.CIDRs)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	s := d.endpoints
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := api.ExposeID + "/" + d.cfg.Bridge
+	e := s.m[key]
+	if len(cidrs) == 0 {
+		if e != nil && len(e.CIDRs) > 0 {
+			cidrs = slices.Clone(e.CIDRs)
+		} else {
+			return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "no CIDR given and this router has no IPAM to allocate one; give a CIDR")
+		}
+	}
+	for _, c := range cidrs {
+		if err := d.links.Expose(d.cfg.Bridge, c); err != nil {
+			return api.Endpoint{}, api.Errorf(api.CodeInternal, "expose %s: %v", c, err)
+		}
+	}
+	if e == nil {
+		e = &endpoint{ID: api.ExposeID, IfName: d.cfg.Bridge, HostIf: d.cfg.Bridge, MAC: d.name.String()}
+		s.m[key] = e
+	}
+	for _, c := range cidrs {
+		if !slices.Contains(e.CIDRs, c) {
+			e.CIDRs = append(e.CIDRs, c)
+		}
+	}
+	if err := s.saveLocked(); err != nil {
+		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
+	}
+	return api.Endpoint{ID: api.ExposeID, MAC: e.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
+}
+
+func (d *Daemon) hide(req api.ExposeRequest) (api.Endpoint, error) {
+	cidrs, err := parseCIDRs(req.CIDRs)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
+	s := d.endpoints
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := api.ExposeID + "/" + d.cfg.Bridge
+	e := s.m[key]
+	if e == nil {
+		return api.Endpoint{}, api.Errorf(api.CodeNotFound, "the host is not exposed")
+	}
+	if len(cidrs) == 0 {
+		cidrs = slices.Clone(e.CIDRs)
+	}
+	for _, c := range cidrs {
+		if err := d.links.Hide(d.cfg.Bridge, c); err != nil {
+			return api.Endpoint{}, api.Errorf(api.CodeInternal, "hide %s: %v", c, err)
+		}
+	}
+	e.CIDRs = slices.DeleteFunc(e.CIDRs, func(c netip.Prefix) bool { return slices.Contains(cidrs, c) })
+	if len(e.CIDRs) == 0 {
+		delete(s.m, key)
+	}
+	if err := s.saveLocked(); err != nil {
+		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
+	}
+	return api.Endpoint{ID: api.ExposeID, MAC: e.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
+}
+
+// endpointList is what ps and the report show; endpoints whose namespace is gone are left out.
+func (d *Daemon) endpointList() []api.Endpoint {
+	s := d.endpoints
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []api.Endpoint{}
+	for _, e := range s.listLocked() {
+		if e.NetnsPath != "" {
+			if _, err := os.Stat(e.NetnsPath); err != nil {
+				continue
+			}
+		}
+		out = append(out, api.Endpoint{ID: e.ID, MAC: e.MAC, CIDRs: prefixesToStrings(e.CIDRs)})
+	}
+	return out
+}

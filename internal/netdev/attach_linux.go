@@ -1,0 +1,281 @@
+package netdev
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+var _ Attacher = Netlink{}
+
+func (Netlink) Attach(spec AttachSpec) (Attached, error) {
+	if spec.IfName == "" || len(spec.IfName) > 15 || len(spec.HostIfName) > 15 || spec.HostIfName == "" {
+		return Attached{}, fmt.Errorf("interface names %q/%q must be 1-15 characters", spec.IfName, spec.HostIfName)
+	}
+	ns, err := netns.GetFromPath(spec.NetnsPath)
+	if err != nil {
+		return Attached{}, fmt.Errorf("open namespace %s: %w", spec.NetnsPath, err)
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return Attached{}, fmt.Errorf("netlink in %s: %w", spec.NetnsPath, err)
+	}
+	defer nh.Close()
+	br, err := netlink.LinkByName(spec.Bridge)
+	if err != nil {
+		return Attached{}, fmt.Errorf("look up bridge %s: %w", spec.Bridge, err)
+	}
+
+	link, err := nh.LinkByName(spec.IfName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return Attached{}, fmt.Errorf("look up %s in %s: %w", spec.IfName, spec.NetnsPath, err)
+		}
+		if link, err = createVeth(nh, ns, br, spec); err != nil {
+			return Attached{}, err
+		}
+	}
+	if err := disableIPv6RA(ns, spec.IfName); err != nil {
+		return Attached{}, err
+	}
+	for _, c := range spec.CIDRs {
+		addr := &netlink.Addr{IPNet: prefixToIPNet(c)}
+		if err := nh.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return Attached{}, fmt.Errorf("add %s to %s: %w", c, spec.IfName, err)
+		}
+	}
+	if err := nh.LinkSetUp(link); err != nil {
+		return Attached{}, fmt.Errorf("bring %s up: %w", spec.IfName, err)
+	}
+	for _, r := range spec.Routes {
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixToIPNet(r), Scope: netlink.SCOPE_LINK}
+		if err := nh.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
+			return Attached{}, fmt.Errorf("add route %s via %s: %w", r, spec.IfName, err)
+		}
+	}
+	addrs, err := nh.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return Attached{}, fmt.Errorf("list addresses of %s: %w", spec.IfName, err)
+	}
+	res := Attached{MAC: link.Attrs().HardwareAddr}
+	for _, a := range addrs {
+		if p, ok := ipNetToPrefix(a.IPNet); ok {
+			res.CIDRs = append(res.CIDRs, p)
+		}
+	}
+	for _, c := range spec.CIDRs {
+		// Neighbours that cached an old MAC for the address learn the new one at once.
+		if err := gratuitousARP(ns, spec.IfName, link.Attrs().HardwareAddr, c.Addr()); err != nil {
+			return res, fmt.Errorf("gratuitous ARP for %s: %w", c.Addr(), err)
+		}
+	}
+	return res, nil
+}
+
+func createVeth(nh *netlink.Handle, ns netns.NsHandle, br netlink.Link, spec AttachSpec) (netlink.Link, error) {
+	// The container end is created under a temporary name in our namespace, where the final
+	// name (ethwe) may exist already, then moved and renamed.
+	var rnd [4]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, fmt.Errorf("random name: %w", err)
+	}
+	tmp := fmt.Sprintf("wetmp%x", rnd)
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = spec.HostIfName
+	attrs.MTU = spec.MTU
+	attrs.MasterIndex = br.Attrs().Index
+	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: tmp}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("create veth %s: %w", spec.HostIfName, err)
+	}
+	cleanup := func() { _ = netlink.LinkDel(veth) }
+	peer, err := netlink.LinkByName(tmp)
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("look up veth peer %s: %w", tmp, err)
+	}
+	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("move %s into %s: %w", tmp, spec.NetnsPath, err)
+	}
+	link, err := nh.LinkByName(tmp)
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("look up %s in %s: %w", tmp, spec.NetnsPath, err)
+	}
+	if err := nh.LinkSetName(link, spec.IfName); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("rename %s to %s: %w", tmp, spec.IfName, err)
+	}
+	if err := nh.LinkSetMTU(link, spec.MTU); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("set mtu of %s: %w", spec.IfName, err)
+	}
+	host, err := netlink.LinkByName(spec.HostIfName)
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("look up %s: %w", spec.HostIfName, err)
+	}
+	if spec.Hairpin {
+		if err := netlink.LinkSetHairpin(host, true); err != nil {
+			cleanup()
+			return nil, fmt.Errorf("hairpin on %s: %w", spec.HostIfName, err)
+		}
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("bring %s up: %w", spec.HostIfName, err)
+	}
+	return nh.LinkByName(spec.IfName)
+}
+
+// inNamespace runs fn with the calling goroutine's thread switched into ns. If the thread
+// cannot be switched back it is not unlocked, so Go retires it instead of reusing a thread in
+// the wrong namespace.
+func inNamespace(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("current namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter namespace: %w", err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		return fmt.Errorf("return to namespace: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// disableIPv6RA turns router advertisements off on the container interface: a container
+// must not be able to hijack its neighbours' default route (CVE-2020-11091).
+func disableIPv6RA(ns netns.NsHandle, ifName string) error {
+	return inNamespace(ns, func() error {
+		p := "/proc/sys/net/ipv6/conf/" + ifName + "/accept_ra"
+		if err := os.WriteFile(p, []byte("0"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("disable accept_ra on %s: %w", ifName, err)
+		}
+		return nil
+	})
+}
+
+func gratuitousARP(ns netns.NsHandle, ifName string, mac net.HardwareAddr, ip netip.Addr) error {
+	if !ip.Is4() || len(mac) != 6 {
+		return nil
+	}
+	return inNamespace(ns, func() error {
+		ifi, err := net.InterfaceByName(ifName)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_ARP)))
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		pkt := make([]byte, 28)
+		binary.BigEndian.PutUint16(pkt[0:], 1)      // Ethernet
+		binary.BigEndian.PutUint16(pkt[2:], 0x0800) // IPv4
+		pkt[4], pkt[5] = 6, 4
+		binary.BigEndian.PutUint16(pkt[6:], 1) // request: the form every stack accepts as an announcement
+		copy(pkt[8:], mac)
+		a := ip.As4()
+		copy(pkt[14:], a[:])
+		copy(pkt[24:], a[:])
+		sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index, Halen: 6,
+			Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
+		if err := unix.Sendto(fd, pkt, 0, sa); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+		return nil
+	})
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (Netlink) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
+	ns, err := netns.GetFromPath(netnsPath)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // the namespace is gone and its veth with it
+		}
+		return fmt.Errorf("open namespace %s: %w", netnsPath, err)
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", netnsPath, err)
+	}
+	defer nh.Close()
+	link, err := nh.LinkByName(ifName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("look up %s in %s: %w", ifName, netnsPath, err)
+	}
+	if len(cidrs) == 0 {
+		if err := nh.LinkDel(link); err != nil {
+			return fmt.Errorf("delete %s in %s: %w", ifName, netnsPath, err)
+		}
+		return nil
+	}
+	for _, c := range cidrs {
+		if err := nh.AddrDel(link, &netlink.Addr{IPNet: prefixToIPNet(c)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("remove %s from %s: %w", c, ifName, err)
+		}
+	}
+	return nil
+}
+
+func (Netlink) Expose(bridge string, cidr netip.Prefix) error {
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("look up bridge %s: %w", bridge, err)
+	}
+	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: prefixToIPNet(cidr)}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add %s to %s: %w", cidr, bridge, err)
+	}
+	return nil
+}
+
+func (Netlink) Hide(bridge string, cidr netip.Prefix) error {
+	br, err := netlink.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("look up bridge %s: %w", bridge, err)
+	}
+	if err := netlink.AddrDel(br, &netlink.Addr{IPNet: prefixToIPNet(cidr)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("remove %s from %s: %w", cidr, bridge, err)
+	}
+	return nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}
