@@ -115,6 +115,15 @@ func (r *Ring) Owner(a addr.Addr) mesh.PeerName {
 	return mesh.UnknownPeerName
 }
 
+// PieceAt returns the piece holding a.
+func (r *Ring) PieceAt(a addr.Addr) (Piece, bool) {
+	i := r.find(a)
+	if i < 0 {
+		return Piece{}, false
+	}
+	return Piece{Range: r.Piece(i), Entry: r.Entries[i]}, true
+}
+
 // Seed splits an empty ring among peers: the range is halved recursively along CIDR
 // boundaries, so every peer gets an aligned block (sizes differ by at most a factor of two).
 func (r *Ring) Seed(peers []mesh.PeerName) error {
