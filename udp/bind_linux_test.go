@@ -265,6 +265,9 @@ func TestCloseUnblocksRead(t *testing.T) {
 }
 
 func TestAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation budgets do not hold under the race detector")
+	}
 	inNS := newNS(t)
 	for _, gro := range []bool{false, true} {
 		cfg := Config{Addr: netip.MustParseAddrPort("127.0.0.1:0"), DisableGRO: !gro}
