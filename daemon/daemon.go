@@ -42,11 +42,12 @@ type Daemon struct {
 	uid  uint64
 	mtu  int
 
-	lockFile  *os.File
-	endpoints *endpointStore
-	mesh      *mesh.Router
-	apiLn     net.Listener
-	apiSrv    *http.Server
+	lockFile   *os.File
+	endpoints  *endpointStore
+	mesh       *mesh.Router
+	apiLn      net.Listener
+	apiSrv     *http.Server
+	metricsSrv *http.Server
 
 	started time.Time
 	ready   chan struct{}
@@ -172,8 +173,15 @@ func (d *Daemon) Start() error {
 		return fmt.Errorf("mesh: %w", err)
 	}
 	d.mesh = m
+	if err := d.serveMetrics(); err != nil {
+		d.mesh.Close()
+		return err
+	}
 	if err := d.serveAPI(); err != nil {
 		d.mesh.Close()
+		if d.metricsSrv != nil {
+			d.metricsSrv.Close()
+		}
 		return err
 	}
 	close(d.ready)
@@ -266,6 +274,11 @@ func (d *Daemon) Close() error {
 				errs = append(errs, fmt.Errorf("api shutdown: %w", err))
 			}
 			os.Remove(d.cfg.Socket)
+		}
+		if d.metricsSrv != nil {
+			if err := d.metricsSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
+			}
 		}
 		if d.mesh != nil {
 			if err := d.mesh.Close(); err != nil {

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -126,4 +129,25 @@ func dumpOnFailure(t *testing.T, rs ...*router) {
 			}
 		}
 	})
+}
+
+// metrics scrapes the router's Prometheus endpoint (127.0.0.1:6782 inside its host).
+func (r *router) metrics() string {
+	r.t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return r.host.DialContext(ctx, network, addr)
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Get("http://127.0.0.1:6782/metrics")
+	if err != nil {
+		r.t.Fatalf("scrape metrics in %s: %v", r.host.Name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		r.t.Fatalf("scrape metrics in %s: %s %v", r.host.Name, resp.Status, err)
+	}
+	return string(b)
 }

@@ -73,6 +73,19 @@ func TestLaunchStatusStopThreeRouters(t *testing.T) {
 		})
 	}
 
+	// Metrics carry Weave's names and agree with the report.
+	m := rs[0].metrics()
+	for _, want := range []string{
+		`weave_connections{encryption="",state="established",type="unknown"} 2`,
+		"weave_connection_terminations_total ",
+		"weave_peers 3",
+		"weave_ready 1",
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
 	// Human status works.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -1,0 +1,109 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weavemesh/weave/api"
+)
+
+// Metric names keep Weave's, so existing dashboards (kube-prometheus ships one) still work.
+var (
+	descConnections = prometheus.NewDesc("weave_connections",
+		"Number of peer connections by state, overlay type and encryption.",
+		[]string{"state", "type", "encryption"}, nil)
+	descTerminations = prometheus.NewDesc("weave_connection_terminations_total",
+		"Number of peer connections that ended.", nil, nil)
+	descMeshErrors = prometheus.NewDesc("weave_mesh_refused_total",
+		"Control-plane input refused, by reason.", []string{"reason"}, nil)
+	descPeers = prometheus.NewDesc("weave_peers",
+		"Number of peers in the topology, this one included.", nil, nil)
+	descEndpoints = prometheus.NewDesc("weave_endpoints",
+		"Number of interfaces attached to the bridge (the exposed host included).", nil, nil)
+	descReady = prometheus.NewDesc("weave_ready",
+		"1 when the router is ready.", nil, nil)
+)
+
+// collector computes the metrics from the components' status at scrape time, so they can
+// never drift from what `weavectl status` shows.
+type collector struct{ d *Daemon }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConnections, descTerminations, descMeshErrors, descPeers, descEndpoints, descReady} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	rep := c.d.report()
+	type key struct{ state, typ, enc string }
+	counts := map[key]int{}
+	// Every state is reported, zero included, so that alerts on a state that empties work.
+	for _, s := range []string{api.StateEstablished, api.StatePending, api.StateConnecting, api.StateRetrying, api.StateFailed} {
+		counts[key{s, "unknown", ""}] += 0
+	}
+	for _, cn := range rep.Router.Connections {
+		typ := cn.Overlay
+		if typ == "" {
+			typ = "unknown"
+		}
+		enc := ""
+		if cn.Encrypted {
+			enc = "yes"
+		}
+		counts[key{cn.State, typ, enc}]++
+	}
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue, float64(n), k.state, k.typ, k.enc)
+	}
+	ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(len(rep.Router.Peers)))
+	ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(len(rep.Endpoints)))
+	ready := 0.0
+	if rep.Ready {
+		ready = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	if c.d.mesh != nil {
+		st := c.d.mesh.Status().Stats
+		ch <- prometheus.MustNewConstMetric(descTerminations, prometheus.CounterValue, float64(st.Terminations))
+		for reason, v := range map[string]uint64{
+			"malformed_message":  st.MalformedMessages,
+			"connection_refused": st.ConnectionsRefused,
+			"unknown_channel":    st.UnknownChannel,
+			"no_route":           st.NoRoute,
+			"dropped_send":       st.DroppedSends,
+		} {
+			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
+		}
+	}
+}
+
+// serveMetrics serves GET /metrics on the configured address; a registry per daemon keeps
+// several routers in one process (tests) apart.
+func (d *Daemon) serveMetrics() error {
+	if d.cfg.MetricsAddr == "" {
+		return nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: nil}))
+	ln, err := net.Listen("tcp", d.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics: listen on %s: %w", d.cfg.MetricsAddr, err)
+	}
+	d.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := d.metricsSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.fail(fmt.Errorf("metrics server: %w", err))
+		}
+	}()
+	return nil
+}
