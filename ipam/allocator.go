@@ -107,13 +107,7 @@ func New(c Config) (*Allocator, error) {
 	if cfg.mode == initConsensus {
 		a.node = paxos.NewNode(paxos.NodeID{Name: cfg.Name, UID: cfg.UID}, cfg.quorum)
 	}
-	if err := a.openStore(); err != nil {
-		return nil, err
-	}
-	if err := a.load(); err != nil {
-		if a.ownStore {
-			a.store.Close()
-		}
+	if err := a.openAndLoad(); err != nil {
 		return nil, err
 	}
 	if cfg.TickInterval >= 0 {
@@ -123,28 +117,44 @@ func New(c Config) (*Allocator, error) {
 	return a, nil
 }
 
-func (a *Allocator) openStore() error {
+// openAndLoad opens the store and loads it. A corrupt or foreign database is an error,
+// unless DiscardIncompatibleDB says to move it aside and start afresh.
+func (a *Allocator) openAndLoad() error {
 	switch {
 	case a.cfg.Store != nil:
 		a.store = a.cfg.Store
-		return nil
+		return a.load()
 	case a.cfg.DBPath == "":
 		a.store = &MemStore{}
-		return nil
+		return a.load()
 	}
-	s, err := OpenBolt(a.cfg.DBPath, a.cfg.Name, a.cfg.Range)
+	err := a.openBoltAndLoad()
 	if err != nil && a.cfg.DiscardIncompatibleDB && (errors.Is(err, ErrCorruptDB) || errors.Is(err, ErrForeignDB)) {
 		aside := fmt.Sprintf("%s.bad-%d", a.cfg.DBPath, a.cfg.Now().Unix())
 		a.log.Warn("moving incompatible IPAM database aside and starting afresh", "err", err, "moved_to", aside)
 		if rerr := os.Rename(a.cfg.DBPath, aside); rerr != nil {
 			return fmt.Errorf("%w (and moving it aside failed: %v)", err, rerr)
 		}
-		s, err = OpenBolt(a.cfg.DBPath, a.cfg.Name, a.cfg.Range)
+		a.ring = ring.New(a.cfg.rng)
+		a.space = space.New()
+		clear(a.allocs)
+		clear(a.byAddr)
+		clear(a.dirtyAllocs)
+		err = a.openBoltAndLoad()
 	}
+	return err
+}
+
+func (a *Allocator) openBoltAndLoad() error {
+	s, err := OpenBolt(a.cfg.DBPath, a.cfg.Name, a.cfg.Range)
 	if err != nil {
 		return err
 	}
 	a.store, a.ownStore = s, true
+	if err := a.load(); err != nil {
+		s.Close()
+		return err
+	}
 	return nil
 }
 

@@ -213,6 +213,6 @@ func (c Config) resolve() (resolved, error) {
 
 type allReachable struct{}
 
-func (allReachable) IsReachable(mesh.PeerName) bool             { return true }
-func (allReachable) NickName(mesh.PeerName) string              { return "" }
+func (allReachable) IsReachable(mesh.PeerName) bool            { return true }
+func (allReachable) NickName(mesh.PeerName) string             { return "" }
 func (allReachable) DeadSince(mesh.PeerName) (time.Time, bool) { return time.Time{}, false }
