@@ -153,7 +153,7 @@ func (m weaveMode) Available(env *Env) error {
 }
 
 // weaveReadyLimit bounds the wait for the routers to connect over the wanted overlay.
-const weaveReadyLimit = 60 * time.Second
+const weaveReadyLimit = 30 * time.Second
 
 func (m weaveMode) Setup(ctx context.Context, env *Env) (Path, error) {
 	socks := make([]string, len(env.Hosts))
