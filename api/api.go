@@ -13,6 +13,7 @@ const (
 	PathStatus  = "/v1/status"
 	PathReport  = "/v1/report"
 	PathStop    = "/v1/stop"
+	PathReset   = "/v1/reset"
 	PathConnect = "/v1/connect"
 	PathForget  = "/v1/forget"
 	PathVersion = "/v1/version"

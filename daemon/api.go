@@ -20,6 +20,7 @@ func (d *Daemon) apiHandler() http.Handler {
 	mux.HandleFunc("GET "+api.PathReport, d.handleReport)
 	mux.HandleFunc("GET "+api.PathVersion, d.handleVersion)
 	mux.HandleFunc("POST "+api.PathStop, d.handleStop)
+	mux.HandleFunc("POST "+api.PathReset, d.handleReset)
 	mux.HandleFunc("POST "+api.PathConnect, d.handleConnect)
 	mux.HandleFunc("POST "+api.PathForget, d.handleForget)
 	mux.HandleFunc("POST "+api.PathAttach, endpointHandler(d.attach))
@@ -93,6 +94,13 @@ func (d *Daemon) handleReport(w http.ResponseWriter, _ *http.Request) {
 
 func (d *Daemon) handleStop(w http.ResponseWriter, _ *http.Request) {
 	d.log.Info("stop requested through the API")
+	w.WriteHeader(http.StatusNoContent)
+	d.requestStop()
+}
+
+func (d *Daemon) handleReset(w http.ResponseWriter, _ *http.Request) {
+	d.log.Info("reset requested through the API: stopping, then removing devices and state")
+	d.resetReq.Store(true)
 	w.WriteHeader(http.StatusNoContent)
 	d.requestStop()
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -56,6 +57,7 @@ type Daemon struct {
 	done      chan struct{} // closed when Close has finished
 	stopReq   chan struct{} // closed when the API asked us to stop
 	stopOnce  sync.Once
+	resetReq  atomic.Bool // Close also removes devices and state
 
 	errMu sync.Mutex
 	err   error // first fatal error
@@ -80,7 +82,7 @@ func New(cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	lock, err := lockStateDir(cfg.StateDir)
+	lock, err := lockStateDir(cfg.StateDir, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -116,17 +118,27 @@ func New(cfg Config) (*Daemon, error) {
 
 // lockStateDir makes sure only one weaver uses a state dir: a second one would fight over
 // identity and IPAM.
-func lockStateDir(dir string) (*os.File, error) {
+// A positive wait retries for that long, for a caller that expects a stopping daemon to let go.
+func lockStateDir(dir string, wait time.Duration) (*os.File, error) {
 	f, err := os.OpenFile(filepath.Join(dir, "weaver.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open state dir lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+	deadline := time.Now().Add(wait)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock state dir: %w", err)
+		}
+		if time.Now().After(deadline) {
+			f.Close()
 			return nil, fmt.Errorf("another weaver is already running with state dir %s", dir)
 		}
-		return nil, fmt.Errorf("lock state dir: %w", err)
+		time.Sleep(50 * time.Millisecond) // flock has no timeout of its own
 	}
 	if err := f.Truncate(0); err == nil {
 		fmt.Fprintf(f, "%d\n", os.Getpid())
@@ -283,6 +295,13 @@ func (d *Daemon) Close() error {
 		if d.mesh != nil {
 			if err := d.mesh.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("mesh: %w", err))
+			}
+		}
+		if d.resetReq.Load() {
+			if err := cleanupHost(d.cfg); err != nil {
+				errs = append(errs, fmt.Errorf("reset: %w", err))
+			} else {
+				d.log.Info("reset: bridge, devices and state removed")
 			}
 		}
 		d.lockFile.Close()

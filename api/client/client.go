@@ -172,3 +172,8 @@ func (c *Client) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
 	err := c.do(ctx, http.MethodGet, api.PathEndpoints, nil, &eps)
 	return eps, err
 }
+
+// Reset asks the daemon to stop and remove its devices and state.
+func (c *Client) Reset(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, api.PathReset, nil, nil)
+}

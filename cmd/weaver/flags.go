@@ -20,6 +20,7 @@ type options struct {
 	logLevel     string
 	logFormat    string
 	printVersion bool
+	reset        bool
 }
 
 // parseFlags turns arguments and environment into options. Flags may come before, between or
@@ -86,6 +87,7 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "state directory (env WEAVE_STATE_DIR)")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "control API socket (env WEAVE_SOCKET)")
 	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
+	fs.BoolVar(&o.reset, "reset", false, "remove the bridge, devices and state of a stopped router, then exit")
 
 	var peers []string
 	for {

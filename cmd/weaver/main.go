@@ -40,6 +40,13 @@ func run(args []string) int {
 	cfg := opts.cfg
 	cfg.Logger = log
 	cfg.Version = version.String()
+	if opts.reset {
+		if err := daemon.Reset(cfg); err != nil {
+			fmt.Fprintf(os.Stderr, "weaver: reset: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 
 	d, err := daemon.New(cfg)
 	if err != nil {

@@ -51,6 +51,19 @@ func (f *Fake) EnsureTAP(name, bridge string, mtu int) error {
 	return nil
 }
 
+func (f *Fake) DeleteBridge(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for n, l := range f.links {
+		if l.Master == name {
+			delete(f.links, n)
+		}
+	}
+	delete(f.links, name)
+	clear(f.attached)
+	return nil
+}
+
 func (f *Fake) Delete(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -17,6 +17,9 @@ type Links interface {
 	// EnsureTAP creates a persistent TAP device if missing, enslaves it to bridge, sets mtu
 	// and brings it up.
 	EnsureTAP(name, bridge string, mtu int) error
+	// DeleteBridge removes every port of the bridge (TAP, container veths, whose other ends
+	// go with them) and then the bridge; a missing bridge is not an error.
+	DeleteBridge(name string) error
 	// Delete removes a link; a missing link is not an error.
 	Delete(name string) error
 	// Exists reports whether a link exists.

@@ -155,3 +155,29 @@ func (Netlink) UnderlayMTU() (int, error) {
 	}
 	return best, nil
 }
+
+func (n Netlink) DeleteBridge(name string) error {
+	br, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+				return fmt.Errorf("delete %s (port of %s): %w", l.Attrs().Name, name, err)
+			}
+		}
+	}
+	if err := netlink.LinkDel(br); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete bridge %s: %w", name, err)
+	}
+	return nil
+}

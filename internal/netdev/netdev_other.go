@@ -15,6 +15,7 @@ var _ Links = Netlink{}
 
 func (Netlink) EnsureBridge(string, net.HardwareAddr, int) error { return errors.ErrUnsupported }
 func (Netlink) EnsureTAP(string, string, int) error              { return errors.ErrUnsupported }
+func (Netlink) DeleteBridge(string) error                        { return errors.ErrUnsupported }
 func (Netlink) Delete(string) error                              { return errors.ErrUnsupported }
 func (Netlink) Exists(string) (bool, error)                      { return false, errors.ErrUnsupported }
 func (Netlink) UnderlayMTU() (int, error)                        { return 0, errors.ErrUnsupported }

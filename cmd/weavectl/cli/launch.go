@@ -155,13 +155,51 @@ func runStop(c *ctx, args []string) error {
 		return err
 	}
 	// Wait until the daemon has let go of its socket, so a launch right after works.
-	deadline := time.Now().Add(15 * time.Second)
+	if err := waitGone(c, 15*time.Second); err != nil {
+		return fmt.Errorf("weaver (pid %d) did not stop: %w", st.PID, err)
+	}
+	fmt.Fprintf(c.env.Stdout, "weaver %s stopped\n", st.Name)
+	return nil
+}
+
+func runReset(c *ctx, args []string) error {
+	if len(args) > 0 {
+		return usageError{"reset takes no arguments"}
+	}
+	if _, err := statusNow(c); err == nil {
+		cx, cancel := timeout(10 * time.Second)
+		defer cancel()
+		if err := c.client.Reset(cx); err != nil {
+			return err
+		}
+		if err := waitGone(c, 30*time.Second); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, client.ErrNotRunning) {
+		return err
+	}
+	// Whether the daemon did it or was not running, a stopped weaver finishes the job: the
+	// devices and state of a router that was killed are removed the same way.
+	weaver, err := findWeaver(c.env)
+	if err != nil {
+		return err
+	}
+	out, err := exec.Command(weaver, "--reset", "--state-dir", c.stateDir, "--socket", c.socket).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s", strings.TrimSpace(string(out)))
+	}
+	fmt.Fprintln(c.env.Stdout, "weave reset: bridge, devices and state removed")
+	return nil
+}
+
+// waitGone waits until no daemon answers on the socket.
+func waitGone(c *ctx, d time.Duration) error {
+	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		if _, err := statusNow(c); errors.Is(err, client.ErrNotRunning) {
-			fmt.Fprintf(c.env.Stdout, "weaver %s stopped\n", st.Name)
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond) // polling the socket until the daemon is gone
 	}
-	return fmt.Errorf("weaver (pid %d) did not stop within 15s", st.PID)
+	return fmt.Errorf("weaver still answers on %s after %v", c.socket, d)
 }
