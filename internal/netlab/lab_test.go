@@ -260,6 +260,31 @@ func TestSetMTU(t *testing.T) {
 	if loss := df(h2, h1.Addr, 1372); loss != 0 {
 		t.Fatalf("1400-byte DF ping: loss %v, want 0", loss)
 	}
+
+	// Options.MTU applies to every underlay link, the NAT's included.
+	small := New(t, Options{Hosts: 2, MTU: 1400, NAT: []int{1}})
+	pub, natted := small.Hosts[0], small.Hosts[1]
+	if loss := df(natted, pub.Addr, 1372); loss != 0 {
+		t.Fatalf("1400-byte DF ping through the NAT at MTU 1400: loss %v, want 0", loss)
+	}
+	if loss := df(natted, pub.Addr, 1472); loss != 1 {
+		t.Fatalf("1500-byte DF ping through the NAT at MTU 1400: loss %v, want 1", loss)
+	}
+
+	// Behind a NAT, SetMTU lowers the NAT's uplink only: the NAT, a router, answers with ICMP
+	// "fragmentation needed" and the host learns the path MTU, as on a real network.
+	routed := New(t, Options{Hosts: 2, NAT: []int{1}})
+	pub, natted = routed.Hosts[0], routed.Hosts[1]
+	if err := routed.SetMTU(natted, 1400); err != nil {
+		t.Fatal(err)
+	}
+	if loss := df(natted, pub.Addr, 1472); loss != 1 {
+		t.Fatalf("1500-byte DF ping out of a NAT with a 1400-MTU uplink: loss %v, want 1", loss)
+	}
+	out, err := natted.Run(ctx, "ip", "route", "get", pub.Addr.String())
+	if err != nil || !strings.Contains(string(out), "mtu 1400") {
+		t.Fatalf("host behind the NAT did not learn the path MTU: %s %v", out, err)
+	}
 }
 
 func TestDropPercent(t *testing.T) {
