@@ -343,12 +343,13 @@ func TestContainersAndProcesses(t *testing.T) {
 		t.Fatalf("container to container over the bridge: loss %v err %v", loss, err)
 	}
 
-	p, err := c2.Start("echo", []string{"NETLAB_GREETING=hello"}, "sh", "-c", `echo "$NETLAB_GREETING"; exec sleep 1000`)
+	p, err := c2.Start("echo", []string{"NETLAB_GREETING=hello"}, "sh", "-c", `echo "$NETLAB_GREETING $$"; exec sleep 1000`)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The greeting carries the shell's own PID: Proc.Pid is the command, not a wrapper.
 	testutil.Eventually(t, 5*time.Second, "greeting in the log", func() error {
-		if !strings.Contains(p.Log(), "hello") {
+		if !strings.Contains(p.Log(), fmt.Sprintf("hello %d\n", p.Pid)) {
 			return fmt.Errorf("log so far: %q", p.Log())
 		}
 		return nil
