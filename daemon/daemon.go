@@ -46,6 +46,7 @@ type Daemon struct {
 	lockFile   *os.File
 	endpoints  *endpointStore
 	mesh       *mesh.Router
+	dp         *dataPlane
 	apiLn      net.Listener
 	apiSrv     *http.Server
 	metricsSrv *http.Server
@@ -165,7 +166,11 @@ func (d *Daemon) Start() error {
 	if err := d.links.EnsureTAP(d.cfg.TAP, d.cfg.Bridge, mtu); err != nil {
 		return fmt.Errorf("tap: %w", err)
 	}
-	m, err := mesh.New(mesh.Config{
+	dp, err := d.newDataPlane()
+	if err != nil {
+		return fmt.Errorf("data plane: %w", err)
+	}
+	mcfg := mesh.Config{
 		Name:           d.name,
 		NickName:       d.cfg.NickName,
 		UID:            d.uid,
@@ -177,7 +182,9 @@ func (d *Daemon) Start() error {
 		TrustedSubnets: d.cfg.TrustedSubnets,
 		Peers:          d.cfg.Peers,
 		Logger:         d.cfg.Logger, // mesh adds its own component and peer keys
-	})
+	}
+	dp.configureMesh(&mcfg)
+	m, err := mesh.New(mcfg)
 	if err != nil {
 		return fmt.Errorf("mesh: %w", err)
 	}
@@ -185,11 +192,18 @@ func (d *Daemon) Start() error {
 		return fmt.Errorf("mesh: %w", err)
 	}
 	d.mesh = m
+	if err := dp.start(m); err != nil {
+		d.mesh.Close()
+		return fmt.Errorf("data plane: %w", err)
+	}
+	d.dp = dp
 	if err := d.serveMetrics(); err != nil {
+		d.dp.close()
 		d.mesh.Close()
 		return err
 	}
 	if err := d.serveAPI(); err != nil {
+		d.dp.close()
 		d.mesh.Close()
 		if d.metricsSrv != nil {
 			d.metricsSrv.Close()
@@ -290,6 +304,11 @@ func (d *Daemon) Close() error {
 		if d.metricsSrv != nil {
 			if err := d.metricsSrv.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
+			}
+		}
+		if d.dp != nil {
+			if err := d.dp.close(); err != nil {
+				errs = append(errs, fmt.Errorf("data plane: %w", err))
 			}
 		}
 		if d.mesh != nil {
