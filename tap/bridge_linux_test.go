@@ -166,3 +166,37 @@ func TestDeviceReadWriteAllocateNothing(t *testing.T) {
 		})
 	}
 }
+
+func TestFrameTooBigForBufferIsDropped(t *testing.T) {
+	for _, offload := range []bool{true, false} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) {
+			w, r := bridgePair(t, offload)
+			mk := func(n int) []byte {
+				f := []byte{0x0a, 0, 0, 0, 0, 9, 0x0a, 0, 0, 0, 0, 0x45, 0x88, 0xb5}
+				return append(f, make([]byte, n-len(f))...)
+			}
+			if _, err := w.Write(segmentsToBufs([][]byte{mk(300), mk(80)}, 0), Headroom); err != nil {
+				t.Fatal(err)
+			}
+			bufs := [][]byte{make([]byte, Headroom+100)}
+			sizes := []int{0}
+			timer := time.AfterFunc(10*time.Second, func() { _ = r.Close() })
+			defer timer.Stop()
+			for {
+				n, err := r.Read(bufs, sizes, Headroom)
+				if err != nil {
+					t.Fatalf("Read: %v", err)
+				}
+				if n == 1 && bufs[0][Headroom+11] == 0x45 {
+					break
+				}
+			}
+			if sizes[0] != 80 {
+				t.Fatalf("got the %d-byte frame, want the 80-byte one after the 300-byte one was dropped", sizes[0])
+			}
+			if st := r.(StatsReporter).Stats(); st.RxDropped != 1 {
+				t.Fatalf("RxDropped = %d, want 1", st.RxDropped)
+			}
+		})
+	}
+}

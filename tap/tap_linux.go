@@ -232,6 +232,7 @@ type device struct {
 
 	// Read side: one reader at a time (documented on Device.Read).
 	rbuf     []byte // one kernel frame, with its virtio-net header
+	rtarget  []byte // where rawRead reads: rbuf, or the caller's buffer on the plain path
 	rn       int
 	rerr     error
 	rblock   bool
@@ -308,7 +309,7 @@ func (d *device) Close() error {
 
 // rawRead runs inside the poller: one read(2), waiting for readiness only when rblock.
 func (d *device) rawRead(fd uintptr) bool {
-	d.rn, d.rerr = unix.Read(int(fd), d.rbuf)
+	d.rn, d.rerr = unix.Read(int(fd), d.rtarget)
 	if d.rerr == unix.EAGAIN || d.rerr == unix.EINTR {
 		return !d.rblock
 	}
@@ -348,7 +349,18 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	for n < len(bufs) && !d.pending {
 		d.rblock = n == 0
-		if err := d.rc.Read(d.readFn); err != nil {
+		d.rtarget = d.rbuf
+		if !d.vnet {
+			// No header to decode and nothing to segment: read straight into the caller's
+			// buffer, leaving one byte spare to detect a frame too long for it.
+			if len(bufs[n]) <= offset+1 {
+				return n, fmt.Errorf("tap %s: %d-byte buffer leaves no room after offset %d", d.name, len(bufs[n]), offset)
+			}
+			d.rtarget = bufs[n][offset:]
+		}
+		err := d.rc.Read(d.readFn)
+		d.rtarget = nil // do not keep the caller's buffer alive
+		if err != nil {
 			if n > 0 {
 				break
 			}
@@ -371,15 +383,16 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 // consume turns the frame in rbuf into as many of bufs as it needs and fit.
 func (d *device) consume(bufs [][]byte, sizes []int, offset int) int {
-	pkt := d.rbuf[:d.rn]
 	if !d.vnet {
-		if len(bufs[0])-offset < len(pkt) {
-			d.dropRead(fmt.Errorf("%d-byte frame does not fit a %d-byte buffer at offset %d", len(pkt), len(bufs[0]), offset), 1)
+		if d.rn >= len(bufs[0])-offset {
+			// The kernel truncated it (read returns less than the frame only by filling the buffer).
+			d.dropRead(fmt.Errorf("frame does not fit a %d-byte buffer at offset %d", len(bufs[0]), offset), 1)
 			return 0
 		}
-		sizes[0] = copy(bufs[0][offset:], pkt)
+		sizes[0] = d.rn
 		return 1
 	}
+	pkt := d.rbuf[:d.rn]
 	var h VirtioNetHdr
 	if err := h.Decode(pkt); err != nil {
 		d.dropRead(err, 1)
