@@ -12,7 +12,7 @@ FUZZTIME ?= 10s
 # The whole suite must stay well under 20 minutes on 2 cores.
 TEST_TIMEOUT ?= 25m
 
-.PHONY: help build test unit netns demo bench fuzz lint install clean deps
+.PHONY: help build test demo demo-clean bench fuzz lint install clean deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,8 +27,11 @@ deps: ## install the system packages the tests and demo need (root, Debian)
 test: deps build ## run every test, netns tests included (root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 2 ./...
 
-demo: deps build ## a small mesh in network namespaces on this machine, traffic across it, status
-	@bash scripts/demo.sh
+demo: deps build ## a small mesh in network namespaces on this machine, traffic across it, status (KEEP=1 keeps it)
+	@$(GO) run ./demo -bin $(BIN)
+
+demo-clean: ## remove a lab kept by `make demo KEEP=1`
+	@$(GO) run ./demo -clean
 
 bench: deps build ## throughput and RTT of each data path, as ratios to a hand-made kernel VXLAN
 	$(GO) run ./bench -out bench/results

@@ -123,7 +123,8 @@ func printSummary(w io.Writer, r api.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.AlignRight)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t %s\n", k, v) }
 	row("Version", r.Version)
-	fmt.Fprintln(tw, "\t")
+	tw.Flush()
+	fmt.Fprintln(w)
 	row("Service", "router")
 	row("Name", peerLabel(r.Router.Name, r.Router.NickName))
 	row("Ready", fmt.Sprint(r.Ready))
@@ -137,7 +138,8 @@ func printSummary(w io.Writer, r api.Report) {
 		row("Bridge", fmt.Sprintf("%s (mtu %d)", r.Bridge.Name, r.Bridge.MTU))
 	}
 	if r.IPAM != nil {
-		fmt.Fprintln(tw, "\t")
+		tw.Flush()
+		fmt.Fprintln(w)
 		row("Service", "ipam")
 		row("Status", r.IPAM.Status)
 		row("Range", r.IPAM.Range)
