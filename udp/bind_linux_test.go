@@ -310,3 +310,74 @@ func TestAllocations(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLoopback sends batches of 64 x 1400-byte datagrams through loopback in a fresh
+// namespace and reads them back, with and without the offloads.
+func BenchmarkLoopback(b *testing.B) {
+	for _, off := range []struct {
+		name     string
+		gso, gro bool
+	}{{"plain", false, false}, {"gso", true, false}, {"gso+gro", true, true}} {
+		b.Run(off.name, func(b *testing.B) {
+			inNS := benchNS(b)
+			cfg := Config{Addr: netip.MustParseAddrPort("127.0.0.1:0"), DisableGSO: !off.gso, DisableGRO: !off.gro}
+			var a, r Bind
+			var err1, err2 error
+			inNS(func() { a, err1 = Listen(cfg); r, err2 = Listen(cfg) })
+			if err1 != nil || err2 != nil {
+				b.Fatal(err1, err2)
+			}
+			defer a.Close()
+			defer r.Close()
+			out := datagrams(64, 1400, 1400)
+			bufs := make([][]byte, IdealBatchSize)
+			for i := range bufs {
+				bufs[i] = make([]byte, 2048)
+			}
+			sizes, eps := make([]int, len(bufs)), make([]netip.AddrPort, len(bufs))
+			b.SetBytes(64 * 1400)
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := a.WriteBatch(out, r.LocalAddr()); err != nil {
+					b.Fatal(err)
+				}
+				for got := 0; got < len(out); {
+					n, err := r.ReadBatch(bufs, sizes, eps)
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += n
+				}
+			}
+		})
+	}
+}
+
+// benchNS is newNS for benchmarks.
+func benchNS(b *testing.B) func(func()) {
+	testutil.RequireRoot(b)
+	name := fmt.Sprintf("wvudpb%d%04d", os.Getpid()%100000, rand.IntN(10000))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		b.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	b.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		b.Fatalf("lo up: %v: %s", err, out)
+	}
+	return func(fn func()) {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, _ := netns.Get()
+		defer orig.Close()
+		h, err := netns.GetFromName(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { _ = netns.Set(orig) }()
+		fn()
+	}
+}

@@ -147,3 +147,35 @@ func TestGSOFallbackOnEIO(t *testing.T) {
 		t.Fatalf("resent as %d messages %s", f.messages, sizesOf(f.sent))
 	}
 }
+
+func FuzzGROSize(f *testing.F) {
+	good := make([]byte, unix.CmsgSpace(4))
+	h := (*unix.Cmsghdr)(unsafePointer(good))
+	h.Level, h.Type = unix.IPPROTO_UDP, unix.UDP_GRO
+	h.SetLen(unix.CmsgLen(4))
+	binary.NativeEndian.PutUint32(good[unix.CmsgLen(0):], 1400)
+	f.Add(good)
+	f.Add(append(bytes.Clone(good), good...))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, oob []byte) {
+		if len(oob) > 0 {
+			oob = append(make([]byte, 0, len(oob)+8), oob...) // aligned, as the kernel's buffer is
+		}
+		_ = groSize(oob)
+	})
+}
+
+func TestGROSize(t *testing.T) {
+	oob := make([]byte, unix.CmsgSpace(4))
+	h := (*unix.Cmsghdr)(unsafePointer(oob))
+	h.Level, h.Type = unix.IPPROTO_UDP, unix.UDP_GRO
+	h.SetLen(unix.CmsgLen(4))
+	binary.NativeEndian.PutUint32(oob[unix.CmsgLen(0):], 1400)
+	if got := groSize(oob); got != 1400 {
+		t.Fatalf("groSize = %d", got)
+	}
+	h.Type = unix.UDP_SEGMENT
+	if got := groSize(oob); got != 0 {
+		t.Fatalf("groSize of another cmsg = %d", got)
+	}
+}
