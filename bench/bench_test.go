@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,18 @@ func FuzzParseIperf(f *testing.F) {
 			t.Fatalf("accepted throughput %v", r.bps)
 		}
 	})
+}
+
+func TestParseFlags(t *testing.T) {
+	c, err := parseFlags([]string{"-duration", "3s", "-modes", "underlay, fastdp", "-repeat", "3", "-out", ""}, io.Discard)
+	if err != nil || c.duration != 3*time.Second || strings.Join(c.modes, "|") != "underlay|fastdp" || c.repeat != 3 || c.out != "" {
+		t.Fatalf("parseFlags = %+v, %v", c, err)
+	}
+	for _, bad := range [][]string{{"-duration", "100ms"}, {"-repeat", "0"}, {"-pings", "0"}, {"extra"}, {"-nope"}} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Errorf("parseFlags(%q) accepted", bad)
+		}
+	}
 }
 
 func TestSelectModes(t *testing.T) {
@@ -134,9 +147,12 @@ func TestKernelVXLANBaseline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	res := measureMode(ctx, config{duration: time.Second, pings: 5}, kernelVXLAN{}, log)
+	res := measureMode(ctx, config{duration: time.Second, pings: 5, repeat: 2}, kernelVXLAN{}, log)
 	if !res.ok() {
 		t.Fatalf("kernel-vxlan: %+v", res)
+	}
+	if len(res.ThroughputRuns) != 2 || !slices.Contains(res.ThroughputRuns, res.ThroughputBps) {
+		t.Fatalf("runs %v, throughput %v: want 2 runs, the figure one of them", res.ThroughputRuns, res.ThroughputBps)
 	}
 	if res.ThroughputBps < 10e6 || res.PingLoss != 0 || res.RTTAvgMs <= 0 {
 		t.Fatalf("implausible baseline %+v", res)

@@ -36,6 +36,7 @@ type config struct {
 	duration  time.Duration
 	modes     []string
 	pings     int
+	repeat    int
 	binDir    string
 	keep      bool
 	verbose   bool
@@ -51,6 +52,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "iperf3 run time per mode")
 	fs.StringVar(&modes, "modes", "", "comma-separated modes to run (default: all; "+baselineMode+" is always added)")
 	fs.IntVar(&c.pings, "pings", 50, "ping count per mode for the RTT")
+	fs.IntVar(&c.repeat, "repeat", 1, "iperf3 runs per mode; the median counts (use 3 or 5 on a busy machine)")
 	fs.StringVar(&c.binDir, "bin", "bin", "directory of weaver and weavectl for the modes that run them")
 	fs.BoolVar(&c.keep, "keep", false, "keep each lab's directory (process logs) after the run")
 	fs.BoolVar(&c.verbose, "v", false, "log the lab's progress")
@@ -66,6 +68,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.pings < 1 {
 		return c, fmt.Errorf("-pings %d: at least 1", c.pings)
+	}
+	if c.repeat < 1 || c.repeat > 20 {
+		return c, fmt.Errorf("-repeat %d: 1 to 20", c.repeat)
 	}
 	if modes != "" {
 		for m := range strings.SplitSeq(modes, ",") {

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,17 +34,18 @@ type Result struct {
 	StartedAt   time.Time `json:"started_at"`
 	SetupSecs   float64   `json:"setup_seconds"`
 
-	ThroughputBps   float64  `json:"throughput_bps"`
-	Retransmits     int      `json:"retransmits"`
-	SenderCPU       float64  `json:"sender_cpu_percent"`
-	ReceiverCPU     float64  `json:"receiver_cpu_percent"`
-	RTTMinMs        float64  `json:"rtt_min_ms"`
-	RTTAvgMs        float64  `json:"rtt_avg_ms"`
-	RTTMaxMs        float64  `json:"rtt_max_ms"`
-	RTTMdevMs       float64  `json:"rtt_mdev_ms"`
-	PingLoss        float64  `json:"ping_loss"`
-	ThroughputRatio *float64 `json:"throughput_ratio,omitempty"`
-	RTTRatio        *float64 `json:"rtt_ratio,omitempty"`
+	ThroughputBps   float64   `json:"throughput_bps"` // median of ThroughputRuns
+	ThroughputRuns  []float64 `json:"throughput_runs_bps"`
+	Retransmits     int       `json:"retransmits"`
+	SenderCPU       float64   `json:"sender_cpu_percent"`
+	ReceiverCPU     float64   `json:"receiver_cpu_percent"`
+	RTTMinMs        float64   `json:"rtt_min_ms"`
+	RTTAvgMs        float64   `json:"rtt_avg_ms"`
+	RTTMaxMs        float64   `json:"rtt_max_ms"`
+	RTTMdevMs       float64   `json:"rtt_mdev_ms"`
+	PingLoss        float64   `json:"ping_loss"`
+	ThroughputRatio *float64  `json:"throughput_ratio,omitempty"`
+	RTTRatio        *float64  `json:"rtt_ratio,omitempty"`
 }
 
 func (r Result) ok() bool { return r.Error == "" && r.Skipped == "" }
@@ -68,7 +72,7 @@ func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) (res
 			log.Warn("tear down lab", "mode", m.Name(), "err", err)
 		}
 		if cfg.keep {
-			fmt.Printf("bench: %s: logs kept in %s\n", m.Name(), lab.Dir)
+			fmt.Fprintf(os.Stderr, "bench: %s: logs kept in %s\n", m.Name(), lab.Dir)
 		}
 	}()
 	env.Lab = lab
@@ -102,21 +106,28 @@ func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) (res
 	res.PingLoss = pr.Loss
 	res.RTTMinMs, res.RTTAvgMs, res.RTTMaxMs, res.RTTMdevMs = ms(pr.Min), ms(pr.Avg), ms(pr.Max), ms(pr.Mdev)
 
-	ir, err := runIperf(ctx, path, cfg.duration)
+	runs, err := runIperf(ctx, path, cfg.duration, cfg.repeat)
 	if err != nil {
 		return fail(err)
 	}
-	res.ThroughputBps, res.Retransmits = ir.bps, ir.retransmits
-	res.SenderCPU, res.ReceiverCPU = ir.senderCPU, ir.receiverCPU
+	// The median run stands for the mode: on a shared machine one run can be far off.
+	slices.SortFunc(runs, func(a, b iperfResult) int { return cmp.Compare(a.bps, b.bps) })
+	mid := runs[len(runs)/2]
+	res.ThroughputBps, res.Retransmits = mid.bps, mid.retransmits
+	res.SenderCPU, res.ReceiverCPU = mid.senderCPU, mid.receiverCPU
+	for _, r := range runs {
+		res.ThroughputRuns = append(res.ThroughputRuns, r.bps)
+	}
 	return res
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-func runIperf(ctx context.Context, path Path, d time.Duration) (iperfResult, error) {
+// runIperf runs the iperf3 client n times against one server.
+func runIperf(ctx context.Context, path Path, d time.Duration, n int) ([]iperfResult, error) {
 	srv, err := path.Server.Start("iperf3-server", nil, "iperf3", "-s", "-p", iperfPort)
 	if err != nil {
-		return iperfResult{}, err
+		return nil, err
 	}
 	defer srv.Stop()
 	if err := netlab.WaitFor(ctx, 10*time.Second, func() error {
@@ -129,18 +140,22 @@ func runIperf(ctx context.Context, path Path, d time.Duration) (iperfResult, err
 		}
 		return err
 	}); err != nil {
-		return iperfResult{}, err
+		return nil, err
 	}
 	secs := max(1, int(math.Round(d.Seconds())))
-	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
-	defer cancel()
-	out, runErr := path.Client.Run(cctx, "iperf3", "-c", path.ServerAddr.String(), "-p", iperfPort,
-		"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000")
-	r, err := parseIperf(out)
-	if err != nil {
-		return iperfResult{}, errors.Join(err, runErr)
+	var runs []iperfResult
+	for range max(1, n) {
+		cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
+		out, runErr := path.Client.Run(cctx, "iperf3", "-c", path.ServerAddr.String(), "-p", iperfPort,
+			"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000")
+		cancel()
+		r, err := parseIperf(out)
+		if err != nil {
+			return nil, errors.Join(err, runErr)
+		}
+		runs = append(runs, r)
 	}
-	return r, nil
+	return runs, nil
 }
 
 type iperfResult struct {

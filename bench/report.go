@@ -20,6 +20,7 @@ type Report struct {
 	Machine         Machine   `json:"machine"`
 	DurationSeconds float64   `json:"duration_seconds"`
 	Pings           int       `json:"pings"`
+	Repeat          int       `json:"iperf_runs_per_mode"`
 	Baseline        string    `json:"baseline"`
 	Results         []Result  `json:"results"`
 	// BaselineRepeat is the baseline measured again after the other modes; the ratios use the
@@ -43,6 +44,7 @@ func newReport(cfg config) *Report {
 		Machine:         machine(),
 		DurationSeconds: cfg.duration.Seconds(),
 		Pings:           cfg.pings,
+		Repeat:          cfg.repeat,
 		Baseline:        baselineMode,
 	}
 }
@@ -115,8 +117,8 @@ func (r *Report) finish() {
 }
 
 func (r *Report) printTable(w io.Writer) {
-	fmt.Fprintf(w, "\n%s, %d CPUs, kernel %s; iperf3 1 TCP stream %gs, %d pings; ratios to %s\n\n",
-		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.DurationSeconds, r.Pings, r.Baseline)
+	fmt.Fprintf(w, "\n%s, %d CPUs, kernel %s; iperf3 1 TCP stream %gs (median of %d), %d pings; ratios to %s\n\n",
+		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.DurationSeconds, max(1, r.Repeat), r.Pings, r.Baseline)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MODE\tTHROUGHPUT\tx BASE\tRETRANS\tRTT AVG\tRTT MIN\tx BASE\tLOSS\tINFO")
 	for _, res := range r.Results {
