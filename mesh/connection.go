@@ -11,6 +11,9 @@ import (
 	"time"
 )
 
+// refuseLinger bounds how long a refused connection is kept open for the peer to read why.
+const refuseLinger = 500 * time.Millisecond
+
 // Handshake feature carrying the incarnation start time, which decides who yields when two
 // live peers share a name.
 const featureStarted = "started"
@@ -30,8 +33,10 @@ type meshConn struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	established bool // guarded by r.mu
+	established bool                   // guarded by r.mu
+	refused     atomic.Pointer[string] // the peer's reason for refusing this connection
 	sent, recvd atomic.Uint64
+	lastRecv    atomic.Int64 // unix nanoseconds
 }
 
 type handshakeState struct {
@@ -163,10 +168,27 @@ func (r *Router) handshakeAndAdd(h *handshakeState) error {
 		r: r, c: conn, intro: intro, outbound: h.outbound, remote: h.remote, target: h.target,
 		since: time.Now(), sendq: make(chan []byte, sendQueueLen), done: make(chan struct{}),
 	}
+	mc.lastRecv.Store(time.Now().UnixNano())
 	if err := r.addConn(mc); err != nil {
 		r.mu.Lock()
 		r.stats.ConnectionsRefused++
 		r.mu.Unlock()
+		// Tell the peer why, and let it finish its side of the handshake and close first
+		// (in the duplicate and self cases it refuses the same connection), so it records
+		// the reason rather than a broken pipe.
+		reason := err.Error()
+		if len(reason) > 255 {
+			reason = reason[:255]
+		}
+		conn.SetWriteDeadline(time.Now().Add(refuseLinger))
+		conn.Send(append([]byte{tagRefused, byte(len(reason))}, reason...))
+		conn.SetReadDeadline(time.Now().Add(refuseLinger))
+		for {
+			m, rerr := conn.Receive()
+			if rerr != nil || (len(m) > 0 && m[0] == tagRefused) {
+				break // closed, or the peer refused it too
+			}
+		}
 		conn.Close()
 		return err
 	}
@@ -198,7 +220,35 @@ func (r *Router) addConn(mc *meshConn) error {
 		r.mu.Unlock()
 		return ErrClosed
 	}
-	if old := r.conns[in.Name]; old != nil {
+	if old := r.conns[in.Name]; old != nil && old.intro.UID != in.UID {
+		// Two incarnations under one name: a restarted peer whose old connection has not
+		// died yet, or two live peers with the same name. Keep the connection we have and
+		// tell the newcomer what we know, so it can tell the two cases apart.
+		heard := time.Since(time.Unix(0, old.lastRecv.Load()))
+		r.mu.Unlock()
+		started, _ := strconv.ParseUint(old.intro.Features[featureStarted], 10, 64)
+		var w wbuf
+		w.u8(tagNameInUse)
+		w.u64(old.intro.UID)
+		w.u64(started)
+		w.u64(uint64(heard.Microseconds()))
+		w.str8(old.intro.NickName)
+		mc.c.SetWriteDeadline(time.Now().Add(time.Second))
+		mc.c.Send(w.b)
+		// And the connected one hears of the newcomer, so both log the collision.
+		newStarted, _ := strconv.ParseUint(in.Features[featureStarted], 10, 64)
+		var n wbuf
+		n.u8(tagNameInUse)
+		n.u64(in.UID)
+		n.u64(newStarted)
+		n.u64(0)
+		n.str8(in.NickName)
+		old.enqueue(n.b)
+		r.log.Error("PEER NAME COLLISION or restarted peer: refusing a second connection under one name",
+			"remote", in.Name.String(), "connected_uid", old.intro.UID, "new_uid", in.UID,
+			"new_remote_addr", mc.remote, "connected_last_heard", heard)
+		return fmt.Errorf("%w: %s is already connected with uid %d", ErrDuplicateConn, in.Name, old.intro.UID)
+	} else if old != nil {
 		// Both ends see the same two ConnIDs, so both keep the same connection: the lower.
 		switch {
 		case in.ConnID < old.intro.ConnID:
@@ -234,7 +284,22 @@ func (r *Router) addConn(mc *meshConn) error {
 	r.mu.Unlock()
 	if evicted != nil {
 		r.log.Info("replacing duplicate connection", "remote", in.Name.String(), "kept_conn_id", in.ConnID, "dropped_conn_id", evicted.intro.ConnID)
-		evicted.close(ErrDuplicateConn)
+		// The peer drops the same connection by the same rule; give it a moment to do so
+		// (it may still be finishing that handshake) rather than cutting it off mid-way.
+		reason := fmt.Sprintf("%v: keeping connection %x", ErrDuplicateConn, in.ConnID)
+		evicted.enqueue(append([]byte{tagRefused, byte(len(reason))}, reason...))
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			t := time.NewTimer(refuseLinger)
+			defer t.Stop()
+			select {
+			case <-evicted.done:
+			case <-t.C:
+			case <-r.ctx.Done():
+			}
+			evicted.close(ErrDuplicateConn)
+		}()
 	}
 	go mc.writeLoop()
 	go mc.readLoop()
@@ -261,12 +326,15 @@ func (r *Router) removeConnLocked(mc *meshConn) bool {
 	if r.flushAt.IsZero() {
 		r.flushAt = time.Now() // tell the mesh (and GC) now, not after the coalescing delay
 	}
-	r.connDownTargetLocked(mc)
+	r.connDownTargetLocked(mc, mc.closeErr)
 	r.afterChangeLocked()
 	return true
 }
 
 func (r *Router) connDown(mc *meshConn, err error) {
+	if reason := mc.refused.Load(); reason != nil {
+		err = fmt.Errorf("refused by peer: %s", *reason)
+	}
 	mc.close(err)
 	r.mu.Lock()
 	removed := r.removeConnLocked(mc)
@@ -320,6 +388,7 @@ func (c *meshConn) readLoop() {
 			return
 		}
 		c.recvd.Add(uint64(len(msg)))
+		c.lastRecv.Store(time.Now().UnixNano())
 		if err := c.r.dispatch(c, msg); err != nil {
 			c.r.mu.Lock()
 			c.r.stats.MalformedMessages++
@@ -349,6 +418,17 @@ func (r *Router) dispatch(c *meshConn, msg []byte) error {
 		return err
 	case tagGossip, tagGossipUnicast, tagGossipBroadcast:
 		return r.handleGossip(from, msg)
+	case tagNameInUse:
+		return r.handleNameInUse(c, msg[1:])
+	case tagRefused:
+		rd := rbuf{b: msg[1:]}
+		reason := rd.str8("reason", 255)
+		if err := rd.end("refusal"); err != nil {
+			return err
+		}
+		c.refused.Store(&reason)
+		c.close(fmt.Errorf("refused by peer: %s", reason))
+		return nil
 	case tagOverlayControl:
 		if ov := r.cfg.Overlay; ov != nil {
 			ov.OverlayControl(from, c.intro.ConnID, msg[1:])
@@ -439,6 +519,39 @@ func (r *Router) SendOverlayControl(peer PeerName, connID uint64, msg []byte) er
 	copy(m[1:], msg)
 	if !c.enqueue(m) {
 		return fmt.Errorf("overlay control to %s: send queue full or closed", peer)
+	}
+	return nil
+}
+
+// handleNameInUse: a neighbour refused us because a peer with our name and another UID is
+// connected to it. If that peer was heard from after we started, it is alive: a collision,
+// and the newer of us must stop. Otherwise it may be our own previous incarnation whose
+// connection has not timed out yet, and we just retry.
+func (r *Router) handleNameInUse(c *meshConn, p []byte) error {
+	rd := rbuf{b: p}
+	uid := rd.u64("uid")
+	started := rd.u64("started")
+	heardAgo := time.Duration(rd.u64("heard")) * time.Microsecond
+	nick := rd.str8("nickname", maxNickLen)
+	if err := rd.end("name in use"); err != nil {
+		return fmt.Errorf("name-in-use from %s: %w", c.intro.Name, err)
+	}
+	if uid == r.cfg.UID {
+		return nil
+	}
+	up := time.Since(time.UnixMicro(int64(r.topo.started)))
+	if heardAgo >= up {
+		r.log.Warn("a neighbour still has a connection from a peer with our name; retrying in case it is our previous incarnation",
+			"via", c.intro.Name.String(), "their_uid", uid, "their_nickname", nick, "last_heard", heardAgo)
+		return nil
+	}
+	ce := &CollisionError{Name: r.cfg.Name, OurUID: r.cfg.UID, TheirUID: uid, TheirNick: nick, OurNick: r.cfg.NickName}
+	ce.WeAreNewer = r.topo.started > started || (r.topo.started == started && r.cfg.UID > uid)
+	r.log.Error("PEER NAME COLLISION: a live peer with our name is connected to a neighbour",
+		"via", c.intro.Name.String(), "our_uid", r.cfg.UID, "their_uid", uid, "their_nickname", nick,
+		"we_are_newer", ce.WeAreNewer)
+	if ce.WeAreNewer {
+		r.fail(ce)
 	}
 	return nil
 }

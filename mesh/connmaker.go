@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -76,8 +77,13 @@ func normalizeTarget(s string, defPort int) (addr string, portless bool, err err
 		return net.JoinHostPort(host, port), false, nil
 	}
 	host := strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
-	if strings.ContainsAny(host, "/ ") {
+	if strings.ContainsAny(host, "/ []") {
 		return "", false, fmt.Errorf("bad host %q", s)
+	}
+	if strings.Contains(host, ":") {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return "", false, fmt.Errorf("bad address %q", s)
+		}
 	}
 	return net.JoinHostPort(host, strconv.Itoa(defPort)), true, nil
 }
@@ -361,12 +367,15 @@ func (r *Router) attemptDoneLocked(addr string, err error) {
 
 // connDownTargetLocked re-arms the target whose connection just ended: at once if the
 // connection had lived long, else after the backoff.
-func (r *Router) connDownTargetLocked(mc *meshConn) {
+func (r *Router) connDownTargetLocked(mc *meshConn, err error) {
 	for _, t := range r.targets {
 		if t.peer != mc.intro.Name || t.state == targetAttempting || t.state == targetSuspended {
 			continue
 		}
-		t.state = targetWaiting
+		t.state, t.lastErr = targetWaiting, err
+		if err != nil && mc.refused.Load() != nil {
+			t.state = targetFailed
+		}
 		if time.Since(mc.since) > retryReset {
 			t.interval, t.tryAfter = 0, time.Time{}
 		} else {

@@ -301,9 +301,9 @@ func TestSimRoutesConverge(t *testing.T) {
 // TestSimPerChangeTrafficIndependentOfN: the traffic one new link causes grows with the
 // degree, not with the square of the number of peers.
 func TestSimPerChangeTrafficIndependentOfN(t *testing.T) {
-	small := runSim(t, 50, 50, 1)
-	large := runSim(t, 400, 400, 1)
-	t.Logf("per change: 50 peers %.0f B/peer in %v; 400 peers %.0f B/peer in %v",
+	small := runSim(t, 25, 25, 1)
+	large := runSim(t, 200, 200, 1)
+	t.Logf("per change: 25 peers %.0f B/peer in %v; 200 peers %.0f B/peer in %v",
 		small.changeBytes, small.changeTime, large.changeBytes, large.changeTime)
 	// Per peer, the change costs about the same whatever N is; N² behaviour would make
 	// it 8x more per peer here.

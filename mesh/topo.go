@@ -32,6 +32,7 @@ type topo struct {
 	started   uint64
 	hash      uint64 // XOR of digestHash over non-placeholder entries
 	selfDirty bool
+	gcDue     bool // an entry changed: some peer may have become unreachable
 	// pending holds entries learned by a direct push, to relay to other neighbours at the
 	// next flush, with the neighbour they came from.
 	pending map[PeerName]PeerName
@@ -134,6 +135,7 @@ func (t *topo) replaceEntry(e *peerEntry) {
 		}
 	}
 	t.rtDirty = true
+	t.gcDue = true
 }
 
 func (t *topo) bumpSelf() {
@@ -183,6 +185,7 @@ func (t *topo) delConn(name PeerName) {
 	}
 	t.self.Conns = slices.Delete(t.self.Conns, i, i+1)
 	t.bumpSelf()
+	t.gcDue = true
 }
 
 func (t *topo) neighbours() []PeerName {
@@ -408,7 +411,7 @@ func (t *topo) connUp(remote PeerName) {
 }
 
 // dirty reports whether flush has something to send.
-func (t *topo) dirty() bool { return t.selfDirty || len(t.pending) > 0 }
+func (t *topo) dirty() bool { return t.selfDirty || len(t.pending) > 0 || t.gcDue }
 
 // flush sends our own entry along our broadcast tree if it changed, and relays entries
 // learned by push to the neighbours they did not come from.
@@ -526,6 +529,7 @@ func (t *topo) recompute() {
 // gc removes peers no longer reachable from us over any reported connection and returns
 // their names.
 func (t *topo) gc() []PeerName {
+	t.gcDue = false
 	t.recompute()
 	reach := t.rt.reachableAll()
 	var gone []PeerName

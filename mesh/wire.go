@@ -20,6 +20,8 @@ const (
 	tagTopoDigest      byte = 10
 	tagTopoRequest     byte = 11
 	tagTopoHash        byte = 12
+	tagNameInUse       byte = 13 // uid, started, heard-ago: sent before refusing a second peer with one name
+	tagRefused         byte = 14 // reason: sent before closing a connection we refuse
 )
 
 // Decoder limits: a hostile peer can claim any count, so every count is bounded before

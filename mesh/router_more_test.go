@@ -1,0 +1,546 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weavemesh/weave/internal/testutil"
+)
+
+func connCount(r *Router) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.conns)
+}
+
+func connTo(r *Router, p PeerName) *meshConn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conns[p]
+}
+
+// TestSimultaneousDialOneSurvives: two peers dialling each other at once end with exactly
+// one connection, the same one on both ends, and it stays.
+func TestSimultaneousDialOneSurvives(t *testing.T) {
+	for i := range 3 {
+		mn := NewMemNetwork()
+		rs := startRouters(t, []Config{testConfig(mn, 0), testConfig(mn, 1)})
+		// Both listen; now both dial at once.
+		var wg sync.WaitGroup
+		for i, r := range rs {
+			wg.Add(1)
+			go func() { defer wg.Done(); r.Connect([]string{hostOf(1 - i)}, false) }()
+		}
+		wg.Wait()
+		testutil.Eventually(t, 5*time.Second, "one connection each", func() error {
+			a, b := connTo(rs[0], rs[1].Name()), connTo(rs[1], rs[0].Name())
+			if a == nil || b == nil {
+				return errors.New("not connected")
+			}
+			if a.intro.ConnID != b.intro.ConnID {
+				return fmt.Errorf("different connections kept: %x vs %x", a.intro.ConnID, b.intro.ConnID)
+			}
+			return nil
+		})
+		testutil.Eventually(t, 5*time.Second, "both dials finished", func() error {
+			for _, r := range rs {
+				if s := r.Status(); len(s.Connections) != 1 || s.Connections[0].State != StateEstablished {
+					return fmt.Errorf("connections: %+v", s.Connections)
+				}
+			}
+			return nil
+		})
+		a, b := connTo(rs[0], rs[1].Name()), connTo(rs[1], rs[0].Name())
+		if a == nil || b == nil || a.intro.ConnID != b.intro.ConnID || connCount(rs[0]) != 1 || connCount(rs[1]) != 1 {
+			t.Fatalf("round %d: not exactly one shared connection after settling", i)
+		}
+		// At most the one losing connection was torn down on each side.
+		for _, r := range rs {
+			if n := r.Status().Stats.Terminations; n > 1 {
+				t.Fatalf("round %d: %d connections torn down", i, n)
+			}
+		}
+		for _, r := range rs {
+			r.Close()
+		}
+	}
+}
+
+func TestConnectToSelfIsNotRetried(t *testing.T) {
+	mn := NewMemNetwork()
+	c := testConfig(mn, 0)
+	c.Peers = []string{hostOf(0)}
+	rs := startRouters(t, []Config{c})
+	testutil.Eventually(t, 5*time.Second, "self target suspended", func() error {
+		s := rs[0].Status()
+		if len(s.Connections) != 1 || s.Connections[0].State != StateFailed || !strings.Contains(s.Connections[0].Info, "ourselves") {
+			return fmt.Errorf("%+v", s.Connections)
+		}
+		return nil
+	})
+	if n := connCount(rs[0]); n != 0 {
+		t.Fatalf("%d connections to self", n)
+	}
+}
+
+func TestNameCollisionDirect(t *testing.T) {
+	mn := NewMemNetwork()
+	c0, c1 := testConfig(mn, 0), testConfig(mn, 1)
+	c1.Name = c0.Name
+	c1.Peers = []string{hostOf(0)}
+	older := startRouters(t, []Config{c0})[0]
+	time.Sleep(2 * time.Microsecond) // distinct start times: the second one is newer
+	newer := startRouters(t, []Config{c1})[0]
+	select {
+	case <-newer.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("newer peer with a colliding name kept running")
+	}
+	var ce *CollisionError
+	if !errors.As(newer.Err(), &ce) || !ce.WeAreNewer || !errors.Is(newer.Err(), ErrNameCollision) {
+		t.Fatalf("newer peer's error: %v", newer.Err())
+	}
+	if older.Err() != nil || !older.Ready() {
+		t.Fatalf("older peer stopped: %v", older.Err())
+	}
+}
+
+func TestNameCollisionThroughNeighbour(t *testing.T) {
+	mn := NewMemNetwork()
+	hub, c1, c2 := testConfig(mn, 0), testConfig(mn, 1), testConfig(mn, 2)
+	c2.Name = c1.Name
+	c1.Peers, c2.Peers = []string{hostOf(0)}, []string{hostOf(0)}
+	rs := startRouters(t, []Config{hub, c1})
+	testutil.Eventually(t, 5*time.Second, "first converges", func() error { return converged(rs) })
+	newer := startRouters(t, []Config{c2})[0]
+	select {
+	case <-newer.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("newer peer with a colliding name kept running")
+	}
+	if !errors.Is(newer.Err(), ErrNameCollision) {
+		t.Fatalf("newer peer's error: %v", newer.Err())
+	}
+	// The hub kept the original peer, and its routes were never pointed elsewhere.
+	if c := connTo(rs[0], c1.Name); c == nil || c.intro.UID != rs[1].UID() {
+		t.Fatal("hub lost the original peer's connection")
+	}
+	if rs[1].Err() != nil {
+		t.Fatalf("older peer stopped: %v", rs[1].Err())
+	}
+}
+
+// TestNATedPeerStaysMember: a peer nobody can dial (behind NAT) that dials out to a public
+// peer is a full member: routes reach it, and discovery does not replace its connection.
+func TestNATedPeerStaysMember(t *testing.T) {
+	mn := NewMemNetwork()
+	pub, nat, other := testConfig(mn, 0), testConfig(mn, 1), testConfig(mn, 2)
+	nat.Peers = []string{hostOf(0)}
+	other.Peers = []string{hostOf(0)}
+	mn.Block("10.0.0.3", "10.0.0.2", true) // "other" cannot reach the NATed host
+	rs := startRouters(t, []Config{pub, nat, other})
+	testutil.Eventually(t, 5*time.Second, "converged", func() error { return converged(rs) })
+	testutil.Eventually(t, 5*time.Second, "route to NATed peer via public peer", func() error {
+		if hop, ok := rs[2].UnicastNextHop(rs[1].Name()); !ok || hop != rs[0].Name() {
+			return fmt.Errorf("route = %v %v", hop, ok)
+		}
+		return nil
+	})
+	// The public peer never dials the NATed one: it already has the connection the NATed
+	// peer made.
+	s := rs[0].Status()
+	for _, c := range s.Connections {
+		if c.Outbound {
+			t.Fatalf("public peer dialled out: %+v", c)
+		}
+	}
+	g := newTestGossiper()
+	if _, err := rs[1].NewGossip("x", g); err != nil {
+		t.Fatal(err)
+	}
+	s2, _ := rs[2].NewGossip("x", newTestGossiper())
+	testutil.Eventually(t, 5*time.Second, "unicast to the NATed peer", func() error {
+		if err := s2.GossipUnicast(rs[1].Name(), []byte("hi")); err != nil {
+			return err
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if len(g.unicasts) == 0 {
+			return errors.New("nothing arrived")
+		}
+		return nil
+	})
+}
+
+func TestDiscoveryAndNoDiscovery(t *testing.T) {
+	for _, noDisc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("no-discovery=%v", noDisc), func(t *testing.T) {
+			mn := NewMemNetwork()
+			cfgs := []Config{testConfig(mn, 0), testConfig(mn, 1), testConfig(mn, 2)}
+			cfgs[1].Peers = []string{hostOf(0)}
+			cfgs[2].Peers = []string{hostOf(0)}
+			for i := range cfgs {
+				cfgs[i].NoDiscovery = noDisc
+			}
+			rs := startRouters(t, cfgs)
+			testutil.Eventually(t, 5*time.Second, "converged", func() error { return converged(rs) })
+			if noDisc {
+				if connTo(rs[1], rs[2].Name()) != nil || connTo(rs[2], rs[1].Name()) != nil {
+					t.Fatal("peers connected through discovery with --no-discovery")
+				}
+				return
+			}
+			testutil.Eventually(t, 5*time.Second, "discovered peers connect", func() error {
+				if connTo(rs[1], rs[2].Name()) == nil {
+					return errors.New("1 and 2 not connected")
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func TestConnLimit(t *testing.T) {
+	mn := NewMemNetwork()
+	cfgs := []Config{testConfig(mn, 0), testConfig(mn, 1), testConfig(mn, 2)}
+	cfgs[0].ConnLimit = 1
+	for i := 1; i < 3; i++ {
+		cfgs[i].Peers = []string{hostOf(0)}
+		cfgs[i].NoDiscovery = true
+	}
+	rs := startRouters(t, cfgs)
+	testutil.Eventually(t, 5*time.Second, "one peer connected", func() error {
+		if connCount(rs[0]) != 1 {
+			return fmt.Errorf("%d connections", connCount(rs[0]))
+		}
+		return nil
+	})
+	testutil.Eventually(t, 5*time.Second, "other refused", func() error {
+		if s := rs[0].Status(); s.Stats.ConnectionsRefused == 0 {
+			return errors.New("no connection refused yet")
+		}
+		for _, r := range rs[1:] {
+			for _, c := range r.Status().Connections {
+				if c.State == StateFailed && strings.Contains(c.Info, "connection limit") {
+					return nil
+				}
+			}
+		}
+		return errors.New("the refused peer does not show the reason")
+	})
+	if n := connCount(rs[0]); n != 1 {
+		t.Fatalf("%d connections with a limit of 1", n)
+	}
+}
+
+func TestConnectForgetPersisted(t *testing.T) {
+	dir := t.TempDir()
+	mn := NewMemNetwork()
+	c := testConfig(mn, 0)
+	c.StateDir = dir
+	c.Peers = []string{"10.9.9.9"}
+	r := startRouters(t, []Config{c})[0]
+	if err := r.Connect([]string{"10.9.9.8:7000", "bad:port:x"}, false); err == nil {
+		t.Fatal("bad target accepted")
+	}
+	if err := r.Connect([]string{"10.9.9.8:7000"}, false); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.9.9.8:7000", "10.9.9.9:6783"}
+	if got := r.Targets(); !slices.Equal(got, want) {
+		t.Fatalf("targets %v", got)
+	}
+	if err := r.Forget([]string{"10.9.9.9"}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	c.Peers = nil
+	r2, err := New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r2.Targets(); !slices.Equal(got, []string{"10.9.9.8:7000"}) {
+		t.Fatalf("targets after restart %v", got)
+	}
+	if err := r2.Connect([]string{"10.9.9.7"}, true); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, targetsFile))
+	if string(b) != "10.9.9.7:6783\n" {
+		t.Fatalf("targets file %q", b)
+	}
+	// The failing targets show as failed with a reason and a next retry time.
+	r3 := startRouters(t, []Config{c})[0]
+	testutil.Eventually(t, 5*time.Second, "failed target shown", func() error {
+		for _, cs := range r3.Status().Connections {
+			if cs.Address == "10.9.9.7:6783" && cs.State == StateFailed && cs.Info != "" && !cs.NextRetry.IsZero() {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", r3.Status().Connections)
+	})
+}
+
+// TestHeartbeatTimeout: a peer that completes the handshake and then goes silent is dropped
+// after twice the heartbeat interval.
+func TestHeartbeatTimeout(t *testing.T) {
+	mn := NewMemNetwork()
+	c := testConfig(mn, 0)
+	c.HeartbeatInterval = 100 * time.Millisecond
+	r := startRouters(t, []Config{c})[0]
+	nc, err := mn.Transport("10.0.0.99").Dial(context.Background(), hostOf(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := Handshake(nc, HandshakeParams{Name: 0x0b0000000001, NickName: "silent", UID: 5, Outbound: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Drain what the router sends (so its writes do not block) but never answer.
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := conn.Receive(); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	testutil.Eventually(t, 2*time.Second, "connection registered", func() error {
+		if connCount(r) != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	start := time.Now()
+	select {
+	case <-errc:
+	case <-time.After(5 * time.Second):
+		t.Fatal("silent peer never dropped")
+	}
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Fatalf("dropped after %v, before the read deadline", d)
+	}
+	testutil.Eventually(t, 2*time.Second, "connection removed", func() error {
+		if connCount(r) != 0 {
+			return errors.New("still there")
+		}
+		return nil
+	})
+}
+
+// TestGCAndUnknownChannelRelay: a-b-c in a line. b does not know channel "x", yet a's
+// broadcasts and unicasts on it reach c. When c goes, a and b garbage-collect it.
+func TestGCAndUnknownChannelRelay(t *testing.T) {
+	mn := NewMemNetwork()
+	cfgs := []Config{testConfig(mn, 0), testConfig(mn, 1), testConfig(mn, 2)}
+	cfgs[1].Peers = []string{hostOf(0)}
+	cfgs[2].Peers = []string{hostOf(1)}
+	for i := range cfgs {
+		cfgs[i].NoDiscovery = true
+	}
+	rs := startRouters(t, cfgs)
+	var mu sync.Mutex
+	gced := map[PeerName][]PeerName{}
+	for _, r := range rs[:2] {
+		r.OnPeerGC(func(p PeerName) { mu.Lock(); gced[r.Name()] = append(gced[r.Name()], p); mu.Unlock() })
+	}
+	testutil.Eventually(t, 5*time.Second, "converged", func() error { return converged(rs) })
+	ga, gc := newTestGossiper(), newTestGossiper()
+	sa, _ := rs[0].NewGossip("x", ga)
+	rs[2].NewGossip("x", gc)
+	sa.GossipBroadcast(testData{"hello-all"})
+	if err := sa.GossipUnicast(rs[2].Name(), []byte("hello-c")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "relayed through b", func() error {
+		gc.mu.Lock()
+		defer gc.mu.Unlock()
+		if !gc.state["hello-all"] || !slices.Contains(gc.unicasts, "hello-c") {
+			return fmt.Errorf("state %v unicasts %v", gc.state, gc.unicasts)
+		}
+		if gc.bcasts["hello-all"] != 1 {
+			return fmt.Errorf("broadcast arrived %d times", gc.bcasts["hello-all"])
+		}
+		return nil
+	})
+	rs[2].Close()
+	testutil.Eventually(t, 5*time.Second, "c collected", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range rs[:2] {
+			if !slices.Contains(gced[r.Name()], rs[2].Name()) {
+				return fmt.Errorf("%s did not collect c", r.Name())
+			}
+			if slices.Contains(r.Peers(), rs[2].Name()) {
+				return fmt.Errorf("%s still lists c", r.Name())
+			}
+		}
+		return nil
+	})
+}
+
+type testOverlay struct {
+	mu      sync.Mutex
+	up      []ConnInfo
+	down    []PeerName
+	control [][]byte
+}
+
+func (o *testOverlay) ConnectionUp(ci ConnInfo) { o.mu.Lock(); o.up = append(o.up, ci); o.mu.Unlock() }
+func (o *testOverlay) ConnectionDown(p PeerName, id uint64) {
+	o.mu.Lock()
+	o.down = append(o.down, p)
+	o.mu.Unlock()
+}
+func (o *testOverlay) OverlayControl(p PeerName, id uint64, msg []byte) {
+	o.mu.Lock()
+	o.control = append(o.control, slices.Clone(msg))
+	o.mu.Unlock()
+}
+
+func TestOverlayConfirmsConnections(t *testing.T) {
+	mn := NewMemNetwork()
+	c0, c1 := testConfig(mn, 0), testConfig(mn, 1)
+	o0, o1 := &testOverlay{}, &testOverlay{}
+	c0.Overlay, c1.Overlay = o0, o1
+	c0.OverlayConfirms, c1.OverlayConfirms = true, true
+	c0.Password, c1.Password = []byte("secret"), []byte("secret")
+	c1.Peers = []string{hostOf(0)}
+	rs := startRouters(t, []Config{c0, c1})
+	testutil.Eventually(t, 5*time.Second, "overlays told", func() error {
+		o0.mu.Lock()
+		defer o0.mu.Unlock()
+		o1.mu.Lock()
+		defer o1.mu.Unlock()
+		if len(o0.up) != 1 || len(o1.up) != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	ci0, ci1 := o0.up[0], o1.up[0]
+	if ci0.ConnID != ci1.ConnID || !ci0.HasKeys || ci0.SendKey != ci1.RecvKey || !ci0.Encrypted {
+		t.Fatalf("conn info disagrees: %+v vs %+v", ci0, ci1)
+	}
+	if st := rs[0].Status(); st.Connections[0].State != StatePending {
+		t.Fatalf("state before confirmation: %+v", st.Connections)
+	}
+	testutil.Eventually(t, 5*time.Second, "converged", func() error { return converged(rs) })
+	if _, ok := rs[0].UnicastNextHop(rs[1].Name()); ok {
+		t.Fatal("data route over an unconfirmed connection")
+	}
+	if err := rs[0].SetEstablished(ci0.Peer, ci0.ConnID, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs[1].SetEstablished(ci1.Peer, ci1.ConnID, true); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "data route after both confirmed", func() error {
+		if _, ok := rs[0].UnicastNextHop(rs[1].Name()); !ok {
+			return errors.New("no route")
+		}
+		return nil
+	})
+	if err := rs[0].SendOverlayControl(ci0.Peer, ci0.ConnID, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rs[0].SendOverlayControl(ci0.Peer, ci0.ConnID+1, []byte("ping")); !errors.Is(err, ErrUnknownConn) {
+		t.Fatalf("control to a wrong connection: %v", err)
+	}
+	testutil.Eventually(t, 5*time.Second, "overlay control delivered", func() error {
+		o1.mu.Lock()
+		defer o1.mu.Unlock()
+		if len(o1.control) != 1 || string(o1.control[0]) != "ping" {
+			return fmt.Errorf("%q", o1.control)
+		}
+		return nil
+	})
+}
+
+// TestRouters100Converge: 100 routers over the in-memory network, on a random partial
+// topology, end with the same topology and routes that match the ground truth.
+func TestRouters100Converge(t *testing.T) {
+	const n = 100
+	mn := NewMemNetwork()
+	rng := rand.New(rand.NewPCG(42, 43))
+	cfgs := make([]Config, n)
+	for i := range cfgs {
+		cfgs[i] = testConfig(mn, i)
+		cfgs[i].NoDiscovery = true
+		cfgs[i].HeartbeatInterval = 10 * time.Second
+		if i > 0 {
+			cfgs[i].Peers = []string{hostOf(rng.IntN(i))}
+			if rng.IntN(2) == 0 {
+				cfgs[i].Peers = append(cfgs[i].Peers, hostOf(rng.IntN(i)))
+			}
+		}
+	}
+	start := time.Now()
+	rs := startRouters(t, cfgs)
+	testutil.Eventually(t, 30*time.Second, "100 routers converge", func() error { return converged(rs) })
+	t.Logf("100 routers converged in %v", time.Since(start))
+	// Ground truth: every router's own entry.
+	truth := map[PeerName]*peerEntry{}
+	for _, r := range rs {
+		r.mu.Lock()
+		e := *r.topo.self
+		r.mu.Unlock()
+		truth[e.Name] = &e
+	}
+	for _, r := range rs {
+		want := newRouteTable(r.Name(), truth).unicast
+		testutil.Eventually(t, 5*time.Second, "routes match ground truth", func() error {
+			r.mu.Lock()
+			r.topo.recompute()
+			got := r.topo.rt.unicast
+			r.mu.Unlock()
+			if !mapsEqual(got, want) || len(got) != n-1 {
+				return fmt.Errorf("%s: %d routes, want %d", r.Name(), len(got), len(want))
+			}
+			return nil
+		})
+	}
+}
+
+func TestLoadOrCreateName(t *testing.T) {
+	dir := t.TempDir()
+	mid := func() []byte { return []byte("same-machine-id") }
+	a, err := loadOrCreateName(dir, "", mid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := loadOrCreateName(dir, "", mid); err != nil || b != a {
+		t.Fatalf("name not stable across restarts: %s then %s (%v)", a, b, err)
+	}
+	// A clone with the same machine-id but a fresh state dir gets another name.
+	if c, _ := loadOrCreateName(t.TempDir(), "", mid); c == a {
+		t.Fatal("cloned machine got the same name")
+	}
+	if a.Bytes()[0]&1 != 0 || a.Bytes()[0]&2 == 0 {
+		t.Fatalf("name %s is not a locally administered unicast MAC", a)
+	}
+	o, err := loadOrCreateName(dir, "::5", mid)
+	if err != nil || o != 5 {
+		t.Fatalf("override: %s %v", o, err)
+	}
+	if p, _ := loadOrCreateName(dir, "", mid); p != 5 {
+		t.Fatalf("override not persisted: %s", p)
+	}
+	if _, err := loadOrCreateName(dir, "nonsense", mid); err == nil {
+		t.Fatal("bad override accepted")
+	}
+	os.WriteFile(filepath.Join(dir, peerNameFile), []byte("garbage"), 0o600)
+	if _, err := loadOrCreateName(dir, "", mid); err == nil {
+		t.Fatal("corrupt name file accepted")
+	}
+}
