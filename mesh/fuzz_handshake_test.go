@@ -105,7 +105,7 @@ func FuzzFraming(f *testing.F) {
 // FuzzHandshake runs our side of the handshake against a peer that sends arbitrary bytes
 // (and reads whatever we send): it must end, with an error or a valid intro, never a panic.
 func FuzzHandshake(f *testing.F) {
-	hello := []byte("weave\x01\x01")
+	hello := []byte("weave\x03\x03")
 	plain := append(append([]byte{}, hello...), make([]byte, keyMsgSize)...)
 	p := hsParams(4, "")
 	if err := p.validate(); err != nil {

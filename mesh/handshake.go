@@ -32,10 +32,12 @@ import (
 	"unicode/utf8"
 )
 
-// Protocol version range this build speaks.
+// Protocol version range this build speaks. It starts at 3 because the greeting is Weave
+// Net's ("weave" + min + max) and Weave spoke 1..2: a Weave router met during a migration then
+// fails the negotiation with a clear version error instead of misparsing our handshake.
 const (
-	ProtocolMinVersion byte = 1
-	ProtocolMaxVersion byte = 1
+	ProtocolMinVersion byte = 3
+	ProtocolMaxVersion byte = 3
 )
 
 // DefaultHandshakeTimeout bounds a handshake when HandshakeParams.Timeout is zero (as Weave).

@@ -103,8 +103,8 @@ func TestHandshakeHappyPath(t *testing.T) {
 			if ia.Features["peer"] != "2" || ib.Features["overlays"] != "fastdp sleeve" || len(ia.Features) != 2 {
 				t.Errorf("features: a got %v, b got %v", ia.Features, ib.Features)
 			}
-			if ia.Version != 1 || ib.Version != 1 {
-				t.Errorf("versions %d/%d, want 1", ia.Version, ib.Version)
+			if ia.Version != ProtocolMaxVersion || ib.Version != ProtocolMaxVersion {
+				t.Errorf("versions %d/%d, want %d", ia.Version, ib.Version, ProtocolMaxVersion)
 			}
 			if !ca.Outbound() || cb.Outbound() {
 				t.Errorf("outbound: dialler %v, acceptor %v", ca.Outbound(), cb.Outbound())
@@ -241,11 +241,12 @@ func TestHandshakeVersionMismatch(t *testing.T) {
 	var cc ConnCounters
 	p := hsParams(1, "")
 	p.Counters = &cc
-	err := hsRawPeer(t, p, []byte("weave\x02\x05"))
+	// A Weave Net 2.x router (protocol 1..2) met during a migration.
+	err := hsRawPeer(t, p, []byte("weave\x01\x02"))
 	if !errors.Is(err, ErrVersionMismatch) {
 		t.Fatalf("got %v, want ErrVersionMismatch", err)
 	}
-	if !strings.Contains(err.Error(), "ours [1,1], peer's [2,5]") {
+	if !strings.Contains(err.Error(), "ours [3,3], peer's [1,2]") {
 		t.Errorf("error %q does not show both ranges", err)
 	}
 	if cc.VersionMismatch.Load() != 1 {
@@ -279,7 +280,7 @@ func TestNegotiateVersion(t *testing.T) {
 }
 
 func TestHandshakeMalformedPeer(t *testing.T) {
-	hello := "weave\x01\x01"
+	hello := "weave\x03\x03"
 	plainKey := string(make([]byte, 33))
 	frame := func(body string) string {
 		var h [4]byte
