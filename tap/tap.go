@@ -26,8 +26,11 @@ type Device interface {
 	// per kernel write; this modifies the buffers (headers, headroom, and the bytes past
 	// len(bufs[i]) up to cap(bufs[i]) of a buffer that heads a coalesced run), so callers
 	// must not reuse their contents afterwards. Give buffers a capacity of offset+65535 to
-	// allow full coalescing; smaller buffers still work, they just coalesce less.
-	// After Close, Write returns an error wrapping net.ErrClosed.
+	// allow full coalescing; smaller buffers still work, they just coalesce less. With
+	// offloads on, offset must be at least VirtioNetHdrLen (Headroom is). A frame the kernel
+	// refuses is counted and reported in err while the rest of the batch is still written;
+	// the count is of frames written. After Close, Write returns an error wrapping
+	// net.ErrClosed.
 	Write(bufs [][]byte, offset int) (int, error)
 
 	// BatchSize is the number of buffers Read wants to be offered, fixed for life.

@@ -79,7 +79,7 @@ type topo struct {
 	tc, ts                 Device
 }
 
-func buildTopo(t *testing.T, offload bool) *topo {
+func buildTopo(t *testing.T, offload bool, queues int) *topo {
 	testutil.RequireRoot(t)
 	testutil.RequireCommands(t, "ip")
 	p := fmt.Sprintf("wvtap%d%03d", os.Getpid()%100000, rand.IntN(1000))
@@ -102,7 +102,7 @@ func buildTopo(t *testing.T, offload bool) *topo {
 	open := func(name string) Device {
 		var d Device
 		var err error
-		inNS(t, tp.router, func() { d, err = Open(Config{Name: name, Offload: offload}) })
+		inNS(t, tp.router, func() { d, err = Open(Config{Name: name, Offload: offload, Queues: queues}) })
 		if err != nil {
 			t.Fatalf("Open(%s, offload=%v): %v", name, offload, err)
 		}
@@ -201,14 +201,29 @@ func transfer(t *testing.T, tp *topo, network, serverAddr string, size int) time
 	return time.Since(start)
 }
 
-func testTCPThroughTaps(t *testing.T, offload bool) {
-	tp := buildTopo(t, offload)
+// queuesOf returns the queues of d: all of them for a multiqueue device.
+func queuesOf(d Device) []Device {
+	if mq, ok := d.(MultiQueue); ok {
+		return mq.Queues()
+	}
+	return []Device{d}
+}
+
+func testTCPThroughTaps(t *testing.T, offload bool, queues int) {
+	tp := buildTopo(t, offload, queues)
 	var mu sync.Mutex
 	var maxC, maxS int
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); forward(t, tp.tc, tp.ts, &maxC, &mu) }()
-	go func() { defer wg.Done(); forward(t, tp.ts, tp.tc, &maxS, &mu) }()
+	// One reader per queue, as the router runs them; each writes to the other device's
+	// first queue.
+	for _, q := range queuesOf(tp.tc) {
+		wg.Add(1)
+		go func() { defer wg.Done(); forward(t, q, tp.ts, &maxC, &mu) }()
+	}
+	for _, q := range queuesOf(tp.ts) {
+		wg.Add(1)
+		go func() { defer wg.Done(); forward(t, q, tp.tc, &maxS, &mu) }()
+	}
 	defer func() {
 		_ = tp.tc.Close()
 		_ = tp.ts.Close()
@@ -217,9 +232,9 @@ func testTCPThroughTaps(t *testing.T, offload bool) {
 	const size = 32 << 20
 	for _, c := range []struct{ network, addr string }{{"tcp4", "10.99.0.2:0"}, {"tcp6", "[fd99::2]:0"}} {
 		d := transfer(t, tp, c.network, c.addr, size)
-		t.Logf("offload=%v %s: %d MiB in %v: %.2f Gbit/s", offload, c.network, size>>20, d, float64(size)*8/d.Seconds()/1e9)
+		t.Logf("offload=%v queues=%d %s: %d MiB in %v: %.2f Gbit/s", offload, queues, c.network, size>>20, d, float64(size)*8/d.Seconds()/1e9)
 	}
-	sc, ss := tp.tc.(StatsReporter).Stats(), tp.ts.(StatsReporter).Stats()
+	sc, ss := sumStats(tp.tc), sumStats(tp.ts)
 	t.Logf("client-side tap %+v", sc)
 	t.Logf("server-side tap %+v", ss)
 	mu.Lock()
@@ -242,8 +257,24 @@ func testTCPThroughTaps(t *testing.T, offload bool) {
 	}
 }
 
-func TestTCPThroughTapsOffload(t *testing.T) { testTCPThroughTaps(t, true) }
-func TestTCPThroughTapsPlain(t *testing.T)   { testTCPThroughTaps(t, false) }
+func sumStats(d Device) Stats {
+	var s Stats
+	for _, q := range queuesOf(d) {
+		qs := q.(StatsReporter).Stats()
+		s.RxFrames += qs.RxFrames
+		s.RxSuperFrames += qs.RxSuperFrames
+		s.RxDropped += qs.RxDropped
+		s.TxFrames += qs.TxFrames
+		s.TxWrites += qs.TxWrites
+		s.TxCoalesced += qs.TxCoalesced
+		s.TxDropped += qs.TxDropped
+	}
+	return s
+}
+
+func TestTCPThroughTapsOffload(t *testing.T)           { testTCPThroughTaps(t, true, 1) }
+func TestTCPThroughTapsPlain(t *testing.T)             { testTCPThroughTaps(t, false, 1) }
+func TestTCPThroughTapsOffloadMultiqueue(t *testing.T) { testTCPThroughTaps(t, true, 2) }
 
 func TestOpenPersistAndClose(t *testing.T) {
 	testutil.RequireRoot(t)
