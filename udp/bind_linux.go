@@ -244,6 +244,9 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 }
 
 func (b *linuxBind) ReadBatch(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+	if b.closed.Load() {
+		return 0, b.wrapErr("read", net.ErrClosed)
+	}
 	if len(bufs) == 0 {
 		return 0, nil
 	}
