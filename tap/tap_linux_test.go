@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -33,7 +35,7 @@ import (
 //
 // so every frame between client and server crosses Device.Read and Device.Write.
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
@@ -41,7 +43,7 @@ func run(t *testing.T, args ...string) {
 }
 
 // newNS creates a named network namespace deleted at cleanup.
-func newNS(t *testing.T, name string) {
+func newNS(t testing.TB, name string) {
 	t.Helper()
 	run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
@@ -49,7 +51,7 @@ func newNS(t *testing.T, name string) {
 }
 
 // inNS runs fn on a thread switched into the named namespace, and switches it back.
-func inNS(t *testing.T, name string, fn func()) {
+func inNS(t testing.TB, name string, fn func()) {
 	t.Helper()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -79,7 +81,7 @@ type topo struct {
 	tc, ts                 Device
 }
 
-func buildTopo(t *testing.T, offload bool, queues int) *topo {
+func buildTopo(t testing.TB, offload bool, queues int) *topo {
 	testutil.RequireRoot(t)
 	testutil.RequireCommands(t, "ip")
 	p := fmt.Sprintf("wvtap%d%03d", os.Getpid()%100000, rand.IntN(1000))
@@ -122,7 +124,7 @@ func buildTopo(t *testing.T, offload bool, queues int) *topo {
 }
 
 // forward copies frames from one device to the other until the source is closed.
-func forward(t *testing.T, from, to Device, maxFrame *int, mu *sync.Mutex) {
+func forward(t testing.TB, from, to Device, maxFrame *int, mu *sync.Mutex) {
 	bufs := make([][]byte, IdealBatchSize)
 	wbufs := make([][]byte, IdealBatchSize)
 	sizes := make([]int, IdealBatchSize)
@@ -229,7 +231,12 @@ func testTCPThroughTaps(t *testing.T, offload bool, queues int) {
 		_ = tp.ts.Close()
 		wg.Wait()
 	}()
-	const size = 32 << 20
+	size := 32 << 20
+	if s := os.Getenv("WEAVE_TAP_TEST_MIB"); s != "" {
+		if n, err := strconv.Atoi(s); err == nil {
+			size = n << 20
+		}
+	}
 	for _, c := range []struct{ network, addr string }{{"tcp4", "10.99.0.2:0"}, {"tcp6", "[fd99::2]:0"}} {
 		d := transfer(t, tp, c.network, c.addr, size)
 		t.Logf("offload=%v queues=%d %s: %d MiB in %v: %.2f Gbit/s", offload, queues, c.network, size>>20, d, float64(size)*8/d.Seconds()/1e9)
@@ -344,5 +351,51 @@ func TestReadUnblocksOnClose(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("Read still blocked after Close")
 		}
+	}
+}
+
+// BenchmarkIperfThroughTaps measures a single TCP stream (iperf3, 3 s) between the client
+// and server namespaces while this process forwards every frame between the two TAPs: the
+// ceiling of the bridge side of a userspace overlay, before UDP and crypto.
+func BenchmarkIperfThroughTaps(b *testing.B) {
+	testutil.RequireCommands(b, "iperf3")
+	for _, offload := range []bool{false, true} {
+		b.Run(fmt.Sprintf("offload=%v", offload), func(b *testing.B) {
+			tp := buildTopo(b, offload, 1)
+			var mu sync.Mutex
+			var m1, m2 int
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() { defer wg.Done(); forward(b, tp.tc, tp.ts, &m1, &mu) }()
+			go func() { defer wg.Done(); forward(b, tp.ts, tp.tc, &m2, &mu) }()
+			defer func() { _ = tp.tc.Close(); _ = tp.ts.Close(); wg.Wait() }()
+			srv := exec.Command("ip", "netns", "exec", tp.server, "iperf3", "-s", "-p", "5201")
+			if err := srv.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+			var gbps float64
+			for b.Loop() { // one 3 s iperf3 run per iteration; the default benchtime makes it one
+				var out []byte
+				testutil.Eventually(b, 10*time.Second, "iperf3 client connects", func() error {
+					var err error
+					out, err = exec.Command("ip", "netns", "exec", tp.client, "iperf3", "-c", "10.99.0.2", "-p", "5201",
+						"-t", "3", "-J").Output()
+					return err
+				})
+				var res struct {
+					End struct {
+						SumReceived struct {
+							BitsPerSecond float64 `json:"bits_per_second"`
+						} `json:"sum_received"`
+					} `json:"end"`
+				}
+				if err := json.Unmarshal(out, &res); err != nil {
+					b.Fatalf("iperf3 output: %v", err)
+				}
+				gbps = res.End.SumReceived.BitsPerSecond / 1e9
+			}
+			b.ReportMetric(gbps, "Gbit/s")
+		})
 	}
 }
