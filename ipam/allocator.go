@@ -39,6 +39,7 @@ type Allocator struct {
 	allocs      map[Key][]netip.Prefix
 	byAddr      map[netip.Addr]Key
 	dirtyRing   bool
+	dirtyPaxos  bool
 	dirtyAllocs map[Key][]netip.Prefix
 	changed     chan struct{} // closed and replaced whenever waiters should look again
 	gossip      mesh.Gossip
@@ -53,6 +54,8 @@ type Allocator struct {
 	waitReason  string
 	lastRingTx  time.Time
 	closed      bool
+
+	rnd     *rand.Rand // jitter; seeded from our identity, so simulations replay
 
 	pending atomic.Int64
 	stats   struct {
@@ -103,6 +106,7 @@ func New(c Config) (*Allocator, error) {
 		claimDenied: map[addr.Addr]mesh.PeerName{},
 		conflicts:   map[addr.Addr]string{},
 		done:        make(chan struct{}),
+		rnd:         rand.New(rand.NewPCG(uint64(cfg.Name), cfg.UID)),
 	}
 	if cfg.mode == initConsensus {
 		a.node = paxos.NewNode(paxos.NodeID{Name: cfg.Name, UID: cfg.UID}, cfg.quorum)
@@ -173,7 +177,18 @@ func (a *Allocator) load() error {
 		}
 		a.ring = r
 	}
-	keys := make([]Key, 0, len(snap.Allocs))
+	if snap.Paxos != nil && a.node != nil && a.ring.Empty() {
+		n, err := decodeElector(snap.Paxos, a.node.Quorum())
+		if err != nil {
+			return fmt.Errorf("load ipam consensus state: %w: %w", ErrCorruptDB, err)
+		}
+		if n.ID().Name != a.cfg.Name {
+			return fmt.Errorf("load ipam consensus state: %w: elector %v is not us", ErrForeignDB, n.ID().Name)
+		}
+		a.node = n
+		a.proposing = true // we were in an election: carry on
+	}
+		keys := make([]Key, 0, len(snap.Allocs))
 	for k := range snap.Allocs {
 		keys = append(keys, k)
 	}
@@ -254,18 +269,21 @@ func (a *Allocator) unlock() {
 }
 
 func (a *Allocator) commit() error {
-	if !a.dirtyRing && len(a.dirtyAllocs) == 0 {
+	if !a.dirtyRing && !a.dirtyPaxos && len(a.dirtyAllocs) == 0 {
 		return nil
 	}
-	var rb []byte
+	c := Change{Allocs: a.dirtyAllocs}
 	if a.dirtyRing {
-		rb = a.ring.Encode()
+		c.Ring = a.ring.Encode()
 	}
-	if err := a.store.Commit(rb, a.dirtyAllocs); err != nil {
+	if a.dirtyPaxos && a.node != nil {
+		c.Paxos = encodeElector(a.node)
+	}
+	if err := a.store.Commit(c); err != nil {
 		a.stats.persistErrors.Add(1)
 		return fmt.Errorf("commit ipam state: %w", err)
 	}
-	a.dirtyRing = false
+	a.dirtyRing, a.dirtyPaxos = false, false
 	clear(a.dirtyAllocs)
 	return nil
 }
@@ -430,6 +448,9 @@ func (a *Allocator) propose() {
 // think advances Paxos and seeds the ring once it decided.
 func (a *Allocator) think(announce bool) {
 	changed := a.node.Think() || announce
+	// An acceptor's promises must survive a restart, or a restarted peer could vote for
+	// two different values; unlock saves them before anything is sent.
+	a.dirtyPaxos = a.dirtyPaxos || changed
 	if v, ok := a.node.Consensus(); ok {
 		if err := a.ring.Seed(v); err != nil {
 			a.log.Error("seeding ring from consensus", "err", err)
@@ -920,7 +941,7 @@ func (a *Allocator) Tick() {
 	now := a.cfg.Now()
 	if a.proposing && a.ring.Empty() {
 		// Jitter keeps competing proposers from out-bidding each other forever.
-		if now.Sub(a.lastPropose) >= a.cfg.tick+time.Duration(rand.Int64N(int64(a.cfg.tick))) {
+		if now.Sub(a.lastPropose) >= a.cfg.tick+time.Duration(a.rnd.Int64N(int64(a.cfg.tick))) {
 			a.propose()
 		} else {
 			a.outbox = append(a.outbox, outMsg{broadcast: true, data: &gossipData{paxos: a.node.State()}})

@@ -19,6 +19,7 @@ import (
 //
 //	weavemesh-ipam/
 //	  schema = "1"   peer = "aa:bb:..."   range = "10.32.0.0/12"   ring = ring wire form
+//	  paxos = our elector's identity and state, while the ring does not exist yet
 //	  allocs/ "<container id>\x00<interface>" = "10.32.0.1/12 10.40.0.1/24"
 var (
 	bucketTop    = []byte("weavemesh-ipam")
@@ -27,6 +28,7 @@ var (
 	keyPeer      = []byte("peer")
 	keyRange     = []byte("range")
 	keyRing      = []byte("ring")
+	keyPaxos     = []byte("paxos")
 	schemaV1     = []byte("1")
 )
 
@@ -142,6 +144,9 @@ func (s *BoltStore) Load() (snap Snapshot, err error) {
 		if r := top.Get(keyRing); r != nil {
 			snap.Ring = bytes.Clone(r)
 		}
+		if r := top.Get(keyPaxos); r != nil {
+			snap.Paxos = bytes.Clone(r)
+		}
 		return top.Bucket(bucketAllocs).ForEach(func(k, v []byte) error {
 			id, iface, ok := strings.Cut(string(k), "\x00")
 			if !ok {
@@ -159,17 +164,22 @@ func (s *BoltStore) Load() (snap Snapshot, err error) {
 }
 
 // Commit implements Store: one transaction, synced to disk before it returns.
-func (s *BoltStore) Commit(ring []byte, allocs map[Key][]netip.Prefix) (err error) {
+func (s *BoltStore) Commit(c Change) (err error) {
 	defer guard(&err)
 	return s.db.Update(func(tx *bolt.Tx) error {
 		top := tx.Bucket(bucketTop)
-		if ring != nil {
-			if err := top.Put(keyRing, ring); err != nil {
+		if c.Ring != nil {
+			if err := top.Put(keyRing, c.Ring); err != nil {
+				return err
+			}
+		}
+		if c.Paxos != nil {
+			if err := top.Put(keyPaxos, c.Paxos); err != nil {
 				return err
 			}
 		}
 		ab := top.Bucket(bucketAllocs)
-		for k, v := range allocs {
+		for k, v := range c.Allocs {
 			var err error
 			if len(v) == 0 {
 				err = ab.Delete(allocKey(k))

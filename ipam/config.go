@@ -57,15 +57,23 @@ type Peers interface {
 type Store interface {
 	// Load returns what was saved (a zero Snapshot for a new store).
 	Load() (Snapshot, error)
-	// Commit saves, atomically, the ring (when non-nil) and the allocations listed
-	// (a nil or empty slice deletes the key).
-	Commit(ring []byte, allocs map[Key][]netip.Prefix) error
+	// Commit saves the change atomically and durably.
+	Commit(Change) error
 	Close() error
 }
 
 // Snapshot is a store's content.
 type Snapshot struct {
 	Ring   []byte
+	Paxos  []byte
+	Allocs map[Key][]netip.Prefix
+}
+
+// Change is one atomic update of a Store: Ring and Paxos replace the saved values when
+// non-nil; each listed allocation is replaced (a nil or empty slice deletes it).
+type Change struct {
+	Ring   []byte
+	Paxos  []byte
 	Allocs map[Key][]netip.Prefix
 }
 

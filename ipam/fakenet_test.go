@@ -3,8 +3,10 @@ package ipam
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,6 +147,7 @@ func (n *fakeNet) others(self mesh.PeerName) []mesh.PeerName {
 			out = append(out, p)
 		}
 	}
+	slices.Sort(out)
 	return out
 }
 
@@ -201,8 +204,8 @@ func (n *fakeNet) gossipRound() {
 		nodes[p] = a
 	}
 	n.mu.Unlock()
-	for p, a := range nodes {
-		if d := a.Gossip(); d != nil {
+	for _, p := range slices.Sorted(maps.Keys(nodes)) {
+		if d := nodes[p].Gossip(); d != nil {
 			for _, b := range d.Encode() {
 				for _, q := range n.others(p) {
 					n.enqueue(fakeMsg{kindGossip, p, q, b})

@@ -8,6 +8,7 @@ import (
 	"github.com/weavemesh/weave/ipam/addr"
 	"github.com/weavemesh/weave/ipam/paxos"
 	"github.com/weavemesh/weave/ipam/ring"
+	"github.com/weavemesh/weave/mesh"
 )
 
 // ErrBadMessage is returned (wrapped) for gossip that does not decode.
@@ -113,4 +114,27 @@ func decodeMessage(b []byte) (message, error) {
 		return m, fmt.Errorf("%w: %w", ErrBadMessage, err)
 	}
 	return m, nil
+}
+
+// encodeElector saves an elector: its identity (name 6 bytes, UID u64) then its state.
+func encodeElector(n *paxos.Node) []byte {
+	id := n.ID()
+	nb := id.Name.Bytes()
+	b := append([]byte{}, nb[:]...)
+	b = binary.BigEndian.AppendUint64(b, id.UID)
+	return append(b, n.State().Encode()...)
+}
+
+func decodeElector(b []byte, quorum int) (*paxos.Node, error) {
+	if len(b) < 14 {
+		return nil, fmt.Errorf("%w: short elector record", ErrBadMessage)
+	}
+	id := paxos.NodeID{Name: mesh.PeerNameFromBytes(b), UID: binary.BigEndian.Uint64(b[6:])}
+	s, err := paxos.Decode(b[14:])
+	if err != nil {
+		return nil, err
+	}
+	n := paxos.NewNode(id, quorum)
+	n.Update(s)
+	return n, nil
 }

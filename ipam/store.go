@@ -12,6 +12,7 @@ import (
 type MemStore struct {
 	mu     sync.Mutex
 	ring   []byte
+	paxos  []byte
 	allocs map[Key][]netip.Prefix
 	// FailCommits makes Commit fail, to test that allocations are not handed out unsaved.
 	FailCommits error
@@ -21,7 +22,7 @@ type MemStore struct {
 func (m *MemStore) Load() (Snapshot, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := Snapshot{Ring: slices.Clone(m.ring), Allocs: map[Key][]netip.Prefix{}}
+	s := Snapshot{Ring: slices.Clone(m.ring), Paxos: slices.Clone(m.paxos), Allocs: map[Key][]netip.Prefix{}}
 	for k, v := range m.allocs {
 		s.Allocs[k] = slices.Clone(v)
 	}
@@ -29,19 +30,22 @@ func (m *MemStore) Load() (Snapshot, error) {
 }
 
 // Commit implements Store.
-func (m *MemStore) Commit(ring []byte, allocs map[Key][]netip.Prefix) error {
+func (m *MemStore) Commit(c Change) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.FailCommits != nil {
 		return m.FailCommits
 	}
-	if ring != nil {
-		m.ring = slices.Clone(ring)
+	if c.Ring != nil {
+		m.ring = slices.Clone(c.Ring)
+	}
+	if c.Paxos != nil {
+		m.paxos = slices.Clone(c.Paxos)
 	}
 	if m.allocs == nil {
 		m.allocs = map[Key][]netip.Prefix{}
 	}
-	for k, v := range allocs {
+	for k, v := range c.Allocs {
 		if len(v) == 0 {
 			delete(m.allocs, k)
 		} else {
