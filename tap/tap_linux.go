@@ -147,7 +147,7 @@ func openOffload(cfg Config, queues int) (devs []*device, name string, err error
 		}
 		name = unix.ByteSliceToString(req.name[:])
 		if q == 0 {
-			hdrSize := VirtioNetHdrLen
+			hdrSize := int32(VirtioNetHdrLen) // the kernel reads a C int
 			if err := ioctlPtr(uintptr(fd), unix.TUNSETVNETHDRSZ, unsafe.Pointer(&hdrSize)); err != nil {
 				_ = unix.Close(fd)
 				return devs, name, fmt.Errorf("tunsetvnethdrsz %s: %w", name, err)
