@@ -35,10 +35,15 @@ const (
 
 // Open creates (or attaches to) the TAP interface cfg.Name.
 func Open(cfg Config) (Device, error) {
+	return open(cfg, openOffload)
+}
+
+// open is Open with the offload opener replaceable, so tests can make the kernel refuse.
+func open(cfg Config, offloadOpener func(Config, int) ([]*device, string, error)) (Device, error) {
 	log := cfg.logger().With("component", "tap")
 	queues := max(cfg.Queues, 1)
 	if cfg.Offload {
-		devs, name, err := openOffload(cfg, queues)
+		devs, name, err := offloadOpener(cfg, queues)
 		if err == nil {
 			log.Info("tap opened with offloads", "name", name, "queues", queues)
 			return finishOpen(cfg, devs, name, log)

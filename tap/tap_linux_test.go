@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -397,5 +399,30 @@ func BenchmarkIperfThroughTaps(b *testing.B) {
 			}
 			b.ReportMetric(gbps, "Gbit/s")
 		})
+	}
+}
+
+func TestOffloadRefusedFallsBackToPlain(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := fmt.Sprintf("wvtapf%d%03d", os.Getpid()%100000, rand.IntN(1000))
+	newNS(t, ns)
+	var logs bytes.Buffer
+	refuse := func(Config, int) ([]*device, string, error) {
+		return nil, "", fmt.Errorf("tunsetoffload tf: %w", syscall.EINVAL)
+	}
+	var d Device
+	var err error
+	inNS(t, ns, func() {
+		d, err = open(Config{Name: "tf", Offload: true, Logger: slog.New(slog.NewTextHandler(&logs, nil))}, refuse)
+	})
+	if err != nil {
+		t.Fatalf("open with offloads refused: %v", err)
+	}
+	defer d.Close()
+	if d.(Offloader).OffloadActive() || d.Name() != "tf" {
+		t.Fatalf("got %q with offloads %v, want the plain path", d.Name(), d.(Offloader).OffloadActive())
+	}
+	if !strings.Contains(logs.String(), "offloads unavailable") || !strings.Contains(logs.String(), "invalid argument") {
+		t.Fatalf("the fallback was not logged with its reason: %s", logs.String())
 	}
 }
