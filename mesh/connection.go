@@ -308,6 +308,7 @@ func (r *Router) addConn(mc *meshConn) error {
 	if ov := r.cfg.Overlay; ov != nil {
 		ov.ConnectionUp(mc.info())
 	}
+	r.kickJoin()
 	// A new neighbour gets every channel's full state at once (as in Weave).
 	for _, ch := range chans {
 		ch.sendFullState(in.Name)

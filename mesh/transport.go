@@ -38,24 +38,38 @@ type MemNetwork struct {
 	mu        sync.Mutex
 	listeners map[string]*memListener
 	blocked   map[[2]string]bool
+	conns     map[*memConn][2]string // live connections by (dialling host, listening host)
 	nextPort  int
 }
 
 // NewMemNetwork returns an empty network.
 func NewMemNetwork() *MemNetwork {
-	return &MemNetwork{listeners: map[string]*memListener{}, blocked: map[[2]string]bool{}, nextPort: 40000}
+	return &MemNetwork{listeners: map[string]*memListener{}, blocked: map[[2]string]bool{}, conns: map[*memConn][2]string{}, nextPort: 40000}
 }
 
 // Transport returns a Transport whose connections originate from host (an IP literal).
 func (n *MemNetwork) Transport(host string) Transport { return memTransport{n: n, host: host} }
 
-// Block makes dials between hosts a and b fail (existing connections are not touched),
-// or allows them again.
+// Block makes dials between hosts a and b fail, or allows them again. Blocking also cuts
+// the connections already open between them: a network partition.
 func (n *MemNetwork) Block(a, b string, blocked bool) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.blocked[[2]string{a, b}] = blocked
 	n.blocked[[2]string{b, a}] = blocked
+	var cut []*memConn
+	if blocked {
+		for c, hosts := range n.conns {
+			if hosts == [2]string{a, b} || hosts == [2]string{b, a} {
+				cut = append(cut, c)
+				delete(n.conns, c)
+			}
+		}
+	}
+	n.mu.Unlock()
+	for _, c := range cut {
+		c.Close()
+		c.peer.Close()
+	}
 }
 
 type memTransport struct {
@@ -93,6 +107,11 @@ func (t memTransport) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	a, b := net.Pipe()
 	client := &memConn{Conn: a, local: local, remote: l.addr}
 	server := &memConn{Conn: b, local: l.addr, remote: local}
+	client.peer, server.peer = server, client
+	client.n, server.n = t.n, t.n
+	t.n.mu.Lock()
+	t.n.conns[client] = [2]string{t.host, host}
+	t.n.mu.Unlock()
 	select {
 	case l.ch <- server:
 		return client, nil
@@ -115,6 +134,16 @@ func (a memAddr) String() string  { return string(a) }
 type memConn struct {
 	net.Conn
 	local, remote net.Addr
+	peer          *memConn
+	n             *MemNetwork
+}
+
+func (c *memConn) Close() error {
+	c.n.mu.Lock()
+	delete(c.n.conns, c)
+	delete(c.n.conns, c.peer)
+	c.n.mu.Unlock()
+	return c.Conn.Close()
 }
 
 func (c *memConn) LocalAddr() net.Addr  { return c.local }
