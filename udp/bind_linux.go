@@ -1,7 +1,8 @@
 package udp
 
-// The Linux Bind: recvmmsg/sendmmsg through golang.org/x/net, UDP GSO (UDP_SEGMENT, kernel
-// >= 4.18) and GRO (UDP_GRO, reliable from 5.12) probed when the socket opens.
+// The Linux Bind: sendmmsg through golang.org/x/net, recvmmsg on preallocated headers
+// (recvmmsg_linux.go says why not x/net), UDP GSO (UDP_SEGMENT, kernel >= 4.18) and GRO
+// (UDP_GRO, reliable from 5.12) probed when the socket opens.
 //
 // Sending with GSO needs no copy: a run of equal-sized datagrams becomes one message whose
 // iovecs are the caller's buffers. If the kernel answers EIO, the egress device cannot
@@ -11,8 +12,7 @@ package udp
 // Receiving with GRO needs buffers large enough for a coalesced burst (up to 64 KiB), which
 // callers' MTU-sized buffers are not, so the Bind reads into its own large buffers and copies
 // each datagram out. That costs a memcpy per datagram but saves most of the per-datagram
-// kernel work, and makes x/net's per-message sender-address allocation per burst rather than
-// per datagram.
+// kernel work.
 
 import (
 	"encoding/binary"
@@ -32,10 +32,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common (their Message types
+// batchConn is the sending half of ipv4.PacketConn and ipv6.PacketConn (their Message types
 // are both aliases of the same x/net type).
 type batchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
@@ -64,7 +63,7 @@ type linuxBind struct {
 	closed    atomic.Bool
 
 	// Read side: one reader at a time.
-	rmsgs   []ipv4.Message
+	recv    *receiver
 	groBufs [][]byte
 	// Datagrams of a GRO message not yet returned: message pm of pn read, at byte offset pOff.
 	pm, pn, pOff int
@@ -140,14 +139,11 @@ func Listen(cfg Config) (Bind, error) {
 			b.groBufs[i] = make([]byte, groBufSize)
 		}
 	}
-	b.rmsgs = make([]ipv4.Message, slots)
-	for i := range b.rmsgs {
-		b.rmsgs[i].Buffers = make([][]byte, 1)
-		if b.gro {
-			b.rmsgs[i].Buffers[0] = b.groBufs[i]
-			b.rmsgs[i].OOB = make([]byte, unix.CmsgSpace(4))
-		}
+	oobLen := 0
+	if b.gro {
+		oobLen = unix.CmsgSpace(4)
 	}
+	b.recv = newReceiver(rc, slots, oobLen)
 	b.wpool.New = func() any {
 		ws := &writeScratch{
 			msgs:  make([]ipv4.Message, IdealBatchSize),
@@ -234,15 +230,6 @@ func (b *linuxBind) wrapErr(op string, err error) error {
 	return fmt.Errorf("udp %s %s: %w", op, b.local, err)
 }
 
-func addrPortOf(a net.Addr) netip.AddrPort {
-	ua, ok := a.(*net.UDPAddr)
-	if !ok {
-		return netip.AddrPort{}
-	}
-	ap := ua.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
-
 func (b *linuxBind) ReadBatch(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
 	if b.closed.Load() {
 		return 0, b.wrapErr("read", net.ErrClosed)
@@ -250,31 +237,21 @@ func (b *linuxBind) ReadBatch(bufs [][]byte, sizes []int, eps []netip.AddrPort) 
 	if len(bufs) == 0 {
 		return 0, nil
 	}
+	r := b.recv
 	if !b.gro {
-		msgs := b.rmsgs[:min(len(bufs), len(b.rmsgs))]
-		for i := range msgs {
-			msgs[i].Buffers[0] = bufs[i]
-		}
-		n, err := b.pc.ReadBatch(msgs, 0)
-		for i := range msgs {
-			msgs[i].Buffers[0] = nil // do not keep the caller's buffers alive
-		}
+		n, err := r.recv(bufs)
 		if err != nil {
 			return 0, b.wrapErr("read", err)
 		}
 		for i := 0; i < n; i++ {
-			sizes[i], eps[i] = msgs[i].N, addrPortOf(msgs[i].Addr)
-			msgs[i].Addr = nil
+			sizes[i], eps[i] = r.size(i), r.from(i)
 		}
 		b.stats.rxMessages.Add(uint64(n))
 		b.stats.rxDatagrams.Add(uint64(n))
 		return n, nil
 	}
 	if b.pm >= b.pn {
-		for i := range b.rmsgs {
-			b.rmsgs[i].OOB = b.rmsgs[i].OOB[:cap(b.rmsgs[i].OOB)]
-		}
-		n, err := b.pc.ReadBatch(b.rmsgs, 0)
+		n, err := r.recv(b.groBufs)
 		if err != nil {
 			return 0, b.wrapErr("read", err)
 		}
@@ -283,17 +260,17 @@ func (b *linuxBind) ReadBatch(bufs [][]byte, sizes []int, eps []netip.AddrPort) 
 	}
 	n := 0
 	for n < len(bufs) && b.pm < b.pn {
-		m := &b.rmsgs[b.pm]
-		seg := groSize(m.OOB[:m.NN])
+		size := r.size(b.pm)
+		seg := groSize(r.oob(b.pm))
 		if seg <= 0 {
-			seg = m.N
+			seg = size
 		}
-		end := min(b.pOff+seg, m.N)
-		sizes[n] = copy(bufs[n], m.Buffers[0][b.pOff:end])
-		eps[n] = addrPortOf(m.Addr)
+		end := min(b.pOff+seg, size)
+		sizes[n] = copy(bufs[n], b.groBufs[b.pm][b.pOff:end])
+		eps[n] = r.from(b.pm)
 		n++
 		b.pOff = end
-		if b.pOff >= m.N {
+		if b.pOff >= size {
 			b.pm++
 			b.pOff = 0
 		}

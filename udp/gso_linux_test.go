@@ -20,8 +20,6 @@ type fakeConn struct {
 	messages  int
 }
 
-func (f *fakeConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) { return 0, unix.EAGAIN }
-
 func (f *fakeConn) WriteBatch(ms []ipv4.Message, flags int) (int, error) {
 	for i, m := range ms {
 		seg := 0
