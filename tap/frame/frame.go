@@ -214,22 +214,46 @@ func ParseTCP(b []byte) (TCP, error) {
 	return t, nil
 }
 
+// UDPHeaderLen is the size of a UDP header.
+const UDPHeaderLen = 8
+
+// UDP is a parsed UDP header.
+type UDP struct {
+	SrcPort, DstPort uint16
+	Length           uint16 // header and payload, as the header claims
+}
+
+// ParseUDP parses the UDP header at the start of b (the IP payload).
+func ParseUDP(b []byte) (UDP, error) {
+	var u UDP
+	if len(b) < UDPHeaderLen {
+		return u, fmt.Errorf("udp header: %d bytes: %w", len(b), ErrMalformed)
+	}
+	u.SrcPort = binary.BigEndian.Uint16(b[0:2])
+	u.DstPort = binary.BigEndian.Uint16(b[2:4])
+	u.Length = binary.BigEndian.Uint16(b[4:6])
+	return u, nil
+}
+
 // Packet is a frame parsed down to its transport header.
 type Packet struct {
 	Eth Ethernet
-	// IP and TCP are valid when HasIP / HasTCP.
+	// IP, TCP and UDP are valid when HasIP / HasTCP / HasUDP.
 	IP     IP
 	TCP    TCP
+	UDP    UDP
 	HasIP  bool
 	HasTCP bool
+	HasUDP bool
 	// L3Off and L4Off are offsets in the frame of the IP and transport headers.
 	L3Off, L4Off int
 }
 
 // Parse parses a whole frame as far as it understands it: Ethernet always; IP when the
-// EtherType says IPv4/IPv6; TCP when the IP protocol is TCP and the packet is not a fragment.
-// A frame of another EtherType is not an error (ARP passes through opaque); an IP or TCP
-// header that contradicts itself is.
+// EtherType says IPv4/IPv6; TCP or UDP when the IP protocol (the IPv6 next header: extension
+// headers are not walked) says so and the packet is not a fragment. A frame of another
+// EtherType is not an error (ARP passes through opaque); an IP, TCP or UDP header that
+// contradicts itself is.
 func Parse(b []byte) (Packet, error) {
 	var p Packet
 	var err error
@@ -247,13 +271,24 @@ func Parse(b []byte) (Packet, error) {
 		return p, fmt.Errorf("ethertype %#04x carries ip version %d: %w", p.Eth.EtherType, p.IP.Version, ErrMalformed)
 	}
 	p.HasIP = true
-	if p.IP.Protocol != ProtoTCP || p.IP.IsFragment() {
+	if p.IP.IsFragment() {
+		return p, nil
+	}
+	l4 := b[p.L3Off+p.IP.HeaderLen : p.L3Off+p.IP.TotalLen]
+	switch p.IP.Protocol {
+	case ProtoTCP:
+		if p.TCP, err = ParseTCP(l4); err != nil {
+			return p, err
+		}
+		p.HasTCP = true
+	case ProtoUDP:
+		if p.UDP, err = ParseUDP(l4); err != nil {
+			return p, err
+		}
+		p.HasUDP = true
+	default:
 		return p, nil
 	}
 	p.L4Off = p.L3Off + p.IP.HeaderLen
-	if p.TCP, err = ParseTCP(b[p.L4Off : p.L3Off+p.IP.TotalLen]); err != nil {
-		return p, err
-	}
-	p.HasTCP = true
 	return p, nil
 }

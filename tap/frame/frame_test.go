@@ -136,6 +136,7 @@ func TestParse(t *testing.T) {
 		frame    []byte
 		wantErr  bool
 		wantTCP  bool
+		wantUDP  bool
 		wantIP   bool
 		ethType  uint16
 		vlan     uint16
@@ -159,6 +160,19 @@ func TestParse(t *testing.T) {
 		{name: "version mismatch", frame: func() []byte { b := buildTCP(false, false, 0); b[12], b[13] = 0x86, 0xdd; return b }(), wantErr: true},
 		{name: "bad ihl", frame: func() []byte { b := buildTCP(false, false, 0); b[14] = 0x43; return b }(), wantErr: true},
 		{name: "bad tcp offset", frame: func() []byte { b := buildTCP(false, false, 0); b[34+12] = 0xf0; return b }(), wantErr: true},
+		{name: "ipv4 udp", frame: func() []byte {
+			b := buildTCP(false, false, 0)
+			b[23] = ProtoUDP
+			binary.BigEndian.PutUint16(b[34+4:], 40)
+			return b
+		}(), wantIP: true, wantUDP: true, ethType: EtherTypeIPv4, l4Off: 34,
+			src: netip.MustParseAddr("10.0.0.1"), dst: netip.MustParseAddr("10.0.0.2")},
+		{name: "ipv6 udp truncated", frame: func() []byte {
+			b := buildTCP(false, true, 0)[:14+40+4]
+			b[14+6] = ProtoUDP
+			binary.BigEndian.PutUint16(b[14+4:], 4)
+			return b
+		}(), wantErr: true},
 		{name: "ipv4 fragment is not parsed as tcp", frame: func() []byte {
 			b := buildTCP(false, false, 0)
 			binary.BigEndian.PutUint16(b[20:], IPv4MoreFragments)
@@ -182,6 +196,9 @@ func TestParse(t *testing.T) {
 			}
 			if tc.wantIP && (p.IP.Src != tc.src || p.IP.Dst != tc.dst) {
 				t.Fatalf("addresses %v -> %v", p.IP.Src, p.IP.Dst)
+			}
+			if p.HasUDP != tc.wantUDP || (tc.wantUDP && (p.L4Off != tc.l4Off || p.UDP.SrcPort != 40000 || p.UDP.Length != 40)) {
+				t.Fatalf("udp %v %+v at %d", p.HasUDP, p.UDP, p.L4Off)
 			}
 			if tc.wantTCP {
 				if p.L4Off != tc.l4Off || p.TCP.SrcPort != 40000 || p.TCP.DstPort != 5201 || p.TCP.Seq != 1000 ||
@@ -247,6 +264,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if p.HasTCP && p.L4Off+p.TCP.HeaderLen > len(b) {
 			t.Fatalf("tcp header beyond frame")
+		}
+		if p.HasUDP && p.L4Off+UDPHeaderLen > len(b) {
+			t.Fatalf("udp header beyond frame")
 		}
 	})
 }
