@@ -266,7 +266,7 @@ func (r *Router) addConn(mc *meshConn) error {
 		return fmt.Errorf("%w (%d)", ErrConnLimit, r.cfg.ConnLimit)
 	}
 	if evicted != nil {
-		r.removeConnLocked(evicted)
+		r.removeConnLocked(evicted, ErrDuplicateConn)
 	}
 	mc.established = !r.cfg.OverlayConfirms
 	r.conns[in.Name] = mc
@@ -317,7 +317,7 @@ func (r *Router) addConn(mc *meshConn) error {
 }
 
 // removeConnLocked forgets mc if it is still the registered connection for its peer.
-func (r *Router) removeConnLocked(mc *meshConn) bool {
+func (r *Router) removeConnLocked(mc *meshConn, err error) bool {
 	if r.conns[mc.intro.Name] != mc {
 		return false
 	}
@@ -327,7 +327,7 @@ func (r *Router) removeConnLocked(mc *meshConn) bool {
 	if r.flushAt.IsZero() {
 		r.flushAt = time.Now() // tell the mesh (and GC) now, not after the coalescing delay
 	}
-	r.connDownTargetLocked(mc, mc.closeErr)
+	r.connDownTargetLocked(mc, err)
 	r.afterChangeLocked()
 	return true
 }
@@ -338,7 +338,7 @@ func (r *Router) connDown(mc *meshConn, err error) {
 	}
 	mc.close(err)
 	r.mu.Lock()
-	removed := r.removeConnLocked(mc)
+	removed := r.removeConnLocked(mc, err)
 	r.mu.Unlock()
 	if removed {
 		r.kick()
