@@ -3,8 +3,9 @@ package tap
 // Userspace TSO and GRO for a TAP opened with IFF_VNET_HDR.
 //
 // Every read from such a device starts with a virtio_net_hdr. With TUNSETOFFLOAD(CSUM|TSO4|
-// TSO6) the kernel may hand over a TCP "super-frame" of up to 64 KiB (gso_type TCPV4/TCPV6,
-// gso_size = MSS, checksum left partial); Segment cuts it into wire-sized frames with complete
+// TSO6, and USO4|USO6 on kernels >= 6.2) the kernel may hand over a TCP or UDP "super-frame"
+// of up to 64 KiB (gso_type TCPV4/TCPV6/UDP_L4, gso_size = MSS or datagram payload size,
+// checksum left partial); Segment cuts it into wire-sized frames with complete
 // checksums, because the frames leave the host through the sleeve, which cannot carry the
 // virtio header. In the other direction, Coalescer merges consecutive in-order TCP segments of
 // one flow back into a super-frame so the kernel receives one write instead of ~45 (GRO).
@@ -85,8 +86,9 @@ type Super struct {
 	pkt   []byte // whole frame, up to the IP total length
 	p     frame.Packet
 	mss   int
-	hdr   int // Ethernet+IP+TCP header length
+	hdr   int // Ethernet+IP+TCP/UDP header length
 	total int // number of segments
+	udp   bool
 }
 
 // Segments is the number of frames the super-frame expands into (1 for an ordinary frame).
@@ -111,27 +113,36 @@ func PrepareRead(h *VirtioNetHdr, pkt []byte, s *Super) error {
 			binary.BigEndian.PutUint16(pkt[at:], ^frame.Checksum(pkt[start:], 0))
 		}
 		return nil
-	case VirtioNetHdrGSOTCPv4, VirtioNetHdrGSOTCPv6:
+	case VirtioNetHdrGSOTCPv4, VirtioNetHdrGSOTCPv6, VirtioNetHdrGSOUDPL4:
 	default:
 		return fmt.Errorf("gso type %#x not enabled: %w", h.GSOType, ErrMalformedOffload)
 	}
 	p, err := frame.Parse(pkt)
 	if err != nil {
-		return fmt.Errorf("tso frame: %w: %w", err, ErrMalformedOffload)
-	}
-	want := 4
-	if h.GSOType&^VirtioNetHdrGSOECN == VirtioNetHdrGSOTCPv6 {
-		want = 6
-	}
-	if !p.HasTCP || p.IP.Version != want {
-		return fmt.Errorf("tso frame is not tcp over ipv%d: %w", want, ErrMalformedOffload)
+		return fmt.Errorf("gso frame: %w: %w", err, ErrMalformedOffload)
 	}
 	if h.GSOSize == 0 {
-		return fmt.Errorf("tso frame with gso size 0: %w", ErrMalformedOffload)
+		return fmt.Errorf("gso frame with gso size 0: %w", ErrMalformedOffload)
+	}
+	switch h.GSOType &^ VirtioNetHdrGSOECN {
+	case VirtioNetHdrGSOUDPL4:
+		if !p.HasUDP {
+			return fmt.Errorf("uso frame is not udp: %w", ErrMalformedOffload)
+		}
+		s.udp = true
+		s.hdr = p.L4Off + frame.UDPHeaderLen
+	default:
+		want := 4
+		if h.GSOType&^VirtioNetHdrGSOECN == VirtioNetHdrGSOTCPv6 {
+			want = 6
+		}
+		if !p.HasTCP || p.IP.Version != want {
+			return fmt.Errorf("tso frame is not tcp over ipv%d: %w", want, ErrMalformedOffload)
+		}
+		s.hdr = p.L4Off + p.TCP.HeaderLen
 	}
 	s.p = p
 	s.pkt = pkt[:p.L3Off+p.IP.TotalLen]
-	s.hdr = p.L4Off + p.TCP.HeaderLen
 	s.mss = int(h.GSOSize)
 	payload := len(s.pkt) - s.hdr
 	s.total = (payload + s.mss - 1) / s.mss
@@ -147,9 +158,10 @@ func PrepareRead(h *VirtioNetHdr, pkt []byte, s *Super) error {
 
 // Segment writes segments first, first+1, ... of s into bufs[i][offset:] (setting sizes[i])
 // until bufs or segments run out, and returns how many it wrote. Each segment is a complete
-// frame: copied headers, IPv4 length, ID (+i) and header checksum, IPv6 payload length, TCP
-// sequence number (+i*MSS), FIN/PSH only on the last segment and CWR only on the first, and
-// a full TCP checksum. A frame that needs no segmentation is copied as it is.
+// frame: copied headers, IPv4 length, ID (+i) and header checksum, IPv6 payload length; for
+// TCP the sequence number (+i*MSS), FIN/PSH only on the last segment and CWR only on the
+// first, and a full checksum; for UDP (USO) the datagram length and a full checksum. A frame
+// that needs no segmentation is copied as it is.
 func Segment(s *Super, first int, bufs [][]byte, sizes []int, offset int) (int, error) {
 	n := 0
 	if s.hdr == 0 { // not a super-frame
@@ -164,7 +176,7 @@ func Segment(s *Super, first int, bufs [][]byte, sizes []int, offset int) (int, 
 		return 1, nil
 	}
 	p := &s.p
-	ipHL, tcpHL := p.IP.HeaderLen, p.TCP.HeaderLen
+	ipHL, l4HL := p.IP.HeaderLen, s.hdr-p.L4Off
 	l3, l4 := p.L3Off, p.L4Off
 	srcAddr, dstAddr := s.pkt[l3+12:l3+16], s.pkt[l3+16:l3+20]
 	if p.IP.Version == 6 {
@@ -184,13 +196,30 @@ func Segment(s *Super, first int, bufs [][]byte, sizes []int, offset int) (int, 
 		copy(out[s.hdr:], payload[start:end])
 		ip := out[l3:]
 		if p.IP.Version == 4 {
-			binary.BigEndian.PutUint16(ip[2:], uint16(ipHL+tcpHL+segLen))
+			binary.BigEndian.PutUint16(ip[2:], uint16(ipHL+l4HL+segLen))
 			binary.BigEndian.PutUint16(ip[4:], p.IP.ID+uint16(i))
 			ip[10], ip[11] = 0, 0
 			binary.BigEndian.PutUint16(ip[10:], ^frame.Checksum(ip[:ipHL], 0))
 		} else {
-			binary.BigEndian.PutUint16(ip[4:], uint16(tcpHL+segLen))
+			binary.BigEndian.PutUint16(ip[4:], uint16(l4HL+segLen))
 		}
+		sizes[n] = s.hdr + segLen
+		n++
+		if s.udp {
+			// Each segment is a datagram of its own: length, and a checksum that is never
+			// sent as 0 (which would mean "none").
+			u := out[l4 : l4+frame.UDPHeaderLen+segLen]
+			binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+			u[6], u[7] = 0, 0
+			psum := frame.PseudoHeaderSum(frame.ProtoUDP, srcAddr, dstAddr, uint16(len(u)))
+			c := ^frame.Checksum(u, psum)
+			if c == 0 {
+				c = 0xffff
+			}
+			binary.BigEndian.PutUint16(u[6:], c)
+			continue
+		}
+		tcpHL := l4HL
 		tcp := out[l4:]
 		binary.BigEndian.PutUint32(tcp[4:], p.TCP.Seq+uint32(start))
 		flags := p.TCP.Flags
@@ -204,8 +233,6 @@ func Segment(s *Super, first int, bufs [][]byte, sizes []int, offset int) (int, 
 		tcp[16], tcp[17] = 0, 0
 		psum := frame.PseudoHeaderSum(frame.ProtoTCP, srcAddr, dstAddr, uint16(tcpHL+segLen))
 		binary.BigEndian.PutUint16(tcp[16:], ^frame.Checksum(tcp[:tcpHL+segLen], psum))
-		sizes[n] = s.hdr + segLen
-		n++
 	}
 	return n, nil
 }

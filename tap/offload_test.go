@@ -245,7 +245,8 @@ func TestPrepareReadRefuses(t *testing.T) {
 		h    VirtioNetHdr
 		pkt  []byte
 	}{
-		{"udp gso not enabled", VirtioNetHdr{GSOType: VirtioNetHdrGSOUDPL4, GSOSize: 100}, v4},
+		{"uso on a tcp frame", VirtioNetHdr{GSOType: VirtioNetHdrGSOUDPL4, GSOSize: 100}, v4},
+		{"ufo not enabled", VirtioNetHdr{GSOType: VirtioNetHdrGSOUDP, GSOSize: 100}, v4},
 		{"tcpv6 type on ipv4", VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv6, GSOSize: 100}, v4},
 		{"gso size 0", VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv4}, v4},
 		{"too many segments", VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv4, GSOSize: 1}, v4},

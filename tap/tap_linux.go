@@ -31,6 +31,8 @@ const (
 	tunFCsum = 0x01
 	tunFTSO4 = 0x02
 	tunFTSO6 = 0x04
+	tunFUSO4 = 0x20 // Linux >= 6.2
+	tunFUSO6 = 0x40
 )
 
 // Open creates (or attaches to) the TAP interface cfg.Name.
@@ -157,9 +159,12 @@ func openOffload(cfg Config, queues int) (devs []*device, name string, err error
 				_ = unix.Close(fd)
 				return devs, name, fmt.Errorf("tunsetvnethdrsz %s: %w", name, err)
 			}
-			if err := ioctlInt(uintptr(fd), unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4|tunFTSO6); err != nil {
-				_ = unix.Close(fd)
-				return devs, name, fmt.Errorf("tunsetoffload %s: %w", name, err)
+			// UDP segmentation offload where the kernel has it (>= 6.2), TCP only where not.
+			if err := ioctlInt(uintptr(fd), unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4|tunFTSO6|tunFUSO4|tunFUSO6); err != nil {
+				if err := ioctlInt(uintptr(fd), unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4|tunFTSO6); err != nil {
+					_ = unix.Close(fd)
+					return devs, name, fmt.Errorf("tunsetoffload %s: %w", name, err)
+				}
 			}
 			if err := setPersist(uintptr(fd), cfg.Persist); err != nil {
 				_ = unix.Close(fd)
