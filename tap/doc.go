@@ -3,9 +3,10 @@
 //
 // Open picks one of two Linux paths. Without offloads the interface is opened through
 // github.com/songgao/water and every read or write is one frame. With Config.Offload,
-// /dev/net/tun is opened directly with IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6): the
-// kernel then hands over TCP super-frames of up to 64 KiB, which Read cuts into MTU-sized
-// frames with complete checksums (Segment), and Write merges consecutive segments of a flow
+// /dev/net/tun is opened directly with IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6, plus
+// USO4|USO6 on kernels >= 6.2): the kernel then hands over TCP (and UDP_SEGMENT) super-frames
+// of up to 64 KiB, which Read cuts into MTU-sized frames with complete checksums (Segment),
+// and Write merges consecutive TCP segments of a flow
 // back into one super-frame per kernel write (Coalescer). Frames that are not plain TCP over
 // IPv4/IPv6 (ARP, UDP, anything with one VLAN tag or none that is not TCP) pass untouched.
 //

@@ -534,6 +534,7 @@ func FuzzVnetHeader(f *testing.F) {
 	f.Add(append(hdr(VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv4, GSOSize: 100}), v4...))
 	f.Add(append(hdr(VirtioNetHdr{GSOType: VirtioNetHdrGSOTCPv6 | VirtioNetHdrGSOECN, GSOSize: 7}), v6...))
 	f.Add(append(hdr(VirtioNetHdr{Flags: VirtioNetHdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}), v4...))
+	f.Add(append(hdr(VirtioNetHdr{GSOType: VirtioNetHdrGSOUDPL4, GSOSize: 50}), buildUDP(superSpec{payload: make([]byte, 200), srcMAC: 1})...))
 	f.Add([]byte{1, 2, 3})
 	bufs := newBufs(8, 1600)
 	sizes := make([]int, 8)
@@ -557,7 +558,7 @@ func FuzzVnetHeader(f *testing.F) {
 			for i := 0; i < n; i++ {
 				if sup.hdr > 0 {
 					p, err := frame.Parse(bufs[i][32 : 32+sizes[i]])
-					if err != nil || !p.HasTCP {
+					if err != nil || !(p.HasTCP || p.HasUDP) {
 						t.Fatalf("segment %d does not parse: %v", first+i, err)
 					}
 				}

@@ -59,7 +59,7 @@ type StatsReporter interface {
 // Stats counts what a device did. Counters only grow.
 type Stats struct {
 	RxFrames      uint64 // frames returned by Read (after segmentation)
-	RxSuperFrames uint64 // TSO super-frames segmented
+	RxSuperFrames uint64 // TSO/USO super-frames segmented
 	RxDropped     uint64 // frames dropped on read: malformed, unsupported GSO type, too big for a buffer
 	TxFrames      uint64 // frames passed to Write
 	TxWrites      uint64 // kernel writes (lower than TxFrames when coalescing works)
