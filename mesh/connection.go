@@ -65,7 +65,9 @@ func (c *meshConn) close(err error) {
 	c.closeOnce.Do(func() {
 		c.closeErr = err
 		close(c.done)
-		c.c.Close()
+		if c.c != nil {
+			c.c.Close()
+		}
 	})
 }
 
@@ -73,8 +75,7 @@ func (c *meshConn) close(err error) {
 // flood of connection attempts cannot starve the router.
 func (r *Router) acceptLoop(ln net.Listener) {
 	defer r.wg.Done()
-	tokens := float64(acceptBurst)
-	last := time.Now()
+	bucket := newTokenBucket(acceptBurst, acceptRefill, time.Now())
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -89,20 +90,14 @@ func (r *Router) acceptLoop(ln net.Listener) {
 			}
 			continue
 		}
-		now := time.Now()
-		tokens = min(float64(acceptBurst), tokens+float64(now.Sub(last))/float64(acceptRefill))
-		last = now
-		if tokens < 1 {
-			wait := time.Duration((1 - tokens) * float64(acceptRefill))
+		if wait := bucket.take(time.Now()); wait > 0 {
 			select {
 			case <-r.ctx.Done():
 				nc.Close()
 				return
 			case <-time.After(wait):
 			}
-			tokens, last = 1, time.Now()
 		}
-		tokens--
 		r.startHandshake(nc, false, "")
 	}
 }
@@ -555,4 +550,30 @@ func (r *Router) handleNameInUse(c *meshConn, p []byte) error {
 		r.fail(ce)
 	}
 	return nil
+}
+
+// tokenBucket limits a rate: burst tokens, one more every refill.
+type tokenBucket struct {
+	tokens float64
+	burst  float64
+	refill time.Duration
+	last   time.Time
+}
+
+func newTokenBucket(burst int, refill time.Duration, now time.Time) *tokenBucket {
+	return &tokenBucket{tokens: float64(burst), burst: float64(burst), refill: refill, last: now}
+}
+
+// take consumes a token and returns how long to wait before acting on it (0: at once).
+func (b *tokenBucket) take(now time.Time) time.Duration {
+	if now.After(b.last) {
+		b.tokens = min(b.burst, b.tokens+float64(now.Sub(b.last))/float64(b.refill))
+		b.last = now
+	}
+	b.tokens--
+	if b.tokens >= 0 {
+		return 0
+	}
+	// In debt: the token is the one that arrives after the wait.
+	return time.Duration(-b.tokens * float64(b.refill))
 }

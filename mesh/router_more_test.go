@@ -544,3 +544,48 @@ func TestLoadOrCreateName(t *testing.T) {
 		t.Fatal("corrupt name file accepted")
 	}
 }
+
+func TestAcceptTokenBucket(t *testing.T) {
+	now := time.Unix(0, 0)
+	b := newTokenBucket(acceptBurst, acceptRefill, now)
+	for i := range acceptBurst {
+		if w := b.take(now); w != 0 {
+			t.Fatalf("accept %d within the burst waits %v", i, w)
+		}
+	}
+	// Beyond the burst, each accept waits one more refill period: 20 per second at most.
+	if w := b.take(now); w != acceptRefill {
+		t.Fatalf("first accept over the burst waits %v", w)
+	}
+	if w := b.take(now); w != 2*acceptRefill {
+		t.Fatalf("second accept over the burst waits %v", w)
+	}
+	// After a quiet second the bucket is full again, never fuller.
+	now = now.Add(10 * time.Second)
+	for range acceptBurst {
+		if w := b.take(now); w != 0 {
+			t.Fatal("bucket did not refill")
+		}
+	}
+	if w := b.take(now); w == 0 {
+		t.Fatal("bucket overfilled")
+	}
+}
+
+// TestTCPLoopback: the production transport, on loopback only, with encryption.
+func TestTCPLoopback(t *testing.T) {
+	mk := func(i int, peers []string) Config {
+		return Config{
+			Name: PeerName(0x0c0000000000 + uint64(i+1)), NickName: fmt.Sprintf("tcp%d", i),
+			ListenAddr: "127.0.0.1:0", Password: []byte("pw"), Logger: testLogger(), NoMemberlist: true,
+			Peers: peers, TopologyDelay: 20 * time.Millisecond, RouteDelay: 10 * time.Millisecond,
+		}
+	}
+	a := startRouters(t, []Config{mk(0, nil)})[0]
+	b := startRouters(t, []Config{mk(1, []string{a.ListenAddr().String()})})[0]
+	testutil.Eventually(t, 5*time.Second, "connected over TCP", func() error { return converged([]*Router{a, b}) })
+	s := b.Status()
+	if len(s.Connections) != 1 || !s.Connections[0].Encrypted || !s.Encryption {
+		t.Fatalf("status: %+v", s.Connections)
+	}
+}
