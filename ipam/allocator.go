@@ -36,6 +36,7 @@ type Allocator struct {
 	node        *paxos.Node // nil unless we take part in consensus
 	proposing   bool
 	lastPropose time.Time
+	lastLearned time.Time // when Paxos last told us something new
 	allocs      map[Key][]netip.Prefix
 	byAddr      map[netip.Addr]Key
 	dirtyRing   bool
@@ -53,9 +54,14 @@ type Allocator struct {
 	ringErr     string
 	waitReason  string
 	lastRingTx  time.Time
+	lastReply   map[mesh.PeerName]time.Time
+	// synced is false after a restart with automatic reclaim on, until we hear the ring
+	// from a peer: our saved space may have been reclaimed while we were away.
+	synced    bool
+	startedAt time.Time
 	closed      bool
 
-	rnd     *rand.Rand // jitter; seeded from our identity, so simulations replay
+	rnd *rand.Rand // jitter; seeded from our identity, so simulations replay
 
 	pending atomic.Int64
 	stats   struct {
@@ -105,6 +111,7 @@ func New(c Config) (*Allocator, error) {
 		wanted:      map[addr.Addr]wantedClaim{},
 		claimDenied: map[addr.Addr]mesh.PeerName{},
 		conflicts:   map[addr.Addr]string{},
+		lastReply:   map[mesh.PeerName]time.Time{},
 		done:        make(chan struct{}),
 		rnd:         rand.New(rand.NewPCG(uint64(cfg.Name), cfg.UID)),
 	}
@@ -188,7 +195,7 @@ func (a *Allocator) load() error {
 		a.node = n
 		a.proposing = true // we were in an election: carry on
 	}
-		keys := make([]Key, 0, len(snap.Allocs))
+	keys := make([]Key, 0, len(snap.Allocs))
 	for k := range snap.Allocs {
 		keys = append(keys, k)
 	}
@@ -220,7 +227,9 @@ func (a *Allocator) load() error {
 		}
 	}
 	clear(a.dirtyAllocs)
-	if a.ring.Empty() && a.cfg.mode == initSeed {
+	a.startedAt = a.cfg.Now()
+	a.synced = a.cfg.ReclaimAfter <= 0 || a.ring.Empty()
+		if a.ring.Empty() && a.cfg.mode == initSeed {
 		if err := a.ring.Seed(a.cfg.seeds); err != nil {
 			return fmt.Errorf("seed ring: %w", err)
 		}
@@ -402,6 +411,10 @@ func (a *Allocator) checkOrphans() {
 func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 	wasEmpty := a.ring.Empty()
 	res, err := a.ring.Merge(r)
+	if err == nil && src != "" && !r.Empty() && !a.synced {
+		a.synced = true
+		a.notify()
+	}
 	if err != nil {
 		a.stats.rejected.Add(1)
 		msg := err.Error()
@@ -478,7 +491,9 @@ func (a *Allocator) handlePaxos(s paxos.State) {
 	if a.node == nil {
 		return
 	}
-	a.node.Update(s)
+	if a.node.Update(s) {
+		a.lastLearned = a.cfg.Now()
+	}
 	if !a.proposing {
 		a.startConsensus()
 		return
@@ -567,6 +582,13 @@ func (a *Allocator) allocateLocked(k Key, subnet netip.Prefix, sr addr.Range) (n
 	a.startConsensus() // no-op unless the ring is empty; may seed it at once (quorum 1)
 	if a.ring.Empty() {
 		return netip.Prefix{}, false, nil
+	}
+	if !a.synced {
+		if a.cfg.Now().Sub(a.startedAt) < 2*a.cfg.tick {
+			a.waitReason = "waiting to hear the ring from peers (our space may have been reclaimed while we were away)"
+			return netip.Prefix{}, false, nil
+		}
+		a.synced = true // nobody answered: we are alone, our saved ring is the best there is
 	}
 	ad, ok := a.space.Allocate(addr.Usable(sr))
 	if !ok {
@@ -891,8 +913,7 @@ func (a *Allocator) RemovePeer(p mesh.PeerName) (uint32, error) {
 	case a.cfg.Peers.IsReachable(p):
 		return 0, fmt.Errorf("%w: %s", ErrPeerReachable, p)
 	}
-	n := a.ring.Transfer(p, a.cfg.Name, reclaimBump)
-	a.stats.reclaimed.Add(uint64(n))
+	n := a.takeOver(p)
 	a.log.Info("took over the space of a removed peer", "peer", p, "addresses", n)
 	a.ringChanged()
 	a.broadcastRing()
@@ -940,11 +961,15 @@ func (a *Allocator) Tick() {
 	}
 	now := a.cfg.Now()
 	if a.proposing && a.ring.Empty() {
-		// Jitter keeps competing proposers from out-bidding each other forever.
-		if now.Sub(a.lastPropose) >= a.cfg.tick+time.Duration(a.rnd.Int64N(int64(a.cfg.tick))) {
+		// Re-propose only when the election has stalled (nothing new learned, nothing
+		// proposed, for a jittered tick), so competing proposers do not keep out-bidding
+		// each other while messages are still in flight.
+		quiet := now.Sub(a.lastPropose)
+		if l := now.Sub(a.lastLearned); l < quiet {
+			quiet = l
+		}
+		if quiet >= a.cfg.tick+time.Duration(a.rnd.Int64N(int64(a.cfg.tick))) {
 			a.propose()
-		} else {
-			a.outbox = append(a.outbox, outMsg{broadcast: true, data: &gossipData{paxos: a.node.State()}})
 		}
 	}
 	for sr, req := range a.spaceReqs {
@@ -985,8 +1010,7 @@ func (a *Allocator) reclaim(now time.Time) {
 		if !dead || now.Sub(since) < a.cfg.ReclaimAfter {
 			continue
 		}
-		n := a.ring.Transfer(p, a.cfg.Name, reclaimBump)
-		a.stats.reclaimed.Add(uint64(n))
+		n := a.takeOver(p)
 		a.log.Warn("reclaimed the space of a dead peer", "peer", p, "dead_since", since, "addresses", n)
 		changed = true
 	}
@@ -994,6 +1018,19 @@ func (a *Allocator) reclaim(now time.Time) {
 		a.ringChanged()
 		a.broadcastRing()
 	}
+}
+
+// takeOver moves p's space to us and quarantines it (see space.Quarantine). The caller
+// runs ringChanged.
+func (a *Allocator) takeOver(p mesh.PeerName) uint32 {
+	theirs := a.ring.OwnedBy(p)
+	n := a.ring.Transfer(p, a.cfg.Name, reclaimBump)
+	a.space.SetOwned(a.ring.OwnedBy(a.cfg.Name))
+	for _, r := range theirs {
+		a.space.Quarantine(r)
+	}
+	a.stats.reclaimed.Add(uint64(n))
+	return n
 }
 
 func (a *Allocator) ticker() {

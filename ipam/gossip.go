@@ -118,6 +118,13 @@ func (a *Allocator) OnGossipBroadcast(src mesh.PeerName, b []byte) (mesh.GossipD
 	switch m.kind {
 	case msgRing:
 		a.mergeRing(m.ring, src.String())
+		// A sender that lacks what we know (typically a peer back from the dead, whose
+		// space may have been reclaimed) gets our ring at once rather than at the next
+		// periodic gossip; at most once per tick per peer.
+		if now := a.cfg.Now(); !a.ring.Equal(m.ring) && now.Sub(a.lastReply[src]) >= a.cfg.tick {
+			a.lastReply[src] = now
+			a.unicast(src, encodeRing(a.ring))
+		}
 		return &gossipData{ring: m.ring}, nil
 	case msgPaxos:
 		a.handlePaxos(m.paxos)

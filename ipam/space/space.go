@@ -10,10 +10,18 @@ type Space struct {
 	owned *Set // what the ring says we own
 	taken *Set // addresses our containers use, owned or not
 	free  *Set // owned minus taken
+	// quarantine holds space taken over from a dead peer: it is handed out last, so that
+	// if the peer comes back, the addresses its containers still use are likely free to
+	// give back to it.
+	quarantine *Set
 }
 
 // New returns an empty space.
-func New() *Space { return &Space{owned: &Set{}, taken: &Set{}, free: &Set{}} }
+func New() *Space { return &Space{owned: &Set{}, taken: &Set{}, free: &Set{}, quarantine: &Set{}} }
+
+// Quarantine marks r as taken over from a dead peer: Allocate uses it only when nothing
+// else is free.
+func (s *Space) Quarantine(r addr.Range) { s.quarantine.Add(r) }
 
 // SetOwned replaces the owned ranges (after a ring change). Addresses in use stay taken
 // whether or not we still own them.
@@ -36,13 +44,33 @@ func (s *Space) IsTaken(a addr.Addr) bool { return s.taken.Contains(a) }
 
 // Allocate takes the lowest free address inside r.
 func (s *Space) Allocate(r addr.Range) (addr.Addr, bool) {
-	a, ok := s.free.FirstIn(r)
+	a, ok := s.firstOutsideQuarantine(r)
 	if !ok {
-		return 0, false
+		if a, ok = s.free.FirstIn(r); !ok {
+			return 0, false
+		}
 	}
 	s.free.RemoveAddr(a)
 	s.taken.AddAddr(a)
 	return a, true
+}
+
+func (s *Space) firstOutsideQuarantine(r addr.Range) (addr.Addr, bool) {
+	if s.quarantine.Size() == 0 {
+		return s.free.FirstIn(r)
+	}
+	for {
+		a, ok := s.free.FirstIn(r)
+		if !ok || !s.quarantine.Contains(a) {
+			return a, ok
+		}
+		// Skip the quarantined run that holds a.
+		q := s.quarantine.In(addr.Range{Start: a, End: r.End})
+		r.Start = q[0].End
+		if r.Start >= r.End {
+			return 0, false
+		}
+	}
 }
 
 // Take marks a as in use, whether we own it or not (a restarted container keeping its

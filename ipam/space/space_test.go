@@ -126,3 +126,24 @@ func TestDonateGivesAtMostHalfAligned(t *testing.T) {
 		t.Fatal("give of a free address failed")
 	}
 }
+
+func TestQuarantinedSpaceIsUsedLast(t *testing.T) {
+	sp := New()
+	sp.SetOwned([]addr.Range{{Start: 0, End: 16}})
+	sp.Quarantine(addr.Range{Start: 0, End: 4})
+	sp.Quarantine(addr.Range{Start: 6, End: 8})
+	var got []addr.Addr
+	for range 16 {
+		a, ok := sp.Allocate(addr.Range{Start: 0, End: 16})
+		if !ok {
+			t.Fatal("ran out early")
+		}
+		got = append(got, a)
+	}
+	want := []addr.Addr{4, 5, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 6, 7}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("allocation order %v, want %v", got, want)
+		}
+	}
+}
