@@ -124,7 +124,7 @@ func (r *Router) startHandshake(nc net.Conn, outbound bool, target string) {
 		}
 		r.mu.Unlock()
 		if err != nil {
-			r.log.Info("connection failed", "remote_addr", h.remote, "outbound", outbound, "err", err)
+			r.log.Info("connection failed", "addr", h.remote, "outbound", outbound, "err", err)
 		}
 	}()
 }
@@ -202,7 +202,7 @@ func (r *Router) addConn(mc *meshConn) error {
 		ce := &CollisionError{Name: in.Name, OurUID: r.cfg.UID, TheirUID: in.UID, TheirNick: in.NickName, OurNick: r.cfg.NickName}
 		ce.WeAreNewer = r.topo.started > their || (r.topo.started == their && r.cfg.UID > in.UID)
 		r.log.Error("PEER NAME COLLISION: a live peer with our name connected",
-			"remote_addr", mc.remote, "our_uid", r.cfg.UID, "their_uid", in.UID, "their_nickname", in.NickName,
+			"addr", mc.remote, "our_uid", r.cfg.UID, "their_uid", in.UID, "their_nickname", in.NickName,
 			"we_are_newer", ce.WeAreNewer)
 		if ce.WeAreNewer {
 			r.fail(ce)
@@ -240,8 +240,8 @@ func (r *Router) addConn(mc *meshConn) error {
 		n.str8(in.NickName)
 		old.enqueue(n.b)
 		r.log.Error("PEER NAME COLLISION or restarted peer: refusing a second connection under one name",
-			"remote", in.Name.String(), "connected_uid", old.intro.UID, "new_uid", in.UID,
-			"new_remote_addr", mc.remote, "connected_last_heard", heard)
+			"peer", in.Name.String(), "connected_uid", old.intro.UID, "new_uid", in.UID,
+			"new_addr", mc.remote, "connected_last_heard", heard)
 		return fmt.Errorf("%w: %s is already connected with uid %d", ErrDuplicateConn, in.Name, old.intro.UID)
 	} else if old != nil {
 		// Both ends see the same two ConnIDs, so both keep the same connection: the lower.
@@ -278,7 +278,7 @@ func (r *Router) addConn(mc *meshConn) error {
 	r.wg.Add(2)
 	r.mu.Unlock()
 	if evicted != nil {
-		r.log.Info("replacing duplicate connection", "remote", in.Name.String(), "kept_conn_id", in.ConnID, "dropped_conn_id", evicted.intro.ConnID)
+		r.log.Info("replacing duplicate connection", "peer", in.Name.String(), "kept_conn", in.ConnID, "dropped_conn", evicted.intro.ConnID)
 		// The peer drops the same connection by the same rule; give it a moment to do so
 		// (it may still be finishing that handshake) rather than cutting it off mid-way.
 		reason := fmt.Sprintf("%v: keeping connection %x", ErrDuplicateConn, in.ConnID)
@@ -298,8 +298,8 @@ func (r *Router) addConn(mc *meshConn) error {
 	}
 	go mc.writeLoop()
 	go mc.readLoop()
-	r.log.Info("connection added", "remote", in.Name.String(), "nickname", in.NickName, "remote_addr", mc.remote,
-		"outbound", mc.outbound, "encrypted", in.Encrypted, "conn_id", in.ConnID)
+	r.log.Info("connection added", "peer", in.Name.String(), "nickname", in.NickName, "addr", mc.remote,
+		"outbound", mc.outbound, "encrypted", in.Encrypted, "conn", in.ConnID)
 	if ov := r.cfg.Overlay; ov != nil {
 		ov.ConnectionUp(mc.info())
 	}
@@ -337,7 +337,7 @@ func (r *Router) connDown(mc *meshConn, err error) {
 	r.mu.Unlock()
 	if removed {
 		r.kick()
-		r.log.Info("connection deleted", "remote", mc.intro.Name.String(), "remote_addr", mc.remote, "err", err)
+		r.log.Info("connection deleted", "peer", mc.intro.Name.String(), "addr", mc.remote, "err", err)
 		if ov := r.cfg.Overlay; ov != nil {
 			ov.ConnectionDown(mc.intro.Name, mc.intro.ConnID)
 		}
@@ -389,7 +389,7 @@ func (c *meshConn) readLoop() {
 			c.r.mu.Lock()
 			c.r.stats.MalformedMessages++
 			c.r.mu.Unlock()
-			c.r.log.Warn("dropped bad message", "remote", c.intro.Name.String(), "err", err)
+			c.r.log.Warn("dropped bad message", "peer", c.intro.Name.String(), "err", err)
 		}
 	}
 }

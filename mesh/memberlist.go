@@ -264,7 +264,7 @@ func (s *memberlistState) set(name string, st LivenessState) {
 	s.members[p] = m
 	cbs := slices.Clone(s.onChange)
 	s.mu.Unlock()
-	s.r.log.Info("peer liveness changed", "remote", p.String(), "state", st.String())
+	s.r.log.Info("peer liveness changed", "peer", p.String(), "state", st.String())
 	for _, f := range cbs {
 		f(*m)
 	}

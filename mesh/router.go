@@ -54,6 +54,7 @@ type Router struct {
 	flushAt    time.Time // zero: nothing pending
 	routeAt    time.Time
 	lastRoutes map[PeerName]PeerName
+	snap       *RouteSnapshot
 	onGC       []func(PeerName)
 	onRoutes   []func()
 	stats      RouterStats
@@ -109,7 +110,7 @@ func New(cfg Config) (*Router, error) {
 	seed := newUID()
 	r := &Router{
 		cfg:        cfg,
-		log:        cfg.Logger.With("component", "mesh", "peer", cfg.Name.String()),
+		log:        cfg.Logger.With("component", "mesh", "local", cfg.Name.String()),
 		ctx:        ctx,
 		cancel:     cancel,
 		wake:       make(chan struct{}, 1),
@@ -337,7 +338,7 @@ func (r *Router) step() time.Time {
 	}
 	r.mu.Unlock()
 	for _, n := range gone {
-		r.log.Info("removed unreachable peer", "remote", n.String())
+		r.log.Info("removed unreachable peer", "peer", n.String())
 		for _, f := range gcFns {
 			f(n)
 		}
@@ -381,21 +382,28 @@ func (r *Router) OnRoutesChanged(f func()) {
 	r.onRoutes = append(r.onRoutes, f)
 }
 
+// Routes returns the current routes as a snapshot for the data plane; it is replaced, not
+// changed, when routes change (OnRoutesChanged says when to take a new one).
+func (r *Router) Routes() *RouteSnapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rt := r.topo.routes()
+	if r.snap == nil || r.snap.src != rt {
+		r.snap = &RouteSnapshot{src: rt, rt: rt.clone()}
+	}
+	return r.snap
+}
+
 // UnicastNextHop returns the neighbour to send data for dst to, over established symmetric
 // connections.
 func (r *Router) UnicastNextHop(dst PeerName) (PeerName, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	hop, ok := r.topo.routes().unicast[dst]
-	return hop, ok
+	return r.Routes().UnicastNextHop(dst)
 }
 
 // BroadcastNextHops returns the neighbours to forward origin's broadcast data to (its
 // spanning tree over established symmetric connections).
 func (r *Router) BroadcastNextHops(origin PeerName) []PeerName {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.topo.routes().broadcastHops(origin, false))
+	return slices.Clone(r.Routes().BroadcastNextHops(origin))
 }
 
 // Peers returns the names of all peers in the topology, ourselves included, sorted.

@@ -3,6 +3,7 @@ package mesh
 import (
 	"maps"
 	"slices"
+	"sync"
 )
 
 // routeTable is an immutable snapshot of routes computed from one topology. Peers are
@@ -142,4 +143,43 @@ func (t *routeTable) reachableAll() map[PeerName]bool {
 	}
 	m[t.names[t.self]] = true
 	return m
+}
+
+// clone returns a table sharing the immutable parts (names, adjacency, unicast maps) with
+// its own caches and scratch space, for use by another goroutine.
+func (t *routeTable) clone() *routeTable {
+	c := *t
+	c.bcast = map[PeerName][]PeerName{}
+	c.bcastAll = map[PeerName][]PeerName{}
+	c.scratch = make([]int32, len(t.names))
+	return &c
+}
+
+// RouteSnapshot is the routes at one moment, safe for concurrent use. A data plane takes one
+// per batch of frames (Router.Routes) rather than locking the router per frame.
+type RouteSnapshot struct {
+	src *routeTable // the topology's table this was cloned from
+	mu  sync.Mutex  // guards rt's lazily filled broadcast caches
+	rt  *routeTable
+}
+
+// UnicastNextHop returns the neighbour to send data for dst to (established, symmetric
+// connections only).
+func (s *RouteSnapshot) UnicastNextHop(dst PeerName) (PeerName, bool) {
+	hop, ok := s.rt.unicast[dst]
+	return hop, ok
+}
+
+// BroadcastNextHops returns the neighbours to forward origin's broadcast data to. The
+// caller must not modify the slice.
+func (s *RouteSnapshot) BroadcastNextHops(origin PeerName) []PeerName {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rt.broadcastHops(origin, false)
+}
+
+// Reachable reports whether data can reach dst.
+func (s *RouteSnapshot) Reachable(dst PeerName) bool {
+	_, ok := s.rt.unicast[dst]
+	return ok
 }

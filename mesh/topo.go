@@ -234,7 +234,7 @@ func (t *topo) checkCollision(e *peerEntry) {
 		TheirNick: e.NickName, OurNick: t.self.NickName}
 	ce.WeAreNewer = t.started > e.Started || (t.started == e.Started && t.self.UID > e.UID)
 	t.cfg.Log.Error("PEER NAME COLLISION: another live peer uses our name",
-		"peer", t.self.Name, "our_uid", t.self.UID, "their_uid", e.UID, "their_nickname", e.NickName,
+		"peer", t.self.Name.String(), "our_uid", t.self.UID, "their_uid", e.UID, "their_nickname", e.NickName,
 		"we_are_newer", ce.WeAreNewer)
 	if ce.WeAreNewer && t.collision == nil {
 		t.collision = ce

@@ -438,3 +438,42 @@ func ExampleRouter() {
 	fmt.Println(a.Peers())
 	// Output: [0a:00:00:00:00:01 0a:00:00:00:00:02]
 }
+
+// TestRouteSnapshotConcurrent: a snapshot answers the same from many goroutines as the table
+// it was cloned from does from one.
+func TestRouteSnapshotConcurrent(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	peers := randomGraph(rng, 40, 60)
+	var self PeerName
+	for n := range peers {
+		self = n
+		break
+	}
+	rt := newRouteTable(self, peers)
+	snap := &RouteSnapshot{src: rt, rt: rt.clone()}
+	want := map[PeerName][]PeerName{}
+	for o := range peers {
+		want[o] = slices.Clone(rt.broadcastHops(o, false))
+	}
+	done := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for o := range peers {
+				if got := snap.BroadcastNextHops(o); !slices.Equal(got, want[o]) {
+					done <- fmt.Errorf("origin %s: %v, want %v", o, got, want[o])
+					return
+				}
+				if hop, ok := snap.UnicastNextHop(o); o != self && (!ok || hop != rt.unicast[o]) {
+					done <- fmt.Errorf("unicast to %s: %v", o, hop)
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
