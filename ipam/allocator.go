@@ -59,7 +59,7 @@ type Allocator struct {
 	// from a peer: our saved space may have been reclaimed while we were away.
 	synced    bool
 	startedAt time.Time
-	closed      bool
+	closed    bool
 
 	rnd *rand.Rand // jitter; seeded from our identity, so simulations replay
 
@@ -229,7 +229,7 @@ func (a *Allocator) load() error {
 	clear(a.dirtyAllocs)
 	a.startedAt = a.cfg.Now()
 	a.synced = a.cfg.ReclaimAfter <= 0 || a.ring.Empty()
-		if a.ring.Empty() && a.cfg.mode == initSeed {
+	if a.ring.Empty() && a.cfg.mode == initSeed {
 		if err := a.ring.Seed(a.cfg.seeds); err != nil {
 			return fmt.Errorf("seed ring: %w", err)
 		}
@@ -829,30 +829,41 @@ func (a *Allocator) releaseLocked(k Key, only netip.Addr) int {
 
 // Release frees every address of (id, iface); it returns how many there were.
 func (a *Allocator) Release(id, iface string) (int, error) {
-	return a.release(func(k Key) bool { return k == Key{id, iface} }, netip.Addr{})
+	k := Key{id, iface}
+	return a.release(func(yield func(Key) bool) { yield(k) }, netip.Addr{})
 }
 
 // ReleaseAddr frees one address of (id, iface).
 func (a *Allocator) ReleaseAddr(id, iface string, ip netip.Addr) (int, error) {
-	return a.release(func(k Key) bool { return k == Key{id, iface} }, ip.Unmap())
+	k := Key{id, iface}
+	return a.release(func(yield func(Key) bool) { yield(k) }, ip.Unmap())
 }
 
 // ReleaseAll frees every address of container id, whatever the interface.
 func (a *Allocator) ReleaseAll(id string) (int, error) {
-	return a.release(func(k Key) bool { return k.ID == id }, netip.Addr{})
+	return a.release(func(yield func(Key) bool) {
+		for k := range a.allocs {
+			if k.ID == id && !yield(k) {
+				return
+			}
+		}
+	}, netip.Addr{})
 }
 
-func (a *Allocator) release(match func(Key) bool, only netip.Addr) (int, error) {
+// release frees the allocations of the keys keys yields (called with the lock held).
+func (a *Allocator) release(keys func(yield func(Key) bool), only netip.Addr) (int, error) {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
 		return 0, ErrClosed
 	}
+	var ks []Key
+	for k := range keys {
+		ks = append(ks, k)
+	}
 	n := 0
-	for k := range a.allocs {
-		if match(k) {
-			n += a.releaseLocked(k, only)
-		}
+	for _, k := range ks {
+		n += a.releaseLocked(k, only)
 	}
 	if n > 0 {
 		a.notify()

@@ -392,7 +392,7 @@ func TestSimulationNoDuplicatesNoLoss(t *testing.T) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			start := time.Now()
 			s := newSimulation(t, seed, 10, 0)
-			for i := range 10000 {
+			for i := range 8000 {
 				s.step(i)
 			}
 			s.settle()
