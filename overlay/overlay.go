@@ -1,0 +1,96 @@
+package overlay
+
+import (
+	"sync/atomic"
+
+	"github.com/weavemesh/weave/mesh"
+)
+
+// Frame is one Ethernet frame in flight between peers, tagged as Weave's sleeve tags it:
+// Src is the peer that captured it from its bridge; Dst is the peer it is for (for a
+// broadcast, the next peer on Src's spanning tree). Intermediate peers relay it unchanged
+// towards Dst without looking at the Ethernet header.
+type Frame struct {
+	Src, Dst mesh.PeerName
+	// Data is the Ethernet frame. It belongs to the caller and is only valid during the
+	// call it is passed to.
+	Data []byte
+}
+
+// Forwarder is the sending side of an overlay.
+type Forwarder interface {
+	// Forward sends frames to the neighbour hop, in order. It copies what it needs before it
+	// returns, so the caller may reuse the frames' buffers at once. Frames that cannot be
+	// sent (no working path to hop, overlay closed) are dropped and counted. It may block
+	// while the hop's queue is full, which pushes back on the reader feeding it. Several
+	// goroutines may call it at once.
+	Forward(hop mesh.PeerName, frames []Frame)
+	// MaxFrame is the largest Ethernet frame Forward can carry to hop in one piece (the
+	// path MTU minus the encapsulation), or 0 if hop is not reachable through this overlay.
+	MaxFrame(hop mesh.PeerName) int
+}
+
+// Receiver is what an overlay hands received frames to: the router.
+type Receiver interface {
+	// Receive handles frames that arrived from the neighbour from. The frames are only
+	// valid during the call. It is called from the overlay's reader goroutines, one batch at
+	// a time per goroutine, and may call Forward of the same overlay (to relay).
+	Receive(from mesh.PeerName, frames []Frame)
+}
+
+// Stats counts what an overlay carried. Counters only grow.
+type Stats struct {
+	FramesIn, BytesIn, DropsIn    uint64
+	FramesOut, BytesOut, DropsOut uint64
+}
+
+// Counters is the concurrent-safe form of Stats that overlays embed. Callers add per batch,
+// not per frame, to keep atomic traffic off the per-frame path.
+type Counters struct {
+	framesIn, bytesIn, dropsIn    atomic.Uint64
+	framesOut, bytesOut, dropsOut atomic.Uint64
+}
+
+// AddIn counts received frames and bytes, and frames dropped on receive.
+func (c *Counters) AddIn(frames, bytes, drops uint64) {
+	if frames != 0 {
+		c.framesIn.Add(frames)
+		c.bytesIn.Add(bytes)
+	}
+	if drops != 0 {
+		c.dropsIn.Add(drops)
+	}
+}
+
+// AddOut counts sent frames and bytes, and frames dropped on send.
+func (c *Counters) AddOut(frames, bytes, drops uint64) {
+	if frames != 0 {
+		c.framesOut.Add(frames)
+		c.bytesOut.Add(bytes)
+	}
+	if drops != 0 {
+		c.dropsOut.Add(drops)
+	}
+}
+
+// Snapshot returns the current values.
+func (c *Counters) Snapshot() Stats {
+	return Stats{
+		FramesIn: c.framesIn.Load(), BytesIn: c.bytesIn.Load(), DropsIn: c.dropsIn.Load(),
+		FramesOut: c.framesOut.Load(), BytesOut: c.bytesOut.Load(), DropsOut: c.dropsOut.Load(),
+	}
+}
+
+// Null is a Forwarder that reaches nobody: it drops and counts everything. The router uses
+// it until an overlay is attached.
+type Null struct {
+	Counters
+}
+
+var _ Forwarder = (*Null)(nil)
+
+// Forward drops the frames.
+func (n *Null) Forward(_ mesh.PeerName, frames []Frame) { n.AddOut(0, 0, uint64(len(frames))) }
+
+// MaxFrame is 0: no peer is reachable.
+func (n *Null) MaxFrame(mesh.PeerName) int { return 0 }

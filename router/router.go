@@ -1,0 +1,298 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/overlay"
+	"github.com/weavemesh/weave/tap"
+	"github.com/weavemesh/weave/tap/frame"
+)
+
+// Routes is what the router needs from the mesh; *mesh.Router implements it.
+type Routes interface {
+	UnicastNextHop(dst mesh.PeerName) (mesh.PeerName, bool)
+	BroadcastNextHops(origin mesh.PeerName) []mesh.PeerName
+	Peers() []mesh.PeerName
+}
+
+// Config configures a Router.
+type Config struct {
+	// Name is our peer name. Required.
+	Name mesh.PeerName
+	// TAP is the bridge-side device. Required.
+	TAP tap.Device
+	// Forwarder carries frames to neighbours; nil: overlay.Null until SetForwarder.
+	Forwarder overlay.Forwarder
+	// MACMaxAge: default DefaultMACMaxAge.
+	MACMaxAge time.Duration
+	// Logger: nil discards.
+	Logger *slog.Logger
+}
+
+// Stats counts what the router did. Counters only grow.
+type Stats struct {
+	TAPFramesIn, TAPFramesOut uint64 // frames read from / written to the bridge
+	Relayed                   uint64 // frames passed on towards another peer
+	NoRoute                   uint64 // frames dropped: no route to their peer
+	Oversize                  uint64 // frames dropped: too big for the path and not fragmentable
+	ICMPSent                  uint64 // ICMP "fragmentation needed" synthesized
+	Fragmented                uint64 // IPv4 packets fragmented to fit the path
+	Malformed                 uint64 // frames too short for an Ethernet header
+	MACMoves                  uint64 // MACs that moved between peers
+	TAPWriteErrors            uint64
+}
+
+// Router is the L2 forwarding core between one TAP and the overlays.
+//
+// Goroutines: routineReadTAP (one per TAP queue) and routineHousekeeping (route table
+// rebuilds, MAC expiry); Receive runs on the overlay's readers. All stop on Close.
+type Router struct {
+	name   mesh.PeerName
+	tap    tap.Device
+	routes Routes
+	log    *slog.Logger
+	macs   *macCache
+
+	fwd    atomic.Pointer[fwdBox]
+	table  atomic.Pointer[routeTable] // immutable snapshot, replaced on route changes
+	dirty  chan struct{}              // routes changed: rebuild the table
+	free   chan *worker               // idle workers for Receive (a sync.Pool would drop their big buffers at each GC)
+	stats  counters
+	closed chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
+}
+
+type fwdBox struct{ f overlay.Forwarder }
+
+type counters struct {
+	tapIn, tapOut, relayed, noRoute, oversize, icmp, frag, malformed, moves, tapErr atomic.Uint64
+}
+
+// routeTable is a snapshot of the mesh's routes, so that the per-frame path takes no lock.
+type routeTable struct {
+	unicast map[mesh.PeerName]mesh.PeerName
+	bcast   map[mesh.PeerName][]mesh.PeerName
+}
+
+// New checks cfg and returns a Router; Start runs it.
+func New(cfg Config) (*Router, error) {
+	if cfg.Name == mesh.UnknownPeerName || cfg.TAP == nil {
+		return nil, errors.New("router: Name and TAP are required")
+	}
+	if cfg.MACMaxAge <= 0 {
+		cfg.MACMaxAge = DefaultMACMaxAge
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Router{
+		name:   cfg.Name,
+		tap:    cfg.TAP,
+		log:    cfg.Logger,
+		macs:   newMACCache(cfg.MACMaxAge),
+		dirty:  make(chan struct{}, 1),
+		closed: make(chan struct{}),
+	}
+	f := cfg.Forwarder
+	if f == nil {
+		f = &overlay.Null{}
+	}
+	r.fwd.Store(&fwdBox{f})
+	r.table.Store(&routeTable{})
+	r.free = make(chan *worker, maxIdleWorkers)
+	return r, nil
+}
+
+// SetForwarder attaches the overlay that carries frames to neighbours.
+func (r *Router) SetForwarder(f overlay.Forwarder) { r.fwd.Store(&fwdBox{f}) }
+
+// Start takes the mesh's routes, builds the first route table and starts the goroutines. It
+// does not block; call it once.
+func (r *Router) Start(routes Routes) {
+	r.routes = routes
+	r.rebuild()
+	queues := []tap.Device{r.tap}
+	if mq, ok := r.tap.(tap.MultiQueue); ok && len(mq.Queues()) > 0 {
+		queues = mq.Queues()
+	}
+	r.wg.Add(len(queues) + 1)
+	for _, q := range queues {
+		go r.routineReadTAP(q)
+	}
+	go r.routineHousekeeping()
+}
+
+// Close stops the goroutines and closes the TAP; idempotent.
+func (r *Router) Close() error {
+	var err error
+	r.once.Do(func() {
+		close(r.closed)
+		err = r.tap.Close()
+		r.wg.Wait()
+	})
+	return err
+}
+
+// RoutesChanged tells the router that the mesh's routes changed; it never blocks (the mesh
+// calls it with its own locks released, and the rebuild happens on the housekeeping
+// goroutine).
+func (r *Router) RoutesChanged() {
+	select {
+	case r.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// PeerGone forgets every MAC learned from peer (the mesh garbage-collected it).
+func (r *Router) PeerGone(peer mesh.PeerName) {
+	if n := r.macs.forgetPeer(peer); n > 0 {
+		r.log.Debug("forgot MACs of a removed peer", "remote", peer.String(), "macs", n)
+	}
+	r.RoutesChanged()
+}
+
+// Owner returns the peer that owns mac, as learned so far.
+func (r *Router) Owner(mac net.HardwareAddr) (mesh.PeerName, bool) {
+	if len(mac) != 6 {
+		return 0, false
+	}
+	return r.macs.get(frame.MAC(mac))
+}
+
+// NextHop returns the neighbour the router currently sends dst's frames to.
+func (r *Router) NextHop(dst mesh.PeerName) (mesh.PeerName, bool) {
+	return r.unicastHop(r.table.Load(), dst)
+}
+
+// Stats returns the counters.
+func (r *Router) Stats() Stats {
+	c := &r.stats
+	return Stats{
+		TAPFramesIn: c.tapIn.Load(), TAPFramesOut: c.tapOut.Load(), Relayed: c.relayed.Load(),
+		NoRoute: c.noRoute.Load(), Oversize: c.oversize.Load(), ICMPSent: c.icmp.Load(),
+		Fragmented: c.frag.Load(), Malformed: c.malformed.Load(), MACMoves: c.moves.Load(),
+		TAPWriteErrors: c.tapErr.Load(),
+	}
+}
+
+func (r *Router) rebuild() {
+	peers := r.routes.Peers()
+	t := &routeTable{
+		unicast: make(map[mesh.PeerName]mesh.PeerName, len(peers)),
+		bcast:   make(map[mesh.PeerName][]mesh.PeerName, len(peers)),
+	}
+	for _, p := range peers {
+		if hop, ok := r.routes.UnicastNextHop(p); ok {
+			t.unicast[p] = hop
+		}
+		t.bcast[p] = r.routes.BroadcastNextHops(p)
+	}
+	r.table.Store(t)
+}
+
+// broadcastHops returns the hops of origin's tree; an origin we have not heard of yet (its
+// topology arrived after our last rebuild) is asked for directly.
+func (r *Router) broadcastHops(t *routeTable, origin mesh.PeerName) []mesh.PeerName {
+	if hops, ok := t.bcast[origin]; ok {
+		return hops
+	}
+	if r.routes == nil {
+		return nil // not started
+	}
+	r.RoutesChanged()
+	return r.routes.BroadcastNextHops(origin)
+}
+
+func (r *Router) unicastHop(t *routeTable, dst mesh.PeerName) (mesh.PeerName, bool) {
+	if hop, ok := t.unicast[dst]; ok {
+		return hop, true
+	}
+	return 0, false
+}
+
+// routineHousekeeping rebuilds the route table when told to, and now and then (routes can
+// change without a callback, e.g. a peer's tree after a topology update) and expires MACs.
+func (r *Router) routineHousekeeping() {
+	defer r.wg.Done()
+	refresh := time.NewTicker(5 * time.Second)
+	defer refresh.Stop()
+	lastExpiry := time.Now()
+	for {
+		select {
+		case <-r.closed:
+			return
+		case <-r.dirty:
+			r.rebuild()
+		case now := <-refresh.C:
+			r.rebuild()
+			if now.Sub(lastExpiry) > r.macs.maxAge/10 {
+				lastExpiry = now
+				if n := r.macs.expire(now.UnixNano()); n > 0 {
+					r.log.Debug("expired MACs", "macs", n)
+				}
+			}
+		}
+	}
+}
+
+// routineReadTAP reads batches of frames from one TAP queue and forwards them.
+func (r *Router) routineReadTAP(dev tap.Device) {
+	defer r.wg.Done()
+	w := newWorker(r, dev.MTU())
+	for {
+		n, err := dev.Read(w.readBufs, w.readSizes, tap.Headroom)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case <-r.closed:
+				return
+			default:
+			}
+			r.log.Warn("tap read failed", "err", err)
+			time.Sleep(10 * time.Millisecond) // a transient error must not spin a core
+			continue
+		}
+		w.handleCaptured(n)
+	}
+}
+
+// Receive implements overlay.Receiver.
+func (r *Router) Receive(from mesh.PeerName, frames []overlay.Frame) {
+	var w *worker
+	select {
+	case w = <-r.free:
+	default:
+		w = newWorker(r, 0)
+	}
+	w.handleForwarded(frames)
+	select {
+	case r.free <- w:
+	default:
+	}
+}
+
+// writeTAP writes frames to the bridge; the buffers must have tap.Headroom in front.
+func (r *Router) writeTAP(bufs [][]byte) {
+	if len(bufs) == 0 {
+		return
+	}
+	n, err := r.tap.Write(bufs, tap.Headroom) // serialised by the device
+
+	r.stats.tapOut.Add(uint64(n))
+	if err != nil {
+		r.stats.tapErr.Add(uint64(len(bufs) - n))
+		if !errors.Is(err, net.ErrClosed) {
+			r.log.Debug("tap write failed", "err", fmt.Errorf("tap write: %w", err))
+		}
+	}
+}

@@ -1,0 +1,248 @@
+package router
+
+import (
+	"time"
+
+	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/overlay"
+	"github.com/weavemesh/weave/tap"
+	"github.com/weavemesh/weave/tap/frame"
+)
+
+const (
+	// maxIdleWorkers bounds the workers kept for overlay readers between batches.
+	maxIdleWorkers = 8
+	// tapWriteBatch is how many frames are written to the TAP per call at most.
+	tapWriteBatch = tap.IdealBatchSize
+	// tapBufSize lets the TAP coalesce a full 64 KiB super-frame behind any buffer.
+	tapBufSize = tap.Headroom + 65535
+)
+
+// stpMAC is the 802.1D bridge group address; spanning-tree frames stay on their bridge.
+var stpMAC = frame.MAC{0x01, 0x80, 0xc2, 0, 0, 0}
+
+// worker holds the scratch state of one goroutine on the forwarding path, so that a warm
+// worker forwards without allocating.
+type worker struct {
+	r         *Router
+	now       int64
+	table     *routeTable
+	readBufs  [][]byte
+	readSizes []int
+	groups    []group   // frames per next hop, in first-seen order
+	learns    []learnOp // MACs to (re)learn after the read lock is released
+	tapBufs   [][]byte  // owned buffers for frames injected into the bridge
+	tapOut    [][]byte  // views of tapBufs passed to tap.Write
+	arena     []byte    // ICMP replies and fragments of the current batch
+}
+
+type group struct {
+	hop    mesh.PeerName
+	max    int // largest frame the hop takes; 0: unreachable
+	frames []overlay.Frame
+}
+
+type learnOp struct {
+	mac  frame.MAC
+	peer mesh.PeerName
+}
+
+func newWorker(r *Router, mtu int) *worker {
+	w := &worker{r: r}
+	if mtu > 0 {
+		size := tap.Headroom + mtu + 18
+		w.readBufs = make([][]byte, tap.IdealBatchSize)
+		for i := range w.readBufs {
+			w.readBufs[i] = make([]byte, size)
+		}
+		w.readSizes = make([]int, tap.IdealBatchSize)
+	}
+	return w
+}
+
+func (w *worker) begin() {
+	w.now = time.Now().UnixNano()
+	w.table = w.r.table.Load()
+	for i := range w.groups {
+		w.groups[i].frames = w.groups[i].frames[:0]
+	}
+	w.groups = w.groups[:0]
+	w.learns = w.learns[:0]
+	w.tapOut = w.tapOut[:0]
+	w.arena = w.arena[:0]
+}
+
+// handleCaptured forwards the n frames just read from the bridge.
+func (w *worker) handleCaptured(n int) {
+	r := w.r
+	w.begin()
+	us := r.name
+	var malformed uint64
+	r.macs.mu.RLock()
+	for i := range n {
+		f := w.readBufs[i][tap.Headroom : tap.Headroom+w.readSizes[i]]
+		if len(f) < frame.EthernetHeaderLen {
+			malformed++
+			continue
+		}
+		dst, src := frame.MAC(f[0:6]), frame.MAC(f[6:12])
+		if dst == stpMAC {
+			continue
+		}
+		if !src.IsMulticast() && r.macs.needsLearnLocked(src, us, w.now) {
+			w.learns = append(w.learns, learnOp{src, us})
+		}
+		if dst.IsMulticast() {
+			w.flood(us, f)
+			continue
+		}
+		owner, ok := r.macs.lookupLocked(dst)
+		switch {
+		case !ok:
+			w.flood(us, f) // unknown unicast
+		case owner == us:
+			// Both ends are on our bridge, which delivered it already.
+		default:
+			if hop, ok := r.unicastHop(w.table, owner); ok {
+				w.add(hop, overlay.Frame{Src: us, Dst: owner, Data: f})
+			} else {
+				r.stats.noRoute.Add(1)
+			}
+		}
+	}
+	r.macs.mu.RUnlock()
+	r.stats.tapIn.Add(uint64(n))
+	if malformed > 0 {
+		r.stats.malformed.Add(malformed)
+	}
+	w.finish()
+}
+
+// handleForwarded handles frames an overlay received from a neighbour.
+func (w *worker) handleForwarded(frames []overlay.Frame) {
+	r := w.r
+	w.begin()
+	us := r.name
+	var relayed, noRoute, malformed uint64
+	r.macs.mu.RLock()
+	for _, fr := range frames {
+		if fr.Dst != us {
+			if hop, ok := r.unicastHop(w.table, fr.Dst); ok && hop != us {
+				w.add(hop, fr)
+				relayed++
+			} else {
+				noRoute++
+			}
+			continue
+		}
+		if fr.Src == us || len(fr.Data) < frame.EthernetHeaderLen {
+			malformed++ // our own frame came back, or nothing to deliver
+			continue
+		}
+		dst, src := frame.MAC(fr.Data[0:6]), frame.MAC(fr.Data[6:12])
+		if !src.IsMulticast() && r.macs.needsLearnLocked(src, fr.Src, w.now) {
+			w.learns = append(w.learns, learnOp{src, fr.Src})
+		}
+		w.inject(fr.Data)
+		// A frame for a MAC that is not on our bridge is a broadcast or an unknown unicast
+		// of fr.Src: it continues along fr.Src's tree (Weave's rule).
+		if owner, ok := r.macs.lookupLocked(dst); dst.IsMulticast() || !ok || owner != us {
+			w.flood(fr.Src, fr.Data)
+		}
+	}
+	r.macs.mu.RUnlock()
+	if relayed > 0 {
+		r.stats.relayed.Add(relayed)
+	}
+	if noRoute > 0 {
+		r.stats.noRoute.Add(noRoute)
+	}
+	if malformed > 0 {
+		r.stats.malformed.Add(malformed)
+	}
+	w.finish()
+}
+
+// flood sends f to the next hops of origin's spanning tree, each tagged for that hop.
+func (w *worker) flood(origin mesh.PeerName, f []byte) {
+	for _, hop := range w.r.broadcastHops(w.table, origin) {
+		w.add(hop, overlay.Frame{Src: origin, Dst: hop, Data: f})
+	}
+}
+
+// add queues fr for hop, dealing with frames too big for the hop's path.
+func (w *worker) add(hop mesh.PeerName, fr overlay.Frame) {
+	g := w.group(hop)
+	if len(fr.Data) <= g.max {
+		g.frames = append(g.frames, fr)
+		return
+	}
+	w.oversize(g, fr)
+}
+
+func (w *worker) group(hop mesh.PeerName) *group {
+	for i := range w.groups {
+		if w.groups[i].hop == hop {
+			return &w.groups[i]
+		}
+	}
+	if len(w.groups) < cap(w.groups) {
+		w.groups = w.groups[:len(w.groups)+1]
+	} else {
+		w.groups = append(w.groups, group{})
+	}
+	g := &w.groups[len(w.groups)-1]
+	g.hop = hop
+	g.max = w.r.fwd.Load().f.MaxFrame(hop)
+	g.frames = g.frames[:0]
+	return g
+}
+
+// inject queues a copy of f for the bridge.
+func (w *worker) inject(f []byte) {
+	if len(f) > tapBufSize-tap.Headroom {
+		w.r.stats.oversize.Add(1)
+		return
+	}
+	if len(w.tapOut) == tapWriteBatch {
+		w.r.writeTAP(w.tapOut)
+		w.tapOut = w.tapOut[:0]
+	}
+	i := len(w.tapOut)
+	if i == len(w.tapBufs) {
+		w.tapBufs = append(w.tapBufs, make([]byte, tapBufSize))
+	}
+	b := w.tapBufs[i][:tap.Headroom+len(f)]
+	copy(b[tap.Headroom:], f)
+	w.tapOut = append(w.tapOut, b)
+}
+
+// alloc returns n bytes of the batch's arena. Growing the arena leaves earlier slices valid
+// (they keep the old array).
+func (w *worker) alloc(n int) []byte {
+	if cap(w.arena)-len(w.arena) < n {
+		w.arena = make([]byte, 0, max(2*cap(w.arena), n, 1<<16))
+	}
+	l := len(w.arena)
+	w.arena = w.arena[:l+n]
+	return w.arena[l : l+n : l+n]
+}
+
+func (w *worker) finish() {
+	r := w.r
+	for _, l := range w.learns {
+		if moved, from := r.macs.learn(l.mac, l.peer, w.now); moved {
+			r.stats.moves.Add(1)
+			r.log.Debug("MAC moved", "mac", l.mac.String(), "from", from.String(), "to", l.peer.String())
+		}
+	}
+	f := r.fwd.Load().f
+	for i := range w.groups {
+		g := &w.groups[i]
+		if len(g.frames) > 0 {
+			f.Forward(g.hop, g.frames)
+		}
+	}
+	r.writeTAP(w.tapOut)
+	w.tapOut = w.tapOut[:0]
+}

@@ -1,0 +1,205 @@
+package sleeve
+
+// The receiving pipeline: routineReceive, one per socket, reads batches of datagrams
+// (recvmmsg, UDP GRO), finds each sender's connection, checks the replay window, opens the
+// datagram in place (AES-GCM) or into a scratch buffer of the same index (secretbox),
+// handles control records itself, and hands every run of data records from one neighbour
+// to the router in one call (which injects them into the bridge, relays them, or passes
+// them on along a spanning tree). Buffers are reused for the next batch once the router
+// returns.
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/overlay"
+)
+
+// reader is the scratch state of one socket reader.
+type reader struct {
+	s       *Sleeve
+	bufs    [][]byte
+	sizes   []int
+	eps     []netip.AddrPort
+	scratch [][]byte // secretbox plaintexts
+	frames  []overlay.Frame
+	now     int64
+}
+
+const readBatch = 64
+
+func newReader(s *Sleeve, bufSize int) *reader {
+	r := &reader{
+		s: s, bufs: make([][]byte, readBatch), sizes: make([]int, readBatch),
+		eps: make([]netip.AddrPort, readBatch), scratch: make([][]byte, readBatch),
+		frames: make([]overlay.Frame, 0, 4*readBatch),
+	}
+	for i := range r.bufs {
+		r.bufs[i] = make([]byte, bufSize)
+	}
+	return r
+}
+
+func (s *Sleeve) routineReceive() {
+	defer s.wg.Done()
+	r := newReader(s, maxDatagram)
+	for {
+		n, err := s.bind.ReadBatch(r.bufs, r.sizes, r.eps)
+		if err != nil {
+			if isClosed(err) {
+				return
+			}
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			s.log.Warn("sleeve socket read failed", "err", err)
+			time.Sleep(10 * time.Millisecond) // a persistent error must not spin a core
+			continue
+		}
+		r.handle(n)
+	}
+}
+
+// handle processes the n datagrams just read.
+func (r *reader) handle(n int) {
+	s := r.s
+	r.now = time.Now().UnixNano()
+	peers := *s.peers.Load()
+	r.frames = r.frames[:0]
+	var from mesh.PeerName
+	var frames, bytes uint64
+	for i := range n {
+		d := r.bufs[i][:r.sizes[i]]
+		if len(d) < nameLen {
+			s.stats.malformed.Add(1)
+			continue
+		}
+		sender := getName(d[:nameLen])
+		nb := peers[sender]
+		if nb == nil {
+			s.stats.unknown.Add(1)
+			continue
+		}
+		if sender != from && len(r.frames) > 0 {
+			r.deliver(from)
+		}
+		from = sender
+		before := len(r.frames)
+		r.datagram(nb, d, i, r.eps[i])
+		for _, f := range r.frames[before:] {
+			bytes += uint64(len(f.Data))
+		}
+		frames += uint64(len(r.frames) - before)
+	}
+	if len(r.frames) > 0 {
+		r.deliver(from)
+	}
+	s.stats.datagrams.Add(uint64(n))
+	s.stats.AddIn(frames, bytes, 0)
+}
+
+func (r *reader) deliver(from mesh.PeerName) {
+	if recv := r.s.recv; recv != nil {
+		recv.Receive(from, r.frames)
+	}
+	clear(r.frames) // drop references into the buffers
+	r.frames = r.frames[:0]
+}
+
+// datagram opens one datagram from nb and appends its data records to r.frames.
+func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
+	s := r.s
+	var body []byte
+	if nb.sealed() {
+		if cap(r.scratch[i]) < len(d) {
+			r.scratch[i] = make([]byte, len(d))
+		}
+		var err error
+		body, err = nb.open.open(r.scratch[i], d)
+		switch {
+		case errors.Is(err, errReplay):
+			s.stats.replayed.Add(1)
+			return
+		case errors.Is(err, errAuth):
+			s.stats.authFailed.Add(1)
+			return
+		case err != nil:
+			s.stats.malformed.Add(1)
+			return
+		}
+	} else {
+		body = d[plainHeaderLen:]
+	}
+	for len(body) > 0 {
+		src, dst, payload, rest, err := nextRecord(body)
+		if err != nil {
+			s.stats.malformed.Add(1)
+			return
+		}
+		body = rest
+		if src == mesh.UnknownPeerName && dst == mesh.UnknownPeerName {
+			r.control(nb, payload, ep)
+			continue
+		}
+		if src == mesh.UnknownPeerName || dst == mesh.UnknownPeerName {
+			s.stats.malformed.Add(1)
+			continue
+		}
+		r.frames = append(r.frames, overlay.Frame{Src: src, Dst: dst, Data: payload})
+	}
+}
+
+// control handles a control record from neighbour nb that arrived from ep.
+func (r *reader) control(nb *neighbour, p []byte, ep netip.AddrPort) {
+	s := r.s
+	if len(p) < 9 || binary.BigEndian.Uint64(p[1:9]) != nb.connID {
+		s.stats.malformed.Add(1) // or a stale connection's: either way not ours
+		return
+	}
+	switch p[0] {
+	case ctlHeartbeat:
+		if len(p) < ctlHeartbeatLen {
+			s.stats.malformed.Add(1)
+			return
+		}
+		nb.lastHeard.Store(r.now)
+		// Follow the peer's address (NAT): a heartbeat is authentic when the connection is
+		// sealed, and an unsealed connection trusts its network anyway.
+		if cur := nb.ep.Load(); cur == nil || *cur != ep {
+			e := ep
+			nb.ep.Store(&e)
+			s.log.Info("sleeve peer address", "remote", nb.name.String(), "endpoint", ep.String())
+		}
+		kick := !nb.heardFrom.Swap(true)
+		if p[9]&hbHeardYou != 0 && !nb.theyHeardUs.Swap(true) {
+			kick = true
+		}
+		if kick {
+			select {
+			case nb.kick <- struct{}{}:
+			default:
+			}
+		}
+	case ctlProbe, ctlProbeAck:
+		if len(p) < ctlProbeMinLen {
+			s.stats.malformed.Add(1)
+			return
+		}
+		size := binary.BigEndian.Uint16(p[9:11])
+		ch := nb.acks
+		if p[0] == ctlProbeAck {
+			ch = nb.probeAcked
+		}
+		select {
+		case ch <- size:
+		default:
+		}
+	default:
+		s.stats.malformed.Add(1)
+	}
+}

@@ -1,0 +1,375 @@
+package sleeve
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/overlay"
+	"github.com/weavemesh/weave/udp"
+)
+
+// Handshake feature keys the sleeve offers.
+const (
+	FeatureCiphers = "ciphers"
+	FeaturePort    = "sleeve_port"
+)
+
+// Control messages over the mesh connection (SendOverlayControl).
+const (
+	msgHello = 1 // [kind][trusted 1][udp port 2]
+)
+
+// Mesh is what the sleeve needs from the control plane; *mesh.Router implements it.
+type Mesh interface {
+	SetEstablished(peer mesh.PeerName, connID uint64, established bool) error
+	SendOverlayControl(peer mesh.PeerName, connID uint64, msg []byte) error
+}
+
+// Config configures a Sleeve.
+type Config struct {
+	// Name is our peer name. Required.
+	Name mesh.PeerName
+	// Bind is the UDP socket (on --port). Required; the sleeve closes it.
+	Bind udp.Bind
+	// Ciphers offered, most preferred first; nil: AES-GCM then secretbox. The first of
+	// ours the peer also offers is used.
+	Ciphers []string
+	// Logger: nil discards.
+	Logger *slog.Logger
+
+	// Timing; zero values take the defaults below. Tests shorten them.
+	FastHeartbeat time.Duration // until the connection is established both ways (100ms)
+	SlowHeartbeat time.Duration // afterwards (1s)
+	Timeout       time.Duration // no heartbeat for this long: not established (10s)
+	ProbeTimeout  time.Duration // wait for one MTU probe's ack (100ms)
+	ReprobeEvery  time.Duration // re-verify the path MTU (1m)
+}
+
+// Defaults of Config's timing.
+const (
+	DefaultFastHeartbeat = 100 * time.Millisecond
+	DefaultSlowHeartbeat = time.Second
+	DefaultTimeout       = 10 * time.Second
+	DefaultProbeTimeout  = 100 * time.Millisecond
+	DefaultReprobeEvery  = time.Minute
+)
+
+// Stats counts what the sleeve did; counters only grow.
+type Stats struct {
+	overlay.Stats
+	Replayed      uint64 // datagrams refused by the replay window
+	AuthFailed    uint64 // datagrams that failed authentication (forged, corrupted, wrong key)
+	UnknownSender uint64 // datagrams from a peer we have no connection with
+	Malformed     uint64 // datagrams or records that do not decode
+	Datagrams     uint64 // datagrams received
+}
+
+// PeerInfo describes the sleeve's connection to a neighbour, for status.
+type PeerInfo struct {
+	ConnID      uint64
+	Established bool   // heartbeats pass both ways and the path MTU is verified
+	Cipher      string // "aes-gcm", "secretbox" or "none"
+	MTU         int    // largest IP packet a container may send to this peer in one piece
+	Endpoint    netip.AddrPort
+}
+
+// Sleeve is the userspace overlay. It implements mesh.OverlayHook and overlay.Forwarder.
+//
+// Goroutines: routineReceive (one per Bind) and, per neighbour, routineSend. All stop on
+// Close; a neighbour's goroutine stops when its connection goes down.
+type Sleeve struct {
+	cfg     Config
+	log     *slog.Logger
+	bind    udp.Bind
+	ciphers []string
+
+	stats struct {
+		overlay.Counters
+		replayed, authFailed, unknown, malformed, datagrams atomic.Uint64
+	}
+
+	// Neighbours by name: readers use the immutable snapshot, writers hold mu.
+	peers atomic.Pointer[map[mesh.PeerName]*neighbour]
+
+	mu       sync.Mutex
+	mesh     Mesh
+	recv     overlay.Receiver
+	byName   map[mesh.PeerName]*neighbour
+	hellos   map[uint64][]byte // hellos that arrived before their ConnectionUp, by connID
+	started  bool
+	closed   bool
+	done     chan struct{}
+	wg       sync.WaitGroup
+	closeErr error
+	once     sync.Once
+}
+
+var (
+	_ mesh.OverlayHook  = (*Sleeve)(nil)
+	_ overlay.Forwarder = (*Sleeve)(nil)
+)
+
+// New returns a Sleeve; pass it as mesh.Config.Overlay (with OverlayConfirms) and its
+// Features in mesh.Config.Features, then Start it once the mesh and the router exist.
+func New(cfg Config) (*Sleeve, error) {
+	if cfg.Name == mesh.UnknownPeerName || cfg.Bind == nil {
+		return nil, errors.New("sleeve: Name and Bind are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&cfg.FastHeartbeat, DefaultFastHeartbeat)
+	def(&cfg.SlowHeartbeat, DefaultSlowHeartbeat)
+	def(&cfg.Timeout, DefaultTimeout)
+	def(&cfg.ProbeTimeout, DefaultProbeTimeout)
+	def(&cfg.ReprobeEvery, DefaultReprobeEvery)
+	ciphers := cfg.Ciphers
+	if len(ciphers) == 0 {
+		ciphers = []string{CipherAESGCM, CipherSecretbox}
+	}
+	for _, c := range ciphers {
+		if c != CipherAESGCM && c != CipherSecretbox {
+			return nil, fmt.Errorf("sleeve: unknown cipher %q (want %s or %s)", c, CipherAESGCM, CipherSecretbox)
+		}
+	}
+	s := &Sleeve{
+		cfg: cfg, log: cfg.Logger, bind: cfg.Bind, ciphers: ciphers,
+		byName: map[mesh.PeerName]*neighbour{},
+		hellos: map[uint64][]byte{},
+		done:   make(chan struct{}),
+	}
+	s.peers.Store(&map[mesh.PeerName]*neighbour{})
+	if p, ok := cfg.Bind.(udp.PathMTU); ok {
+		// Everything goes out with DF: datagrams are sized to the verified path MTU, and an
+		// EMSGSIZE tells us at once when the path shrinks.
+		if err := p.SetDontFragment(true); err != nil {
+			s.log.Warn("cannot set don't-fragment on the sleeve socket", "err", err)
+		}
+	}
+	return s, nil
+}
+
+// Features returns the handshake features to add to mesh.Config.Features.
+func (s *Sleeve) Features() map[string]string {
+	return map[string]string{
+		FeatureCiphers: strings.Join(s.ciphers, " "),
+		FeaturePort:    strconv.Itoa(int(s.bind.LocalAddr().Port())),
+	}
+}
+
+// Start begins receiving and lets connections that came up before it proceed.
+func (s *Sleeve) Start(m Mesh, recv overlay.Receiver) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started || s.closed {
+		return
+	}
+	s.started, s.mesh, s.recv = true, m, recv
+	s.wg.Add(1)
+	go s.routineReceive()
+	for _, n := range s.byName {
+		s.sendHelloLocked(n)
+	}
+}
+
+// Close stops every goroutine and closes the socket; idempotent.
+func (s *Sleeve) Close() error {
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		close(s.done)
+		for _, n := range s.byName {
+			n.stop()
+		}
+		s.mu.Unlock()
+		s.closeErr = s.bind.Close()
+		s.wg.Wait()
+	})
+	return s.closeErr
+}
+
+// Stats returns the counters.
+func (s *Sleeve) Stats() Stats {
+	return Stats{
+		Stats:    s.stats.Snapshot(),
+		Replayed: s.stats.replayed.Load(), AuthFailed: s.stats.authFailed.Load(),
+		UnknownSender: s.stats.unknown.Load(), Malformed: s.stats.malformed.Load(),
+		Datagrams: s.stats.datagrams.Load(),
+	}
+}
+
+// PeerInfo returns the state of the connection to peer.
+func (s *Sleeve) PeerInfo(peer mesh.PeerName) (PeerInfo, bool) {
+	n := (*s.peers.Load())[peer]
+	if n == nil {
+		return PeerInfo{}, false
+	}
+	info := PeerInfo{ConnID: n.connID, Established: n.established.Load(), Cipher: cipherNone}
+	if ep := n.ep.Load(); ep != nil {
+		info.Endpoint = *ep
+	}
+	if n.cipher != "" {
+		info.Cipher = n.cipher
+	}
+	if mf := n.maxFrame(); mf > 0 {
+		info.MTU = mf - 14
+	}
+	return info, true
+}
+
+// publishLocked replaces the readers' snapshot. Must hold s.mu.
+func (s *Sleeve) publishLocked() {
+	m := make(map[mesh.PeerName]*neighbour, len(s.byName))
+	for k, v := range s.byName {
+		if v.ready {
+			m[k] = v
+		}
+	}
+	s.peers.Store(&m)
+}
+
+// ConnectionUp implements mesh.OverlayHook.
+func (s *Sleeve) ConnectionUp(ci mesh.ConnInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	if old := s.byName[ci.Peer]; old != nil {
+		old.stop()
+	}
+	n := newNeighbour(s, ci)
+	s.byName[ci.Peer] = n
+	s.publishLocked() // the old one, if any, is gone
+	if s.started {
+		s.sendHelloLocked(n)
+	}
+	if h, ok := s.hellos[ci.ConnID]; ok {
+		delete(s.hellos, ci.ConnID)
+		s.helloLocked(n, h)
+	}
+}
+
+// ConnectionDown implements mesh.OverlayHook.
+func (s *Sleeve) ConnectionDown(peer mesh.PeerName, connID uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.hellos, connID)
+	n := s.byName[peer]
+	if n == nil || n.connID != connID {
+		return
+	}
+	n.stop()
+	delete(s.byName, peer)
+	s.publishLocked()
+}
+
+// OverlayControl implements mesh.OverlayHook.
+func (s *Sleeve) OverlayControl(peer mesh.PeerName, connID uint64, msg []byte) {
+	if len(msg) == 0 || msg[0] != msgHello {
+		s.stats.malformed.Add(1)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	n := s.byName[peer]
+	if n == nil || n.connID != connID {
+		if len(s.hellos) < 1024 {
+			s.hellos[connID] = slices.Clone(msg) // ConnectionUp is on its way
+		}
+		return
+	}
+	s.helloLocked(n, msg)
+}
+
+func (s *Sleeve) sendHelloLocked(n *neighbour) {
+	msg := make([]byte, 4)
+	msg[0] = msgHello
+	if n.info.Trusted {
+		msg[1] = 1
+	}
+	binary.BigEndian.PutUint16(msg[2:4], s.bind.LocalAddr().Port())
+	if err := s.mesh.SendOverlayControl(n.name, n.connID, msg); err != nil {
+		s.log.Debug("cannot send sleeve hello", "remote", n.name.String(), "err", err)
+	}
+	n.helloSent = true
+	s.maybeStartLocked(n)
+}
+
+// helloLocked takes the peer's hello: its UDP port and whether it trusts us. Must hold s.mu.
+func (s *Sleeve) helloLocked(n *neighbour, msg []byte) {
+	if len(msg) < 4 || n.helloRecv {
+		s.stats.malformed.Add(1)
+		return
+	}
+	n.helloRecv = true
+	n.theyTrust = msg[1] == 1
+	port := binary.BigEndian.Uint16(msg[2:4])
+	if ap, err := netip.ParseAddrPort(n.info.RemoteAddr.String()); err == nil && port != 0 {
+		ep := netip.AddrPortFrom(ap.Addr().Unmap(), port)
+		n.ep.Store(&ep)
+	}
+	s.maybeStartLocked(n)
+}
+
+// maybeStartLocked starts the neighbour once both hellos have passed: then both ends know
+// whether the other trusts them, and so agree on sealing. Must hold s.mu.
+func (s *Sleeve) maybeStartLocked(n *neighbour) {
+	if !n.helloSent || !n.helloRecv || n.ready || s.closed {
+		return
+	}
+	if err := n.setupCrypto(s.ciphers); err != nil {
+		s.log.Error("no data path to peer", "remote", n.name.String(), "err", err)
+		return
+	}
+	if n.ep.Load() == nil {
+		s.log.Error("no UDP address for peer", "remote", n.name.String(), "addr", n.info.RemoteAddr)
+		return
+	}
+	n.ready = true
+	s.publishLocked()
+	s.wg.Add(1)
+	go n.routineSend()
+	s.log.Info("sleeve connection starting", "remote", n.name.String(), "endpoint", n.ep.Load().String(),
+		"cipher", n.cipher, "conn_id", n.connID)
+}
+
+// Forward implements overlay.Forwarder.
+func (s *Sleeve) Forward(hop mesh.PeerName, frames []overlay.Frame) {
+	n := (*s.peers.Load())[hop]
+	if n == nil || !n.established.Load() {
+		s.stats.AddOut(0, 0, uint64(len(frames)))
+		return
+	}
+	n.forward(frames)
+}
+
+// MaxFrame implements overlay.Forwarder.
+func (s *Sleeve) MaxFrame(hop mesh.PeerName) int {
+	n := (*s.peers.Load())[hop]
+	if n == nil || !n.established.Load() {
+		return 0
+	}
+	return n.maxFrame()
+}
+
+func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) }

@@ -1,0 +1,131 @@
+package sleeve_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/weavemesh/weave/sleeve"
+)
+
+func TestTwoNodesExchangeFrames(t *testing.T) {
+	for _, tc := range []struct {
+		name, password string
+		ciphers        [][]string
+		want           string
+	}{
+		{name: "plaintext", want: "none"},
+		{name: "aes-gcm", password: "secret", want: sleeve.CipherAESGCM},
+		{name: "secretbox", password: "secret", ciphers: [][]string{{sleeve.CipherSecretbox}, nil}, want: sleeve.CipherSecretbox},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLab(t, labOpts{n: 2, links: [][2]int{{1, 0}}, password: tc.password, ciphers: tc.ciphers})
+			l.waitRoutes()
+			a, b := l.nodes[0], l.nodes[1]
+			for _, n := range l.nodes {
+				other := l.nodes[1-n.i]
+				info, ok := n.s.PeerInfo(other.m.Name())
+				if !ok || !info.Established || info.Cipher != tc.want {
+					t.Fatalf("node %d peer info %+v, want established with %s", n.i, info, tc.want)
+				}
+				overhead := sleeve.OverheadPlain
+				if tc.password != "" {
+					overhead = sleeve.OverheadSealed
+				}
+				if want := 1500 - overhead - 14; info.MTU != want {
+					t.Errorf("node %d: mtu %d, want %d", n.i, info.MTU, want)
+				}
+			}
+			// Broadcast from a container on a, answer by unicast from b, then unicast back.
+			a.tap.Inject(ethFrame(bcast, mac(0, 1), "hello-broadcast", 60))
+			expectFrame(t, b, "hello-broadcast", 5*time.Second)
+			full := 1500 - sleeve.OverheadPlain
+			if tc.password != "" {
+				full = 1500 - sleeve.OverheadSealed
+			}
+			b.tap.Inject(ethFrame(mac(0, 1), mac(1, 1), "hello-unicast", full))
+			got := expectFrame(t, a, "hello-unicast", 5*time.Second)
+			if len(got) != full {
+				t.Errorf("unicast frame arrived with %d bytes, want %d", len(got), full)
+			}
+			if owner, ok := a.r.Owner(macSlice(1, 1)); !ok || owner != b.m.Name() {
+				t.Errorf("a learned %v %v for b's MAC", owner, ok)
+			}
+			a.tap.Inject(ethFrame(mac(1, 1), mac(0, 1), "back-unicast", 100))
+			expectFrame(t, b, "back-unicast", 5*time.Second)
+			// Many frames in a burst all cross, in order.
+			for k := range 300 {
+				a.tap.Inject(ethFrame(mac(1, 1), mac(0, 1), fmt.Sprintf("burst-%04d", k), 1000))
+			}
+			for k := range 300 {
+				expectFrame(t, b, fmt.Sprintf("burst-%04d", k), 5*time.Second)
+			}
+			if st := a.s.Stats(); st.FramesOut < 302 || st.BytesOut == 0 {
+				t.Errorf("sender stats %+v", st)
+			}
+			if st := b.s.Stats(); st.FramesIn < 302 || st.AuthFailed != 0 || st.Replayed != 0 {
+				t.Errorf("receiver stats %+v", st)
+			}
+		})
+	}
+}
+
+// TestRelayThroughMiddle: 0 - 1 - 2 in a line (0 and 2 cannot reach each other at all):
+// frames between 0 and 2 are relayed by 1 without being injected into 1's bridge.
+func TestRelayThroughMiddle(t *testing.T) {
+	l := newLab(t, labOpts{n: 3, links: [][2]int{{0, 1}, {2, 1}}, password: "pw"})
+	l.under.Block(addrPort(0), addrPort(2))
+	l.under.Block(addrPort(2), addrPort(0))
+	l.waitRoutes()
+	n0, n1, n2 := l.nodes[0], l.nodes[1], l.nodes[2]
+	if hop, _ := n0.m.UnicastNextHop(n2.m.Name()); hop != n1.m.Name() {
+		t.Fatalf("route 0 -> 2 goes via %v, want node 1", hop)
+	}
+	n0.tap.Inject(ethFrame(bcast, mac(0, 1), "who-has", 60))
+	expectFrame(t, n2, "who-has", 5*time.Second)
+	expectFrame(t, n1, "who-has", 5*time.Second)
+	n2.tap.Inject(ethFrame(mac(0, 1), mac(2, 1), "reply-from-2", 200))
+	expectFrame(t, n0, "reply-from-2", 5*time.Second)
+	n0.tap.Inject(ethFrame(mac(2, 1), mac(0, 1), "unicast-to-2", 1428))
+	expectFrame(t, n2, "unicast-to-2", 5*time.Second)
+	// The middle saw only the broadcast: a fence broadcast from 2 arrives after anything
+	// the unicasts could have left on 1's bridge.
+	n2.tap.Inject(ethFrame(bcast, mac(2, 1), "fence", 60))
+	if c := countFrames(t, n1, "unicast", "fence", 5*time.Second); c != 0 {
+		t.Errorf("middle node injected %d relayed unicast frames", c)
+	}
+	if st := n1.r.Stats(); st.Relayed < 2 {
+		t.Errorf("middle node relayed %d frames, want >= 2", st.Relayed)
+	}
+}
+
+// TestBroadcastOncePerPeer: in a full mesh of four, a broadcast reaches every other peer
+// exactly once.
+func TestBroadcastOncePerPeer(t *testing.T) {
+	var links [][2]int
+	for i := range 4 {
+		for j := range i {
+			links = append(links, [2]int{i, j})
+		}
+	}
+	l := newLab(t, labOpts{n: 4, links: links})
+	l.waitRoutes()
+	const frames = 20
+	for k := range frames {
+		l.nodes[0].tap.Inject(ethFrame(bcast, mac(0, 1), fmt.Sprintf("flood-%02d", k), 60))
+	}
+	l.nodes[0].tap.Inject(ethFrame(bcast, mac(0, 1), "end-of-flood", 60))
+	for _, n := range l.nodes[1:] {
+		if c := countFrames(t, n, "flood-", "end-of-flood", 5*time.Second); c != frames {
+			t.Errorf("node %d got %d broadcast frames, want %d", n.i, c, frames)
+		}
+	}
+	// Unknown unicast floods the same way.
+	l.nodes[1].tap.Inject(ethFrame(mac(9, 9), mac(1, 1), "unknown-unicast", 60))
+	l.nodes[1].tap.Inject(ethFrame(bcast, mac(1, 1), "end-2", 60))
+	for _, n := range []*node{l.nodes[0], l.nodes[2], l.nodes[3]} {
+		if c := countFrames(t, n, "unknown-unicast", "end-2", 5*time.Second); c != 1 {
+			t.Errorf("node %d got %d copies of the unknown unicast", n.i, c)
+		}
+	}
+}
