@@ -18,6 +18,9 @@ const refuseLinger = 500 * time.Millisecond
 // live peers share a name.
 const featureStarted = "started"
 
+// Handshake feature: "1" when the sender trusts our address (--trusted-subnets).
+const featureTrusted = "trusted"
+
 // meshConn is one established (handshaken) connection to a neighbour.
 type meshConn struct {
 	r        *Router
@@ -129,12 +132,17 @@ func (r *Router) startHandshake(nc net.Conn, outbound bool, target string) {
 	}()
 }
 
-func (r *Router) handshakeParams(outbound bool) HandshakeParams {
+func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
 	feats := map[string]string{}
 	for k, v := range r.cfg.Features {
 		feats[k] = v
 	}
 	feats[featureStarted] = strconv.FormatUint(r.topo.started, 10)
+	// As Weave's "Trusted": whether we trust the address the peer connects from. The data
+	// plane may skip encryption only when both ends trust each other.
+	if r.trusts(remote) {
+		feats[featureTrusted] = "1"
+	}
 	return HandshakeParams{
 		Name:     r.cfg.Name,
 		NickName: r.cfg.NickName,
@@ -148,7 +156,7 @@ func (r *Router) handshakeParams(outbound bool) HandshakeParams {
 }
 
 func (r *Router) handshakeAndAdd(h *handshakeState) error {
-	conn, intro, err := Handshake(h.nc, r.handshakeParams(h.outbound))
+	conn, intro, err := Handshake(h.nc, r.handshakeParams(h.outbound, h.remote))
 	if err != nil {
 		return err
 	}
@@ -458,8 +466,8 @@ type ConnInfo struct {
 	RemoteAddr net.Addr
 	LocalAddr  net.Addr
 	Encrypted  bool
-	// Trusted: the remote address is inside one of our trusted subnets, so the data plane
-	// may skip encryption with it.
+	// Trusted: each end's address is inside the other's trusted subnets, so the data
+	// plane may skip encryption with it (the control plane stays encrypted).
 	Trusted          bool
 	SendKey, RecvKey [KeySize]byte
 	HasKeys          bool
@@ -473,14 +481,22 @@ func (c *meshConn) info() ConnInfo {
 		Encrypted: c.intro.Encrypted, Features: c.intro.Features,
 	}
 	ci.SendKey, ci.RecvKey, ci.HasKeys = c.c.DataKeys()
-	if ap, err := netip.ParseAddrPort(c.remote); err == nil {
-		for _, p := range c.r.cfg.TrustedSubnets {
-			if p.Contains(ap.Addr().Unmap()) {
-				ci.Trusted = true
-			}
+	ci.Trusted = c.r.trusts(c.remote) && c.intro.Features[featureTrusted] == "1"
+	return ci
+}
+
+// trusts reports whether addr (ip:port) is inside one of our trusted subnets.
+func (r *Router) trusts(addr string) bool {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return false
+	}
+	for _, p := range r.cfg.TrustedSubnets {
+		if p.Contains(ap.Addr().Unmap()) {
+			return true
 		}
 	}
-	return ci
+	return false
 }
 
 // SetEstablished marks the connection to peer (with connID) as established, or not, for

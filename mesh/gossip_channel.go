@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -33,6 +34,16 @@ func (r *Router) NewGossip(channel string, g Gossiper) (Gossip, error) {
 	if g == nil {
 		return nil, fmt.Errorf("gossip channel %q: nil Gossiper", channel)
 	}
+	if strings.HasPrefix(channel, reservedChannelPrefix) {
+		return nil, fmt.Errorf("gossip channel %q: the %q prefix is reserved", channel, reservedChannelPrefix)
+	}
+	return r.newGossip(channel, g)
+}
+
+// reservedChannelPrefix marks the mesh's own channels (memberlist).
+const reservedChannelPrefix = "mesh."
+
+func (r *Router) newGossip(channel string, g Gossiper) (Gossip, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.channels[channel]; ok {
@@ -278,7 +289,7 @@ func (r *Router) countUnknownChannel() {
 func (r *Router) relayBroadcast(origin, from PeerName, msgs [][]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, hop := range r.topo.routes().broadcastHops(origin, true) {
+	for _, hop := range r.topo.relayRoutes().broadcastHops(origin, true) {
 		if hop == from || hop == origin {
 			continue
 		}

@@ -147,7 +147,7 @@ func (r *Router) setupMemberlist() error {
 	}
 	s := &memberlistState{r: r, timing: timing, kick: make(chan struct{}, 1), members: map[PeerName]*MemberStatus{}}
 	s.tr = newMeshTransport(r)
-	g, err := r.NewGossip(memberlistChannel, s.tr)
+	g, err := r.newGossip(memberlistChannel, s.tr)
 	if err != nil {
 		return err
 	}

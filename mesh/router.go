@@ -212,7 +212,8 @@ func (r *Router) Err() error {
 	return nil
 }
 
-// failLocked records a fatal error and closes the router asynchronously (mu is held).
+// fail records a fatal error (the first one wins) and closes the router. Close runs on a
+// goroutine of its own because it waits for all the others, the caller's included.
 func (r *Router) fail(err error) {
 	if r.fatal.CompareAndSwap(nil, &err) {
 		r.log.Error("mesh router stopping on fatal error", "err", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -416,6 +417,8 @@ func TestOverlayConfirmsConnections(t *testing.T) {
 	c0.Overlay, c1.Overlay = o0, o1
 	c0.OverlayConfirms, c1.OverlayConfirms = true, true
 	c0.Password, c1.Password = []byte("secret"), []byte("secret")
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	c0.TrustedSubnets, c1.TrustedSubnets = trusted, trusted
 	c1.Peers = []string{hostOf(0)}
 	rs := startRouters(t, []Config{c0, c1})
 	testutil.Eventually(t, 5*time.Second, "overlays told", func() error {
@@ -429,7 +432,7 @@ func TestOverlayConfirmsConnections(t *testing.T) {
 		return nil
 	})
 	ci0, ci1 := o0.up[0], o1.up[0]
-	if ci0.ConnID != ci1.ConnID || !ci0.HasKeys || ci0.SendKey != ci1.RecvKey || !ci0.Encrypted {
+	if ci0.ConnID != ci1.ConnID || !ci0.HasKeys || ci0.SendKey != ci1.RecvKey || !ci0.Encrypted || !ci0.Trusted || !ci1.Trusted {
 		t.Fatalf("conn info disagrees: %+v vs %+v", ci0, ci1)
 	}
 	if st := rs[0].Status(); st.Connections[0].State != StatePending {
@@ -587,5 +590,35 @@ func TestTCPLoopback(t *testing.T) {
 	s := b.Status()
 	if len(s.Connections) != 1 || !s.Connections[0].Encrypted || !s.Encryption {
 		t.Fatalf("status: %+v", s.Connections)
+	}
+}
+
+// TestPeerRestart: a peer that restarts with the same name (new UID) rejoins; it is not
+// mistaken for a name collision, and everyone ends up with the new incarnation.
+func TestPeerRestart(t *testing.T) {
+	mn := NewMemNetwork()
+	c0, c1 := testConfig(mn, 0), testConfig(mn, 1)
+	c1.Peers = []string{hostOf(0)}
+	rs := startRouters(t, []Config{c0, c1})
+	testutil.Eventually(t, 5*time.Second, "converged", func() error { return converged(rs) })
+	rs[1].Close()
+	again := startRouters(t, []Config{c1})[0]
+	if again.UID() == rs[1].UID() {
+		t.Fatal("restart kept the UID")
+	}
+	both := []*Router{rs[0], again}
+	testutil.Eventually(t, 10*time.Second, "rejoined", func() error {
+		if err := converged(both); err != nil {
+			return err
+		}
+		for _, p := range rs[0].Status().Peers {
+			if p.Name == again.Name() && p.UID != again.UID() {
+				return fmt.Errorf("peer 0 still has uid %d", p.UID)
+			}
+		}
+		return nil
+	})
+	if again.Err() != nil || rs[0].Err() != nil {
+		t.Fatalf("restart seen as a collision: %v / %v", again.Err(), rs[0].Err())
 	}
 }
