@@ -52,6 +52,7 @@ type Allocator struct {
 	claimDenied map[addr.Addr]mesh.PeerName
 	conflicts   map[addr.Addr]string
 	ringErr     string
+	ringErrAt   time.Time
 	waitReason  string
 	lastRingTx  time.Time
 	lastReply   map[mesh.PeerName]time.Time
@@ -59,7 +60,9 @@ type Allocator struct {
 	// from a peer: our saved space may have been reclaimed while we were away.
 	synced    bool
 	startedAt time.Time
-	closed    bool
+	// adopting is set by ForgetRing: wait for a peer's ring, never make one.
+	adopting bool
+	closed   bool
 
 	rnd *rand.Rand // jitter; seeded from our identity, so simulations replay
 
@@ -183,8 +186,10 @@ func (a *Allocator) load() error {
 			return fmt.Errorf("load ipam ring: %w: saved range %v, configured %v", ErrForeignDB, r.Range, a.cfg.rng)
 		}
 		a.ring = r
+		// Only ForgetRing saves an empty ring: keep waiting for a peer's.
+		a.adopting = r.Empty()
 	}
-	if snap.Paxos != nil && a.node != nil && a.ring.Empty() {
+	if snap.Paxos != nil && !a.adopting && a.node != nil && a.ring.Empty() {
 		n, err := decodeElector(snap.Paxos, a.node.Quorum())
 		if err != nil {
 			return fmt.Errorf("load ipam consensus state: %w: %w", ErrCorruptDB, err)
@@ -229,7 +234,7 @@ func (a *Allocator) load() error {
 	clear(a.dirtyAllocs)
 	a.startedAt = a.cfg.Now()
 	a.synced = a.cfg.ReclaimAfter <= 0 || a.ring.Empty()
-	if a.ring.Empty() && a.cfg.mode == initSeed {
+	if a.ring.Empty() && a.cfg.mode == initSeed && !a.adopting {
 		if err := a.ring.Seed(a.cfg.seeds); err != nil {
 			return fmt.Errorf("seed ring: %w", err)
 		}
@@ -419,12 +424,14 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 		a.stats.rejected.Add(1)
 		msg := err.Error()
 		if errors.Is(err, ring.ErrSeedMismatch) || errors.Is(err, ring.ErrRangeMismatch) {
-			msg += "; the peers on one side must give up their ring: stop them, remove ipam.db from their state dir and start them again (their containers' addresses are re-claimed)"
+			msg += "; the peers on one side must give up their ring: on each of them forget it (ForgetRing in the API)" +
+				" or stop the peer, remove ipam.db from its state dir and start it again; the addresses its containers use" +
+				" are re-claimed and any clash is reported"
 		}
 		if msg != a.ringErr {
 			a.log.Error("refused ring update", "from", src, "err", err)
 		}
-		a.ringErr = msg
+		a.ringErr, a.ringErrAt = msg, a.cfg.Now()
 		return false
 	}
 	for _, c := range res.Conflicts {
@@ -437,6 +444,7 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 	if wasEmpty {
 		a.log.Info("ring received", "from", src, "seeds", a.ring.Seeds)
 		a.proposing = false
+		a.adopting = false
 	}
 	a.ringChanged()
 	return true
@@ -444,7 +452,7 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 
 // startConsensus begins (once) the election of the first split.
 func (a *Allocator) startConsensus() {
-	if a.node == nil || a.proposing || !a.ring.Empty() {
+	if a.node == nil || a.proposing || !a.ring.Empty() || a.adopting {
 		return
 	}
 	a.proposing = true
@@ -960,6 +968,31 @@ func (a *Allocator) Handover() (mesh.PeerName, error) {
 	a.ringChanged()
 	a.broadcastRing()
 	return heir, nil
+}
+
+// ForgetRing is the repair for "seeded by different peers" on the side that gives up:
+// it drops our ring but keeps our allocations, so the next ring heard from a peer is
+// adopted and the addresses our containers use are re-claimed from their new owners (a
+// refused one is reported as a conflict). Run it on every peer of that side.
+func (a *Allocator) ForgetRing() error {
+	a.mu.Lock()
+	defer a.unlock()
+	if a.closed {
+		return ErrClosed
+	}
+	a.log.Warn("forgetting our ring: adopting the next one a peer sends", "allocations", len(a.allocs))
+	a.ring = ring.New(a.cfg.rng)
+	a.space.SetOwned(nil)
+	a.ringErr = ""
+	a.adopting = true
+	a.proposing = false
+	if a.node != nil {
+		a.node = paxos.NewNode(paxos.NodeID{Name: a.cfg.Name, UID: a.cfg.UID}, a.node.Quorum())
+		a.dirtyPaxos = true
+	}
+	a.dirtyRing = true
+	a.notify()
+	return nil
 }
 
 // Tick runs the periodic work: re-proposing, retrying requests, reclaiming dead peers'

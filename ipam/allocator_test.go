@@ -3,6 +3,7 @@ package ipam
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -366,5 +367,50 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The repair for two rings seeded apart: one side forgets its ring, adopts the other, keeps
+// the addresses nobody else uses and reports the one that clashes. A restart in between
+// does not bring the forgotten ring back.
+func TestForgetRingRepairsSeedMismatch(t *testing.T) {
+	n := pumped(t)
+	a := n.start(t, n.config(1, "seed="+mesh.PeerName(1).String(), nil))
+	defer a.Close()
+	bStore := &MemStore{}
+	b := n.start(t, n.config(2, "seed="+mesh.PeerName(2).String(), bStore))
+	ctx := ctxT(t, 5*time.Second)
+	pa, _ := a.Allocate(ctx, "a1", "ethwe", netip.Prefix{})
+	pb1, _ := b.Allocate(ctx, "b1", "ethwe", netip.Prefix{})
+	pb2, _ := b.Allocate(ctx, "b2", "ethwe", netip.Prefix{})
+	if pa != pb1 {
+		t.Fatalf("setup: separate rings should both start at the bottom: %v %v", pa, pb1)
+	}
+	if err := b.ForgetRing(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	b = n.start(t, n.config(2, "seed="+mesh.PeerName(2).String(), bStore))
+	defer b.Close()
+	if b.Ready() {
+		t.Fatal("restart re-seeded the forgotten ring")
+	}
+	n.gossipRound()
+	testutil.Eventually(t, 5*time.Second, "b adopts a's ring and re-claims", func() error {
+		st := b.Status()
+		if len(st.Conflicts) != 1 || !strings.Contains(st.Conflicts[0], pb1.Addr().String()) {
+			return fmt.Errorf("conflicts %v", st.Conflicts)
+		}
+		if st.Counts.LocalOwned != 1 || st.Error != "" {
+			return fmt.Errorf("b owns %d, error %q", st.Counts.LocalOwned, st.Error)
+		}
+		return nil
+	})
+	if got := b.Lookup("b2", "ethwe"); len(got) != 1 || got[0] != pb2 {
+		t.Fatalf("b lost b2: %v", got)
+	}
+	n.advance(time.Minute) // the old refusal ages out of the report
+	if st := a.Status(); st.Error != "" || len(st.Owners) != 2 {
+		t.Fatalf("a after repair: %+v", st)
 	}
 }

@@ -23,7 +23,7 @@ type Report struct {
 	DefaultSubnet string        `json:"default_subnet"`
 	Entries       []ReportEntry `json:"entries"`
 	Owners        []OwnerStatus `json:"owners"`
-	// Error is the last refused ring update, with the repair to apply.
+	// Error is the last refused ring update (while they keep coming), with the repair.
 	Error string `json:"error,omitempty"`
 	// Conflicts lists addresses in use here that another peer owns and uses too.
 	Conflicts []string `json:"conflicts,omitempty"`
@@ -105,10 +105,14 @@ func (a *Allocator) Status() Report {
 	r := Report{
 		Range:         a.cfg.Range.String(),
 		DefaultSubnet: a.cfg.DefaultSubnet.String(),
-		Error:         a.ringErr,
-		Counts:        a.countsLocked(),
-		Entries:       []ReportEntry{},
-		Owners:        []OwnerStatus{},
+
+		Counts:  a.countsLocked(),
+		Entries: []ReportEntry{},
+		Owners:  []OwnerStatus{},
+	}
+	// A refused ring comes back with every periodic gossip while the cause lasts.
+	if a.ringErr != "" && a.cfg.Now().Sub(a.ringErrAt) < 3*a.cfg.tick {
+		r.Error = a.ringErr
 	}
 	switch {
 	case a.closed:
