@@ -117,4 +117,3 @@ func (w *worker) fragment(g *group, fr overlay.Frame, ip frame.IP) {
 	}
 	r.stats.frag.Add(1)
 }
-

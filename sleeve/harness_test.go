@@ -27,7 +27,24 @@ type node struct {
 	s    *sleeve.Sleeve
 	r    *router.Router
 	tap  *taptest.Device
-	bind *udptest.Bind
+	bind *captureBind
+}
+
+// captureBind keeps a copy of the datagrams its node sends, for tests that replay or
+// inspect them.
+type captureBind struct {
+	*udptest.Bind
+	sent chan []byte
+}
+
+func (b *captureBind) WriteBatch(bufs [][]byte, ep netip.AddrPort) error {
+	for _, d := range bufs {
+		select {
+		case b.sent <- bytes.Clone(d):
+		default:
+		}
+	}
+	return b.Bind.WriteBatch(bufs, ep)
 }
 
 type lab struct {
@@ -43,6 +60,7 @@ type labOpts struct {
 	password string
 	ciphers  [][]string // per node; nil: default
 	trusted  []netip.Prefix
+	capture  bool
 }
 
 func testLogger() *slog.Logger {
@@ -71,9 +89,13 @@ func newLab(t *testing.T, o labOpts) *lab {
 func (l *lab) addNode(i int, o labOpts) *node {
 	t := l.t
 	host := hostAddr(i)
-	bind, err := l.under.NewBind(netip.MustParseAddrPort(host + ":6783"))
+	ub, err := l.under.NewBind(netip.MustParseAddrPort(host + ":6783"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	bind := &captureBind{Bind: ub}
+	if o.capture {
+		bind.sent = make(chan []byte, 4096)
 	}
 	var ciphers []string
 	if o.ciphers != nil {
@@ -208,3 +230,5 @@ func (l *lab) dumpOnFailure() {
 		}
 	})
 }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

@@ -19,8 +19,8 @@ package sleeve
 // another goroutine; the per-neighbour sender is the crypto stage.
 
 import (
-	"errors"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"strings"
 	"sync"
