@@ -414,3 +414,35 @@ func TestForgetRingRepairsSeedMismatch(t *testing.T) {
 		t.Fatalf("a after repair: %+v", st)
 	}
 }
+
+// With a real ticker (and the real clock), retries happen by themselves: a proposer that was
+// alone re-proposes once its peer is up, and the waiting request completes; Close stops it.
+func TestTickerDrivesRetries(t *testing.T) {
+	n := pumped(t)
+	mk := func(p mesh.PeerName) Config {
+		c := n.config(p, "consensus=2", nil)
+		c.TickInterval = 20 * time.Millisecond
+		c.Now = nil
+		return c
+	}
+	a := n.start(t, mk(1))
+	defer a.Close()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := a.Allocate(ctxT(t, 10*time.Second), "c", "ethwe", netip.Prefix{})
+		errc <- err
+	}()
+	testutil.Eventually(t, 5*time.Second, "a proposing", func() error {
+		if a.Status().Status != StatusAwaitingConsensus {
+			return errors.New(a.Status().Status)
+		}
+		return nil
+	})
+	b := n.start(t, mk(2))
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -42,7 +42,8 @@ var (
 )
 
 // Peers is what the allocator needs to know about other peers; the daemon adapts the mesh
-// router (and memberlist's failure detector) to it.
+// router (and memberlist's failure detector) to it. Its methods are called with the
+// allocator's lock held: they must be quick and must not call back into the Allocator.
 type Peers interface {
 	// IsReachable reports whether the mesh currently has a route to p.
 	IsReachable(p mesh.PeerName) bool
