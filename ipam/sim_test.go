@@ -392,7 +392,7 @@ func TestSimulationNoDuplicatesNoLoss(t *testing.T) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			start := time.Now()
 			s := newSimulation(t, seed, 10, 0)
-			for i := range 8000 {
+			for i := range 6000 {
 				s.step(i)
 			}
 			s.settle()
@@ -415,7 +415,7 @@ func TestSimulationReclaimReportsEveryDuplicate(t *testing.T) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			start := time.Now()
 			s := newSimulation(t, seed, 10, 20*time.Second)
-			for i := range 8000 {
+			for i := range 5000 {
 				s.step(i)
 			}
 			s.settle()

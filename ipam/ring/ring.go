@@ -356,6 +356,9 @@ func (r *Ring) Merge(o *Ring) (Result, error) {
 	if !slices.Equal(r.Seeds, o.Seeds) {
 		return Result{}, fmt.Errorf("merge ring: %w: ours %v, theirs %v", ErrSeedMismatch, r.Seeds, o.Seeds)
 	}
+	if slices.Equal(r.Entries, o.Entries) {
+		return Result{}, nil // the common case for periodic gossip
+	}
 	var res Result
 	out := make([]Entry, 0, max(len(r.Entries), len(o.Entries)))
 	i, j := 0, 0
