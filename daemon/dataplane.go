@@ -1,23 +1,125 @@
 package daemon
 
 import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/overlay"
+	"github.com/weavemesh/weave/router"
+	"github.com/weavemesh/weave/sleeve"
+	"github.com/weavemesh/weave/tap"
+	"github.com/weavemesh/weave/udp"
 )
 
-// dataPlane wires the router (MAC learning) and the overlays (sleeve, fastdp) between the
-// TAP on the bridge and the underlay. This first cut carries no frames yet: connections are
-// established as soon as the mesh handshake completes.
+// envSleeveCiphers restricts the ciphers the sleeve offers ("aes-gcm", "secretbox", space or
+// comma separated, most preferred first). A debug and benchmark knob, not a stable flag.
+const envSleeveCiphers = "WEAVE_SLEEVE_CIPHERS"
+
+// dataPlane wires the router (MAC learning) and the sleeve overlay between the TAP on the
+// bridge and the UDP socket on --port. Connections become established for data only once
+// the sleeve's heartbeats pass both ways (mesh.Config.OverlayConfirms).
 type dataPlane struct {
-	d *Daemon
+	d      *Daemon
+	dev    tap.Device
+	sleeve *sleeve.Sleeve
+	router *router.Router
 }
 
-func (d *Daemon) newDataPlane() (*dataPlane, error) { return &dataPlane{d: d}, nil }
+// OverlayStats are one overlay's counters, for the report and metrics.
+type OverlayStats = overlay.Stats
+
+func (d *Daemon) newDataPlane() (*dataPlane, error) {
+	dev, err := tap.Open(tap.Config{Name: d.cfg.TAP, Offload: true, Persist: true,
+		Logger: d.log.With("component", "tap")})
+	if err != nil {
+		return nil, fmt.Errorf("open tap %s: %w", d.cfg.TAP, err)
+	}
+	bind, err := udp.Listen(udp.Config{Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(d.cfg.Port)),
+		Logger: d.log.With("component", "udp")})
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("listen on udp port %d: %w", d.cfg.Port, err)
+	}
+	var ciphers []string
+	if v := os.Getenv(envSleeveCiphers); v != "" {
+		ciphers = strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' })
+	}
+	s, err := sleeve.New(sleeve.Config{Name: d.name, Bind: bind, Ciphers: ciphers,
+		Logger: d.log.With("component", "sleeve")})
+	if err != nil {
+		bind.Close()
+		dev.Close()
+		return nil, err
+	}
+	r, err := router.New(router.Config{Name: d.name, TAP: dev, Forwarder: s,
+		Logger: d.log.With("component", "router")})
+	if err != nil {
+		s.Close()
+		dev.Close()
+		return nil, err
+	}
+	return &dataPlane{d: d, dev: dev, sleeve: s, router: r}, nil
+}
 
 // configureMesh lets the data plane hook into connection setup before the mesh starts.
-func (dp *dataPlane) configureMesh(*mesh.Config) {}
+func (dp *dataPlane) configureMesh(c *mesh.Config) {
+	c.Overlay = dp.sleeve
+	c.OverlayConfirms = true
+	if c.Features == nil {
+		c.Features = map[string]string{}
+	}
+	for k, v := range dp.sleeve.Features() {
+		c.Features[k] = v
+	}
+	c.Features["overlays"] = "sleeve"
+}
 
 // start runs the data plane on top of the started mesh.
-func (dp *dataPlane) start(*mesh.Router) error { return nil }
+func (dp *dataPlane) start(m *mesh.Router) error {
+	m.OnRoutesChanged(dp.router.RoutesChanged)
+	m.OnPeerGC(dp.router.PeerGone)
+	dp.router.Start(m)
+	dp.sleeve.Start(m, dp.router)
+	return nil
+}
 
-// close stops the data plane; idempotent.
-func (dp *dataPlane) close() error { return nil }
+// close stops the data plane; idempotent. The TAP stays (persistent) for the next start.
+func (dp *dataPlane) close() error {
+	err := dp.router.Close() // closes the TAP
+	if e := dp.sleeve.Close(); err == nil {
+		err = e
+	}
+	return err
+}
+
+// connOverlay tells the report which overlay carries data to peer, and its MTU.
+func (dp *dataPlane) connOverlay(peer mesh.PeerName) (overlayName string, mtu int, ok bool) {
+	info, ok := dp.sleeve.PeerInfo(peer)
+	if !ok || !info.Established {
+		return "", 0, false
+	}
+	return "sleeve", info.MTU, true
+}
+
+// stats returns the counters per overlay.
+func (dp *dataPlane) stats() map[string]OverlayStats {
+	return map[string]OverlayStats{"sleeve": dp.sleeve.Stats().Stats}
+}
+
+// annotateConnections fills in which overlay carries each established connection and its
+// MTU (the report's "overlay" and "mtu"); report() calls it with the mesh's connections.
+func (dp *dataPlane) annotateConnections(conns []api.Connection) {
+	for i := range conns {
+		peer, err := mesh.ParsePeerName(conns[i].Peer)
+		if err != nil {
+			continue
+		}
+		if ov, mtu, ok := dp.connOverlay(peer); ok {
+			conns[i].Overlay, conns[i].MTU = ov, mtu
+		}
+	}
+}

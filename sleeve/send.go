@@ -42,8 +42,9 @@ const (
 	minMTU = 576
 	// probeAttempts is how often one probe size is tried before it is taken as too big.
 	probeAttempts = 2
-	// probeSlack ends the MTU search once the window is this small.
-	probeSlack = 8
+	// probeSlack ends the MTU search once the window is this small: 0 finds the exact MTU
+	// in about ten probes (log2 of 1500-576).
+	probeSlack = 0
 )
 
 type batch struct {
