@@ -57,12 +57,17 @@ func allModes() []Mode {
 	return []Mode{
 		kernelVXLAN{},
 		underlay{},
-		// Our router. The "sleeve" overlay is forced with --no-fastdp; encryption with a password.
-		// A mode per cipher (secretbox, AES-GCM) belongs here once the daemon has a flag to pick one.
+		// Our router. The "sleeve" overlay is forced with --no-fastdp; encryption with a password;
+		// the cipher with the daemon's WEAVE_SLEEVE_CIPHERS debug knob (negotiation picks
+		// AES-GCM when both ends offer it).
 		weaveMode{name: "sleeve", desc: "weaver, userspace sleeve overlay, plaintext",
 			args: []string{"--no-fastdp"}, wantOverlay: "sleeve"},
-		weaveMode{name: "sleeve-encrypted", desc: "weaver, userspace sleeve overlay, encrypted (negotiated cipher)",
-			args: []string{"--no-fastdp"}, password: "bench-password", wantOverlay: "sleeve"},
+		weaveMode{name: "sleeve-aesgcm", desc: "weaver, userspace sleeve overlay, AES-256-GCM",
+			args: []string{"--no-fastdp"}, password: "bench-password", wantOverlay: "sleeve",
+			env: []string{"WEAVE_SLEEVE_CIPHERS=aes-gcm"}},
+		weaveMode{name: "sleeve-secretbox", desc: "weaver, userspace sleeve overlay, NaCl secretbox (Weave's cipher)",
+			args: []string{"--no-fastdp"}, password: "bench-password", wantOverlay: "sleeve",
+			env: []string{"WEAVE_SLEEVE_CIPHERS=secretbox"}},
 		weaveMode{name: "fastdp", desc: "weaver, kernel VXLAN fast data path",
 			wantOverlay: "fastdp"},
 	}
@@ -138,6 +143,7 @@ type weaveMode struct {
 	args        []string
 	password    string
 	wantOverlay string
+	env         []string // extra environment of weaver
 }
 
 func (m weaveMode) Name() string        { return m.name }
@@ -173,7 +179,7 @@ func (m weaveMode) Setup(ctx context.Context, env *Env) (Path, error) {
 		if i > 0 {
 			argv = append(argv, env.Hosts[0].Addr.String())
 		}
-		if procs[i], err = h.Start("weaver", nil, argv...); err != nil {
+		if procs[i], err = h.Start("weaver", m.env, argv...); err != nil {
 			return Path{}, err
 		}
 	}
