@@ -632,10 +632,12 @@ func (a *Allocator) requestSpace(sr addr.Range) {
 			continue
 		}
 		a.spaceReqs[sr] = request{d.Peer, now}
+		a.log.Debug("asking for space", "subnet", sr, "peer", d.Peer, "their_free", d.Free)
 		a.unicast(d.Peer, encodeSpace(msgSpaceRequest, sr, nil))
 		a.waitReason = "waiting for IP(s) to become available"
 		return
 	}
+	a.log.Debug("no peer to ask for space", "subnet", sr, "unreachable", unreachable)
 	if unreachable > 0 {
 		a.waitReason = "all IP ranges owned by unreachable peers - use 'weavectl rmpeer' if they are dead"
 	} else {
@@ -650,6 +652,7 @@ func (a *Allocator) handleSpaceRequest(src mesh.PeerName, sr addr.Range) {
 	}
 	block, ok := a.space.Donate(sr)
 	if !ok {
+		a.log.Debug("no space to give", "subnet", sr, "to", src)
 		a.unicast(src, encodeSpace(msgSpaceDenied, sr, a.ring))
 		return
 	}
