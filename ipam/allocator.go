@@ -584,6 +584,10 @@ func (a *Allocator) allocateLocked(k Key, subnet netip.Prefix, sr addr.Range) (n
 	}
 	for _, p := range a.allocs[k] {
 		if p.Bits() == subnet.Bits() && subnet.Contains(p.Addr()) {
+			// Made by an earlier call or a re-claim: make sure it is saved before use.
+			if err := a.commit(); err != nil {
+				return netip.Prefix{}, true, fmt.Errorf("ipam: allocate %s: %w", k, err)
+			}
 			return p, true, nil
 		}
 	}
@@ -753,6 +757,10 @@ func (a *Allocator) claimLocked(k Key, p netip.Prefix, ad addr.Addr) (bool, erro
 	}
 	if other, ok := a.byAddr[p.Addr()]; ok {
 		if other == k {
+			// Possibly granted by its owner just now: saved before we say yes.
+			if err := a.commit(); err != nil {
+				return true, fmt.Errorf("ipam: claim %s for %s: %w", p, k, err)
+			}
 			return true, nil
 		}
 		return true, fmt.Errorf("%w: %s is used by %s", ErrAddressInUse, p.Addr(), other)

@@ -446,3 +446,40 @@ func TestTickerDrivesRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Claiming an address in another peer's space asks that peer: a free one is handed over,
+// one in use there is refused.
+func TestClaimFromAnotherPeersSpace(t *testing.T) {
+	n := pumped(t)
+	init := "seed=" + mesh.PeerName(1).String() + "," + mesh.PeerName(2).String()
+	a := n.start(t, n.config(1, init, nil))
+	defer a.Close()
+	b := n.start(t, n.config(2, init, nil))
+	defer b.Close()
+	ctx := ctxT(t, 5*time.Second)
+	used, err := b.Allocate(ctx, "on-b", "ethwe", netip.Prefix{}) // 10.32.2.0, bottom of b's half
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pfx("10.32.3.77/22")
+	if err := a.Claim(ctx, "moved", "ethwe", want); err != nil {
+		t.Fatalf("claim of a free address in b's space: %v", err)
+	}
+	if got := a.Lookup("moved", "ethwe"); len(got) != 1 || got[0] != want {
+		t.Fatalf("lookup after claim: %v", got)
+	}
+	testutil.Eventually(t, 5*time.Second, "b sees the grant", func() error {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.ring.Owner(mustAddr(want.Addr())) != 1 {
+			return errors.New("b still owns it")
+		}
+		return nil
+	})
+	if err := a.Claim(ctx, "clash", "ethwe", used); !errors.Is(err, ErrAddressInUse) {
+		t.Fatalf("claim of an address b uses: %v", err)
+	}
+	if p, _ := b.Allocate(ctx, "next", "ethwe", pfx("10.32.3.64/26")); p.Addr() == want.Addr() {
+		t.Fatalf("b handed out the address it gave away: %v", p)
+	}
+}
