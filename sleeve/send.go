@@ -112,7 +112,7 @@ func newNeighbour(s *Sleeve, ci mesh.ConnInfo) *neighbour {
 	probeTimer.Stop()
 	return &neighbour{
 		probe: probeState{timer: probeTimer},
-		s: s, name: ci.Peer, connID: ci.ConnID, info: ci,
+		s:     s, name: ci.Peer, connID: ci.ConnID, info: ci,
 		queue:      make(chan *batch, queueLen),
 		signal:     make(chan struct{}, 1),
 		out:        make([][]byte, batchDatagrams),
