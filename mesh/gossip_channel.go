@@ -98,6 +98,11 @@ func (r *Router) relayUnicastLocked(dst PeerName, msg []byte) error {
 		return ErrClosed
 	}
 	hop, ok := r.topo.routes().unicastAll[dst]
+	if (!ok || r.conns[hop] == nil) && r.topo.rtDirty {
+		// The coalesced table may predate what we just learned: look again, fresh.
+		r.topo.recompute()
+		hop, ok = r.topo.rt.unicastAll[dst]
+	}
 	if !ok || r.conns[hop] == nil {
 		r.stats.NoRoute++
 		return fmt.Errorf("gossip unicast to %s: %w", dst, ErrNoRoute)

@@ -43,18 +43,29 @@ func newRouteTable(self PeerName, peers map[PeerName]*peerEntry) *routeTable {
 	t.self = t.idx[self]
 	t.adjAll = make([][]int32, len(t.names))
 	t.adjEst = make([][]int32, len(t.names))
+	// est[i][k]: peer i reports its connection to adjAll[i][k] as established. Conns are
+	// sorted by name, so each adjAll[i] is sorted by index and the reverse edge is found by
+	// binary search.
+	est := make([][]bool, len(t.names))
 	for i, n := range t.names {
 		e := peers[n]
+		t.adjAll[i] = make([]int32, 0, len(e.Conns))
+		est[i] = make([]bool, 0, len(e.Conns))
 		for _, c := range e.Conns {
 			j, ok := t.idx[c.Name]
 			if !ok || j == int32(i) {
 				continue
 			}
 			t.adjAll[i] = append(t.adjAll[i], j)
-			if !c.Established {
+			est[i] = append(est[i], c.Established)
+		}
+	}
+	for i := range t.adjAll {
+		for k, j := range t.adjAll[i] {
+			if !est[i][k] {
 				continue
 			}
-			if back := peers[c.Name].conn(n); back != nil && back.Established {
+			if b, ok := slices.BinarySearch(t.adjAll[j], int32(i)); ok && est[j][b] {
 				t.adjEst[i] = append(t.adjEst[i], j)
 			}
 		}
@@ -133,16 +144,6 @@ func (t *routeTable) broadcastHops(origin PeerName, all bool) []PeerName {
 	}
 	cache[origin] = hops
 	return hops
-}
-
-// reachable reports the peers reachable from us over any reported connection.
-func (t *routeTable) reachableAll() map[PeerName]bool {
-	m := make(map[PeerName]bool, len(t.unicastAll)+1)
-	for n := range t.unicastAll {
-		m[n] = true
-	}
-	m[t.names[t.self]] = true
-	return m
 }
 
 // clone returns a table sharing the immutable parts (names, adjacency, unicast maps) with

@@ -31,6 +31,7 @@ type topo struct {
 	self      *peerEntry
 	started   uint64
 	hash      uint64 // XOR of digestHash over non-placeholder entries
+	entries   int    // number of non-placeholder entries
 	selfDirty bool
 	gcDue     bool // an entry changed: some peer may have become unreachable
 	// pending holds entries learned by a direct push, to relay to other neighbours at the
@@ -111,6 +112,7 @@ func newTopo(cfg topoConfig) *topo {
 		self:     self,
 		started:  now,
 		hash:     self.hash,
+		entries:  1,
 		pending:  map[PeerName]PeerName{},
 		rtDirty:  true,
 		seen:     newSeenSet(8192),
@@ -124,10 +126,12 @@ func newTopo(cfg topoConfig) *topo {
 func (t *topo) replaceEntry(e *peerEntry) {
 	if old := t.peers[e.Name]; old != nil && old.Version != 0 {
 		t.hash ^= old.hash
+		t.entries--
 	}
 	t.peers[e.Name] = e
 	if e.Version != 0 {
 		t.hash ^= e.hash
+		t.entries++
 	}
 	for _, c := range e.Conns {
 		if _, ok := t.peers[c.Name]; !ok {
@@ -347,15 +351,8 @@ func (t *topo) handle1(from PeerName, tag byte, p []byte) error {
 	return nil
 }
 
-func (t *topo) countEntries() int {
-	n := 0
-	for _, e := range t.peers {
-		if e.Version != 0 {
-			n++
-		}
-	}
-	return n
-}
+// countEntries is the number of real (non-placeholder) entries, ours included.
+func (t *topo) countEntries() int { return t.entries }
 
 func (t *topo) sendDigest(to PeerName) {
 	items := make([]digestItem, 0, len(t.peers))
@@ -530,8 +527,22 @@ func (t *topo) recompute() {
 // their names.
 func (t *topo) gc() []PeerName {
 	t.gcDue = false
-	t.recompute()
-	reach := t.rt.reachableAll()
+	reach := make(map[PeerName]bool, len(t.peers))
+	reach[t.self.Name] = true
+	queue := []PeerName{t.self.Name}
+	for len(queue) > 0 {
+		e := t.peers[queue[0]]
+		queue = queue[1:]
+		for _, c := range e.Conns {
+			if _, known := t.peers[c.Name]; known && !reach[c.Name] {
+				reach[c.Name] = true
+				queue = append(queue, c.Name)
+			}
+		}
+	}
+	if len(reach) == len(t.peers) {
+		return nil
+	}
 	var gone []PeerName
 	for n, e := range t.peers {
 		if reach[n] {
@@ -539,16 +550,15 @@ func (t *topo) gc() []PeerName {
 		}
 		if e.Version != 0 {
 			t.hash ^= e.hash
+			t.entries--
 		}
 		delete(t.peers, n)
 		delete(t.pending, n)
 		delete(t.mismatch, n)
 		gone = append(gone, n)
 	}
-	if len(gone) > 0 {
-		slices.Sort(gone)
-		t.recompute()
-	}
+	slices.Sort(gone)
+	t.rtDirty = true
 	return gone
 }
 
