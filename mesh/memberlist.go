@@ -48,39 +48,19 @@ func defaultMemberlistTiming() MemberlistTiming {
 	}
 }
 
-// LivenessState is a peer's state in memberlist's agreed view.
-type LivenessState int
-
-// Liveness states.
+// Liveness states of MemberStatus.State (memberlist's agreed view of a peer).
 const (
-	Alive LivenessState = iota
-	Suspect
-	Dead
-	Left
+	MemberAlive   = "alive"
+	MemberSuspect = "suspect"
+	MemberDead    = "dead"
+	MemberLeft    = "left"
 )
-
-func (s LivenessState) String() string {
-	switch s {
-	case Alive:
-		return "alive"
-	case Suspect:
-		return "suspect"
-	case Dead:
-		return "dead"
-	case Left:
-		return "left"
-	}
-	return "unknown"
-}
-
-// MarshalText makes states readable in JSON.
-func (s LivenessState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // MemberStatus is one peer's liveness and since when it has been in that state.
 type MemberStatus struct {
-	Peer  PeerName      `json:"peer"`
-	State LivenessState `json:"state"`
-	Since time.Time     `json:"since"`
+	Peer  PeerName  `json:"peer"`
+	State string    `json:"state"` // MemberAlive, MemberSuspect, MemberDead or MemberLeft
+	Since time.Time `json:"since"`
 }
 
 const (
@@ -216,7 +196,7 @@ func (s *memberlistState) joinLoop() {
 		s.r.mu.Unlock()
 		s.mu.Lock()
 		for p := range reach {
-			if m := s.members[p]; m == nil || m.State == Dead || m.State == Left {
+			if m := s.members[p]; m == nil || m.State == MemberDead || m.State == MemberLeft {
 				missing = append(missing, p.String()+"/"+net.JoinHostPort(memberlistIP(p).String(), strconv.Itoa(memberlistPort)))
 			}
 		}
@@ -241,15 +221,15 @@ func (s *memberlistState) refreshSuspects(ml *memberlist.Memberlist) {
 		return
 	}
 	for _, n := range ml.Members() {
-		st := Alive
+		st := MemberAlive
 		if n.State == memberlist.StateSuspect {
-			st = Suspect
+			st = MemberSuspect
 		}
 		s.set(n.Name, st)
 	}
 }
 
-func (s *memberlistState) set(name string, st LivenessState) {
+func (s *memberlistState) set(name string, st string) {
 	p, err := ParsePeerName(name)
 	if err != nil || p == s.r.cfg.Name {
 		return
@@ -264,22 +244,22 @@ func (s *memberlistState) set(name string, st LivenessState) {
 	s.members[p] = m
 	cbs := slices.Clone(s.onChange)
 	s.mu.Unlock()
-	s.r.log.Info("peer liveness changed", "peer", p.String(), "state", st.String())
+	s.r.log.Info("peer liveness changed", "peer", p.String(), "state", st)
 	for _, f := range cbs {
 		f(*m)
 	}
 }
 
 // NotifyJoin implements memberlist.EventDelegate.
-func (s *memberlistState) NotifyJoin(n *memberlist.Node) { s.set(n.Name, Alive) }
+func (s *memberlistState) NotifyJoin(n *memberlist.Node) { s.set(n.Name, MemberAlive) }
 
 // NotifyLeave implements memberlist.EventDelegate.
 func (s *memberlistState) NotifyLeave(n *memberlist.Node) {
 	if n.State == memberlist.StateLeft {
-		s.set(n.Name, Left)
+		s.set(n.Name, MemberLeft)
 		return
 	}
-	s.set(n.Name, Dead)
+	s.set(n.Name, MemberDead)
 }
 
 // NotifyUpdate implements memberlist.EventDelegate.

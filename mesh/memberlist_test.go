@@ -22,16 +22,16 @@ func fastMemberlist(c *Config) {
 	}
 }
 
-func livenessOf(r *Router, p PeerName) (LivenessState, bool) {
+func livenessOf(r *Router, p PeerName) (string, bool) {
 	for _, m := range r.Liveness() {
 		if m.Peer == p {
 			return m.State, true
 		}
 	}
-	return 0, false
+	return "", false
 }
 
-func allSee(rs []*Router, subjects []*Router, want LivenessState) error {
+func allSee(rs []*Router, subjects []*Router, want string) error {
 	for _, r := range rs {
 		for _, s := range subjects {
 			if s == r {
@@ -76,38 +76,38 @@ func TestMemberlistOverMesh(t *testing.T) {
 	}
 	rs := startRouters(t, cfgs)
 	var mu sync.Mutex
-	events := map[PeerName][]LivenessState{}
+	events := map[PeerName][]string{}
 	rs[0].OnLivenessChange(func(m MemberStatus) {
 		mu.Lock()
 		events[m.Peer] = append(events[m.Peer], m.State)
 		mu.Unlock()
 	})
-	testutil.Eventually(t, 10*time.Second, "all alive everywhere", func() error { return allSee(rs, rs, Alive) })
+	testutil.Eventually(t, 10*time.Second, "all alive everywhere", func() error { return allSee(rs, rs, MemberAlive) })
 
 	// Partition {0,1} | {2,3}, then heal it.
 	mn.Block("10.0.0.2", "10.0.0.3", true)
 	testutil.Eventually(t, 10*time.Second, "other side dead after partition", func() error {
-		if err := allSee(rs[:2], rs[2:], Dead); err != nil {
+		if err := allSee(rs[:2], rs[2:], MemberDead); err != nil {
 			return err
 		}
-		return allSee(rs[2:], rs[:2], Dead)
+		return allSee(rs[2:], rs[:2], MemberDead)
 	})
 	mn.Block("10.0.0.2", "10.0.0.3", false)
-	testutil.Eventually(t, 15*time.Second, "re-merged after the partition healed", func() error { return allSee(rs, rs, Alive) })
+	testutil.Eventually(t, 15*time.Second, "re-merged after the partition healed", func() error { return allSee(rs, rs, MemberAlive) })
 
 	// A stopped peer is declared dead by everyone (it was relayed-only for 0).
 	rs[3].Close()
-	testutil.Eventually(t, 10*time.Second, "stopped peer dead everywhere", func() error { return allSee(rs[:3], rs[3:], Dead) })
+	testutil.Eventually(t, 10*time.Second, "stopped peer dead everywhere", func() error { return allSee(rs[:3], rs[3:], MemberDead) })
 	mu.Lock()
 	defer mu.Unlock()
 	ev := events[rs[3].Name()]
-	if len(ev) == 0 || ev[len(ev)-1] != Dead {
+	if len(ev) == 0 || ev[len(ev)-1] != MemberDead {
 		t.Fatalf("liveness callbacks for the stopped peer: %v", ev)
 	}
 	st := rs[0].Status()
 	found := false
 	for _, m := range st.Liveness {
-		if m.Peer == rs[3].Name() && m.State == Dead && !m.Since.IsZero() {
+		if m.Peer == rs[3].Name() && m.State == MemberDead && !m.Since.IsZero() {
 			found = true
 		}
 	}
