@@ -622,3 +622,81 @@ func TestPeerRestart(t *testing.T) {
 		t.Fatalf("restart seen as a collision: %v / %v", again.Err(), rs[0].Err())
 	}
 }
+
+// TestGossipBroadcastExactlyOnce: on a random mesh of routers, a broadcast reaches every
+// peer exactly once.
+func TestGossipBroadcastExactlyOnce(t *testing.T) {
+	const n = 20
+	mn := NewMemNetwork()
+	rng := rand.New(rand.NewPCG(7, 8))
+	cfgs := make([]Config, n)
+	for i := range cfgs {
+		cfgs[i] = testConfig(mn, i)
+		cfgs[i].NoDiscovery = true
+		for j := 0; i > 0 && j < 1+rng.IntN(3); j++ {
+			cfgs[i].Peers = append(cfgs[i].Peers, hostOf(rng.IntN(i)))
+		}
+	}
+	rs := startRouters(t, cfgs)
+	testutil.Eventually(t, 10*time.Second, "converged", func() error { return converged(rs) })
+	gs := make([]*testGossiper, n)
+	var senders []Gossip
+	for i, r := range rs {
+		gs[i] = newTestGossiper()
+		s, err := r.NewGossip("bc", gs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		senders = append(senders, s)
+	}
+	for k, origin := range []int{0, n / 2, n - 1} {
+		msg := fmt.Sprintf("from-%d", origin)
+		// Routes settle after the topology: wait until the origin's tree covers everyone.
+		testutil.Eventually(t, 5*time.Second, "routes settled", func() error {
+			for _, r := range rs {
+				if len(r.Routes().rt.unicastAll) != n-1 {
+					return fmt.Errorf("%s: incomplete routes", r.Name())
+				}
+			}
+			return nil
+		})
+		senders[origin].GossipBroadcast(testData{msg})
+		testutil.Eventually(t, 5*time.Second, "broadcast everywhere", func() error {
+			for i, g := range gs {
+				if i == origin {
+					continue
+				}
+				g.mu.Lock()
+				c := g.bcasts[msg]
+				g.mu.Unlock()
+				if c != 1 {
+					return fmt.Errorf("round %d: router %d got it %d times", k, i, c)
+				}
+			}
+			return nil
+		})
+	}
+	// And no late duplicates: a final broadcast from 0 is delivered once; by then any
+	// duplicate of the earlier ones would have arrived before it on the same paths.
+	senders[0].GossipBroadcast(testData{"fence"})
+	testutil.Eventually(t, 5*time.Second, "fence everywhere", func() error {
+		for i, g := range gs[1:] {
+			g.mu.Lock()
+			c := g.bcasts["fence"]
+			g.mu.Unlock()
+			if c != 1 {
+				return fmt.Errorf("router %d got the fence %d times", i+1, c)
+			}
+		}
+		return nil
+	})
+	for i, g := range gs {
+		g.mu.Lock()
+		for m, c := range g.bcasts {
+			if c != 1 {
+				t.Errorf("router %d got %q %d times", i, m, c)
+			}
+		}
+		g.mu.Unlock()
+	}
+}

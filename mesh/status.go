@@ -142,3 +142,6 @@ func (r *Router) Status() Status {
 	s.Liveness = r.livenessStatus()
 	return s
 }
+
+// Counters returns the handshake and connection failure counters (for metrics).
+func (r *Router) Counters() *ConnCounters { return &r.counters }
