@@ -3,8 +3,11 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"context"
 	"io"
+	"log"
 	"log/slog"
+	"strings"
 	"net"
 	"slices"
 	"strconv"
@@ -151,7 +154,7 @@ func (r *Router) startMemberlist() error {
 	conf.SuspicionMult = s.timing.SuspicionMult
 	conf.TCPTimeout = 10 * time.Second
 	conf.Events = s
-	conf.Logger = slog.NewLogLogger(r.log.With("component", "memberlist").Handler(), slog.LevelDebug)
+	conf.Logger = log.New(memberlistLogWriter{r.log.With("component", "memberlist")}, "", 0)
 	ml, err := memberlist.Create(conf)
 	if err != nil {
 		return fmt.Errorf("start memberlist: %w", err)
@@ -663,4 +666,24 @@ func (r *Router) kickJoin() {
 	case r.ml.kick <- struct{}{}:
 	default:
 	}
+}
+
+// memberlistLogWriter turns memberlist's "[LEVEL] memberlist: text" lines into slog
+// records at the matching level. Its errors are about peers (unreachable, timed out), which
+// the failure detector handles, so they are logged as warnings.
+type memberlistLogWriter struct{ log *slog.Logger }
+
+func (w memberlistLogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	level := slog.LevelDebug
+	for prefix, l := range map[string]slog.Level{"[ERR]": slog.LevelWarn, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelInfo} {
+		if strings.HasPrefix(line, prefix) {
+			level = l
+		}
+	}
+	if i := strings.Index(line, "memberlist: "); i >= 0 {
+		line = line[i+len("memberlist: "):]
+	}
+	w.log.Log(context.Background(), level, line)
+	return len(p), nil
 }
