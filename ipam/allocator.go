@@ -56,8 +56,9 @@ type Allocator struct {
 	waitReason  string
 	lastRingTx  time.Time
 	lastReply   map[mesh.PeerName]time.Time
-	// synced is false after a restart with automatic reclaim on, until we hear the ring
-	// from a peer: our saved space may have been reclaimed while we were away.
+	// synced is false after a restart with a saved ring that names other peers, until we
+	// hear the ring from one of them: our space may have been taken over (rmpeer, reclaim)
+	// while we were away, and handing it out again would duplicate addresses.
 	synced    bool
 	startedAt time.Time
 	// adopting is set by ForgetRing: wait for a peer's ring, never make one.
@@ -233,7 +234,8 @@ func (a *Allocator) load() error {
 	}
 	clear(a.dirtyAllocs)
 	a.startedAt = a.cfg.Now()
-	a.synced = a.cfg.ReclaimAfter <= 0 || a.ring.Empty()
+	owners := a.ring.Owners()
+	a.synced = a.ring.Empty() || (len(owners) == 1 && owners[0] == a.cfg.Name)
 	if a.ring.Empty() && a.cfg.mode == initSeed && !a.adopting {
 		if err := a.ring.Seed(a.cfg.seeds); err != nil {
 			return fmt.Errorf("seed ring: %w", err)
@@ -257,6 +259,7 @@ func (a *Allocator) SetGossip(g mesh.Gossip) {
 	if !a.ring.Empty() {
 		a.broadcastRing()
 	}
+	a.helloIfUnsynced()
 	a.checkOrphans()
 	a.unlock()
 }
@@ -310,6 +313,14 @@ func (a *Allocator) notify() {
 func (a *Allocator) broadcastRing() {
 	a.lastRingTx = a.cfg.Now()
 	a.outbox = append(a.outbox, outMsg{broadcast: true, data: &gossipData{ring: a.ring.Clone()}})
+}
+
+// helloIfUnsynced asks every peer for its ring while we wait to learn whether our saved
+// space is still ours.
+func (a *Allocator) helloIfUnsynced() {
+	if !a.synced && !a.ring.Empty() {
+		a.outbox = append(a.outbox, outMsg{broadcast: true, data: &gossipData{ring: a.ring.Clone(), hello: true}})
+	}
 }
 
 func (a *Allocator) unicast(dst mesh.PeerName, b []byte) {
@@ -1033,6 +1044,7 @@ func (a *Allocator) Tick() {
 		}
 	}
 	clear(a.denied)
+	a.helloIfUnsynced()
 	a.reclaim(now)
 	a.checkOrphans()
 	a.notify()

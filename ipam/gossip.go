@@ -13,6 +13,7 @@ import (
 type gossipData struct {
 	ring  *ring.Ring
 	paxos paxos.State
+	hello bool // the sender restarted and wants everyone's ring
 }
 
 var _ mesh.GossipData = (*gossipData)(nil)
@@ -20,7 +21,10 @@ var _ mesh.GossipData = (*gossipData)(nil)
 // Encode implements mesh.GossipData.
 func (d *gossipData) Encode() [][]byte {
 	var out [][]byte
-	if d.ring != nil && !d.ring.Empty() {
+	switch {
+	case d.ring != nil && !d.ring.Empty() && d.hello:
+		out = append(out, encodeHello(d.ring))
+	case d.ring != nil && !d.ring.Empty():
 		out = append(out, encodeRing(d.ring))
 	}
 	if d.paxos != nil && (d.ring == nil || d.ring.Empty()) {
@@ -42,6 +46,7 @@ func (d *gossipData) Merge(o mesh.GossipData) mesh.GossipData {
 	case d.ring != nil && od.ring != nil:
 		_, _ = d.ring.Merge(od.ring)
 	}
+	d.hello = d.hello || od.hello
 	if od.paxos != nil {
 		if d.paxos == nil {
 			d.paxos = paxos.State{}
@@ -60,6 +65,17 @@ func (a *Allocator) decode(b []byte) (message, error) {
 		return m, err
 	}
 	return m, nil
+}
+
+// replyRing sends our ring to src, at most once per tick per peer.
+func (a *Allocator) replyRing(src mesh.PeerName) {
+	if a.ring.Empty() || src == a.cfg.Name {
+		return
+	}
+	if now := a.cfg.Now(); now.Sub(a.lastReply[src]) >= a.cfg.tick {
+		a.lastReply[src] = now
+		a.unicast(src, encodeRing(a.ring))
+	}
 }
 
 // OnGossipUnicast implements mesh.Gossiper.
@@ -83,6 +99,9 @@ func (a *Allocator) OnGossipUnicast(src mesh.PeerName, b []byte) error {
 		}
 		a.mergeRing(m.ring, src.String())
 		a.notify()
+	case msgHello:
+		a.mergeRing(m.ring, src.String())
+		a.replyRing(src)
 	case msgPaxos:
 		a.handlePaxos(m.paxos)
 	case msgSpaceRequest:
@@ -116,14 +135,17 @@ func (a *Allocator) OnGossipBroadcast(src mesh.PeerName, b []byte) (mesh.GossipD
 		return nil, nil
 	}
 	switch m.kind {
+	case msgHello:
+		a.mergeRing(m.ring, src.String())
+		a.replyRing(src)
+		return &gossipData{ring: m.ring, hello: true}, nil
 	case msgRing:
 		a.mergeRing(m.ring, src.String())
 		// A sender that lacks what we know (typically a peer back from the dead, whose
 		// space may have been reclaimed) gets our ring at once rather than at the next
 		// periodic gossip; at most once per tick per peer.
-		if now := a.cfg.Now(); !a.ring.Equal(m.ring) && now.Sub(a.lastReply[src]) >= a.cfg.tick {
-			a.lastReply[src] = now
-			a.unicast(src, encodeRing(a.ring))
+		if !a.ring.Equal(m.ring) {
+			a.replyRing(src)
 		}
 		return &gossipData{ring: m.ring}, nil
 	case msgPaxos:
@@ -159,8 +181,8 @@ func (a *Allocator) OnGossip(b []byte) (mesh.GossipData, error) {
 		return nil, nil
 	}
 	switch m.kind {
-	case msgRing:
-		if a.mergeRing(m.ring, "") {
+	case msgRing, msgHello:
+		if a.mergeRing(m.ring, "gossip") {
 			return &gossipData{ring: a.ring.Clone()}, nil
 		}
 	case msgPaxos:

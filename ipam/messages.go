@@ -22,6 +22,7 @@ const (
 	msgSpaceDenied  byte = 4 // subnet start u32, end u32, then the donor's ring
 	msgClaim        byte = 5 // address u32: "give me this one address, my container uses it"
 	msgClaimDenied  byte = 6 // address u32, reason u8, then the owner's ring
+	msgHello        byte = 7 // ring wire form, from a restarted peer: "send me your ring"
 )
 
 // Reasons a claim is denied.
@@ -41,6 +42,8 @@ type message struct {
 }
 
 func encodeRing(r *ring.Ring) []byte { return append([]byte{msgRing}, r.Encode()...) }
+
+func encodeHello(r *ring.Ring) []byte { return append([]byte{msgHello}, r.Encode()...) }
 
 func encodePaxos(s paxos.State) []byte { return append([]byte{msgPaxos}, s.Encode()...) }
 
@@ -74,7 +77,7 @@ func decodeMessage(b []byte) (message, error) {
 	body := b[1:]
 	var err error
 	switch m.kind {
-	case msgRing:
+	case msgRing, msgHello:
 		m.ring, err = ring.Decode(body)
 	case msgPaxos:
 		m.paxos, err = paxos.Decode(body)

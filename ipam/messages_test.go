@@ -20,6 +20,7 @@ func sampleMessages() [][]byte {
 	sub := addr.Range{Start: 0x0a200000, End: 0x0a200100}
 	return [][]byte{
 		encodeRing(r),
+		encodeHello(r),
 		encodePaxos(n.State()),
 		encodeSpace(msgSpaceRequest, sub, nil),
 		encodeSpace(msgSpaceDenied, sub, r),

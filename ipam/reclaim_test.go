@@ -121,3 +121,48 @@ func mustAddr(ip netip.Addr) addr.Addr {
 	}
 	return v
 }
+
+// A peer restarting with a saved ring that names others asks for the ring before handing out
+// anything new: after an rmpeer while it was away, it must not reuse the space it lost.
+func TestRestartedPeerSyncsBeforeAllocating(t *testing.T) {
+	n := pumped(t)
+	init := "seed=" + mesh.PeerName(1).String() + "," + mesh.PeerName(2).String()
+	a := n.start(t, n.config(1, init, nil))
+	defer a.Close()
+	bStore := &MemStore{}
+	b := n.start(t, n.config(2, init, bStore))
+	ctx := ctxT(t, 5*time.Second)
+	x, err := b.Allocate(ctx, "bx", "ethwe", netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.stop(2)
+	if _, err := a.RemovePeer(2); err != nil {
+		t.Fatal(err)
+	}
+	// The address b would hand out next from its old space now serves one of a's containers.
+	next := netip.PrefixFrom(x.Addr().Next(), x.Bits())
+	if err := a.Claim(ctx, "ax", "ethwe", next); err != nil {
+		t.Fatal(err)
+	}
+	b2 := n.start(t, n.config(2, init, bStore))
+	defer b2.Close()
+	p, err := b2.Allocate(ctx, "by", "ethwe", netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p == next {
+		t.Fatalf("restarted peer handed out %v, which it lost while away", p)
+	}
+	testutil.Eventually(t, 5*time.Second, "b re-claims x", func() error {
+		b2.mu.Lock()
+		defer b2.mu.Unlock()
+		if !b2.space.Owns(mustAddr(x.Addr())) {
+			return errors.New("x not owned yet")
+		}
+		return nil
+	})
+	if st := b2.Status(); len(st.Conflicts) != 0 {
+		t.Fatalf("unexpected conflicts: %v", st.Conflicts)
+	}
+}
