@@ -1,16 +1,16 @@
 package mesh
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"context"
 	"io"
 	"log"
 	"log/slog"
-	"strings"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
