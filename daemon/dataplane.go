@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/weavemesh/weave/api"
@@ -19,14 +20,20 @@ import (
 // comma separated, most preferred first). A debug and benchmark knob, not a stable flag.
 const envSleeveCiphers = "WEAVE_SLEEVE_CIPHERS"
 
+// envCPUProfile names a file to write a CPU profile of the whole daemon to, from data-plane
+// start to close (for `go tool pprof`); a debug knob, kept off any network port.
+const envCPUProfile = "WEAVE_CPUPROFILE"
+
 // dataPlane wires the router (MAC learning) and the sleeve overlay between the TAP on the
 // bridge and the UDP socket on --port. Connections become established for data only once
 // the sleeve's heartbeats pass both ways (mesh.Config.OverlayConfirms).
 type dataPlane struct {
 	d      *Daemon
 	dev    tap.Device
+	bind   udp.Bind
 	sleeve *sleeve.Sleeve
 	router *router.Router
+	prof   *os.File // CPU profile being written, if asked for
 }
 
 // OverlayStats are one overlay's counters, for the report and metrics.
@@ -62,7 +69,18 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 		dev.Close()
 		return nil, err
 	}
-	return &dataPlane{d: d, dev: dev, sleeve: s, router: r}, nil
+	dp := &dataPlane{d: d, dev: dev, bind: bind, sleeve: s, router: r}
+	if path := os.Getenv(envCPUProfile); path != "" {
+		if f, err := os.Create(path); err != nil {
+			d.log.Warn("cannot write the CPU profile", "path", path, "err", err)
+		} else if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			d.log.Warn("cannot start the CPU profile", "path", path, "err", err)
+		} else {
+			dp.prof = f
+		}
+	}
+	return dp, nil
 }
 
 // configureMesh lets the data plane hook into connection setup before the mesh starts.
@@ -89,9 +107,15 @@ func (dp *dataPlane) start(m *mesh.Router) error {
 
 // close stops the data plane; idempotent. The TAP stays (persistent) for the next start.
 func (dp *dataPlane) close() error {
+	dp.logStats()
 	err := dp.router.Close() // closes the TAP
 	if e := dp.sleeve.Close(); err == nil {
 		err = e
+	}
+	if dp.prof != nil {
+		pprof.StopCPUProfile()
+		dp.prof.Close()
+		dp.prof = nil
 	}
 	return err
 }
@@ -122,4 +146,16 @@ func (dp *dataPlane) annotateConnections(conns []api.Connection) {
 			conns[i].Overlay, conns[i].MTU = ov, mtu
 		}
 	}
+}
+
+// logStats logs what the data plane carried and how well the offloads batched it.
+func (dp *dataPlane) logStats() {
+	args := []any{"sleeve", dp.sleeve.Stats(), "router", dp.router.Stats()}
+	if sr, ok := dp.dev.(tap.StatsReporter); ok {
+		args = append(args, "tap", sr.Stats())
+	}
+	if sr, ok := dp.bind.(udp.StatsReporter); ok {
+		args = append(args, "udp", sr.Stats())
+	}
+	dp.d.log.Info("data plane totals", args...)
 }
