@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/weavemesh/weave/api"
@@ -120,10 +119,8 @@ func printSummary(w io.Writer, r api.Report) {
 	if len(r.Router.TrustedSubnets) > 0 {
 		trusted = strings.Join(r.Router.TrustedSubnets, ",")
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.AlignRight)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t %s\n", k, v) }
+	row := func(k, v string) { fmt.Fprintf(w, "%15s: %s\n", k, v) }
 	row("Version", r.Version)
-	tw.Flush()
 	fmt.Fprintln(w)
 	row("Service", "router")
 	row("Name", peerLabel(r.Router.Name, r.Router.NickName))
@@ -138,14 +135,12 @@ func printSummary(w io.Writer, r api.Report) {
 		row("Bridge", fmt.Sprintf("%s (mtu %d)", r.Bridge.Name, r.Bridge.MTU))
 	}
 	if r.IPAM != nil {
-		tw.Flush()
 		fmt.Fprintln(w)
 		row("Service", "ipam")
 		row("Status", r.IPAM.Status)
 		row("Range", r.IPAM.Range)
 		row("DefaultSubnet", r.IPAM.DefaultSubnet)
 	}
-	tw.Flush()
 }
 
 func printPeers(w io.Writer, r api.Report) {
