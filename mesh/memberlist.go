@@ -154,7 +154,7 @@ func (r *Router) startMemberlist() error {
 	conf.SuspicionMult = s.timing.SuspicionMult
 	conf.TCPTimeout = 10 * time.Second
 	conf.Events = s
-	conf.Logger = log.New(memberlistLogWriter{r.log.With("component", "memberlist")}, "", 0)
+	conf.Logger = log.New(memberlistLogWriter{r.cfg.Logger.With("component", "memberlist", "local", r.cfg.Name.String())}, "", 0)
 	ml, err := memberlist.Create(conf)
 	if err != nil {
 		return fmt.Errorf("start memberlist: %w", err)
