@@ -59,7 +59,11 @@ type topoStats struct {
 	UpdatesSent     uint64
 	HashChecksSent  uint64
 	RouteRecomputes uint64
+	FutureVersions  uint64
 }
+
+// maxVersionAhead bounds how far ahead of our clock a peer's version may be.
+const maxVersionAhead = 365 * 24 * time.Hour
 
 type topoConfig struct {
 	Self       PeerName
@@ -203,6 +207,12 @@ func (t *topo) neighbours() []PeerName {
 // apply merges one received entry and reports whether it was new to us.
 func (t *topo) apply(e *peerEntry) bool {
 	if e.Version == 0 {
+		return false
+	}
+	// Versions follow their owner's clock. One far in the future is forged or broken, and
+	// accepting it would let that entry win forever (its owner could not go above it).
+	if e.Version > uint64(t.cfg.Now().Add(maxVersionAhead).UnixMicro()) {
+		t.stats.FutureVersions++
 		return false
 	}
 	if e.Name == t.self.Name {

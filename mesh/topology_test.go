@@ -3,6 +3,7 @@ package mesh
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -194,6 +195,9 @@ func TestMergeRules(t *testing.T) {
 	}
 	if apply(peerEntry{Name: x, UID: 6, Version: 0}) {
 		t.Fatal("placeholder entry accepted")
+	}
+	if apply(peerEntry{Name: x, UID: 6, Version: math.MaxUint64}) {
+		t.Fatal("version far in the future accepted")
 	}
 
 	// An entry about ourselves from an older incarnation: we move above it, and it is not
