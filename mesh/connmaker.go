@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -362,7 +361,7 @@ func (r *Router) attemptDoneLocked(addr string, err error) {
 	}
 	t.state, t.lastErr = targetFailed, err
 	t.interval = backoff(t.interval)
-	t.tryAfter = now.Add(jitter(t.interval, rand.Float64()))
+	t.tryAfter = now.Add(jitter(t.interval, r.rng.Float64()))
 }
 
 // connDownTargetLocked re-arms the target whose connection just ended: at once if the
@@ -380,7 +379,7 @@ func (r *Router) connDownTargetLocked(mc *meshConn, err error) {
 			t.interval, t.tryAfter = 0, time.Time{}
 		} else {
 			t.interval = backoff(t.interval)
-			t.tryAfter = time.Now().Add(jitter(t.interval, rand.Float64()))
+			t.tryAfter = time.Now().Add(jitter(t.interval, r.rng.Float64()))
 		}
 	}
 }
