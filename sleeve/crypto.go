@@ -31,6 +31,8 @@ type sealer struct {
 	aead cipher.AEAD   // nil: secretbox
 	key  [32]byte
 	seq  uint64
+	// nonce is scratch: a local array passed to cipher.AEAD would escape to the heap.
+	nonce [12]byte
 }
 
 // opener decrypts the other direction; it belongs to the socket reader.
@@ -38,6 +40,7 @@ type opener struct {
 	aead   cipher.AEAD
 	key    [32]byte
 	window replayWindow
+	nonce  [12]byte // scratch, see sealer.nonce
 }
 
 func newAEAD(name string, key *[32]byte) (cipher.AEAD, error) {
@@ -63,9 +66,8 @@ func (s *sealer) seal(out, body []byte) []byte {
 	putName(out[0:6], s.name)
 	binary.BigEndian.PutUint64(out[6:14], s.seq)
 	if s.aead != nil {
-		var nonce [12]byte
-		binary.BigEndian.PutUint64(nonce[4:], s.seq)
-		sealed := s.aead.Seal(out[sealedHeaderLen:sealedHeaderLen], nonce[:], body, out[:sealedHeaderLen])
+		binary.BigEndian.PutUint64(s.nonce[4:], s.seq)
+		sealed := s.aead.Seal(out[sealedHeaderLen:sealedHeaderLen], s.nonce[:], body, out[:sealedHeaderLen])
 		return out[:sealedHeaderLen+len(sealed)]
 	}
 	var nonce [24]byte
@@ -88,10 +90,9 @@ func (o *opener) open(scratch, d []byte) ([]byte, error) {
 	var body []byte
 	var ok bool
 	if o.aead != nil {
-		var nonce [12]byte
-		binary.BigEndian.PutUint64(nonce[4:], seq)
+		binary.BigEndian.PutUint64(o.nonce[4:], seq)
 		var err error
-		body, err = o.aead.Open(d[sealedHeaderLen:sealedHeaderLen], nonce[:], d[sealedHeaderLen:], d[:sealedHeaderLen])
+		body, err = o.aead.Open(d[sealedHeaderLen:sealedHeaderLen], o.nonce[:], d[sealedHeaderLen:], d[:sealedHeaderLen])
 		ok = err == nil
 	} else {
 		var nonce [24]byte

@@ -37,7 +37,7 @@ func fuzzSleeve(t testing.TB) (*Sleeve, *reader, *countingReceiver) {
 	}
 	t.Cleanup(func() { s.Close() })
 	recv := &countingReceiver{}
-	s.recv = recv
+	s.recv.Store(&recvBox{recv})
 	for _, p := range []struct {
 		name   mesh.PeerName
 		keys   bool

@@ -39,6 +39,9 @@ type captureBind struct {
 
 func (b *captureBind) WriteBatch(bufs [][]byte, ep netip.AddrPort) error {
 	for _, d := range bufs {
+		if b.sent == nil {
+			break
+		}
 		select {
 		case b.sent <- bytes.Clone(d):
 		default:

@@ -104,8 +104,8 @@ func (r *reader) handle(n int) {
 }
 
 func (r *reader) deliver(from mesh.PeerName) {
-	if recv := r.s.recv; recv != nil {
-		recv.Receive(from, r.frames)
+	if box := r.s.recv.Load(); box != nil && box.r != nil {
+		box.r.Receive(from, r.frames)
 	}
 	clear(r.frames) // drop references into the buffers
 	r.frames = r.frames[:0]

@@ -104,7 +104,7 @@ type Sleeve struct {
 
 	mu       sync.Mutex
 	mesh     Mesh
-	recv     overlay.Receiver
+	recv     atomic.Pointer[recvBox] // set by Start
 	byName   map[mesh.PeerName]*neighbour
 	hellos   map[uint64][]byte // hellos that arrived before their ConnectionUp, by connID
 	started  bool
@@ -114,6 +114,8 @@ type Sleeve struct {
 	closeErr error
 	once     sync.Once
 }
+
+type recvBox struct{ r overlay.Receiver }
 
 var (
 	_ mesh.OverlayHook  = (*Sleeve)(nil)
@@ -180,7 +182,8 @@ func (s *Sleeve) Start(m Mesh, recv overlay.Receiver) {
 	if s.started || s.closed {
 		return
 	}
-	s.started, s.mesh, s.recv = true, m, recv
+	s.started, s.mesh = true, m
+	s.recv.Store(&recvBox{recv})
 	s.wg.Add(1)
 	go s.routineReceive()
 	for _, n := range s.byName {

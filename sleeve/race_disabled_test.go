@@ -1,0 +1,5 @@
+//go:build !race
+
+package sleeve_test
+
+const raceEnabled = false
