@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -698,5 +699,91 @@ func TestGossipBroadcastExactlyOnce(t *testing.T) {
 			}
 		}
 		g.mu.Unlock()
+	}
+}
+
+// TestCloseLeavesNoGoroutines: every goroutine a router starts (connections, handshakes,
+// dials, timers, memberlist) ends with Close, and Close is idempotent.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	mn := NewMemNetwork()
+	cfgs := []Config{testConfig(mn, 0), testConfig(mn, 1), testConfig(mn, 2)}
+	for i := range cfgs {
+		fastMemberlist(&cfgs[i])
+	}
+	cfgs[1].Peers = []string{hostOf(0), "10.9.9.9"} // one target that never answers
+	cfgs[2].Peers = []string{hostOf(1)}
+	var rs []*Router
+	for _, c := range cfgs {
+		r, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	testutil.Eventually(t, 10*time.Second, "alive everywhere", func() error { return allSee(rs, rs, MemberAlive) })
+	for _, r := range rs {
+		r.Close()
+		r.Close()
+		if r.Ready() {
+			t.Fatal("closed router still ready")
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, "goroutines gone", func() error {
+		if n := runtime.NumGoroutine(); n > before {
+			return fmt.Errorf("%d goroutines, %d before", n, before)
+		}
+		return nil
+	})
+}
+
+// TestHostileMessagesCountedNotFatal: garbage from an authenticated peer is dropped and
+// counted; the router and the connection survive.
+func TestHostileMessagesCountedNotFatal(t *testing.T) {
+	mn := NewMemNetwork()
+	r := startRouters(t, []Config{testConfig(mn, 0)})[0]
+	nc, err := mn.Transport("10.0.0.99").Dial(context.Background(), hostOf(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := Handshake(nc, HandshakeParams{Name: 0x0b0000000002, NickName: "evil", UID: 6, Outbound: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	go func() {
+		for {
+			if _, err := conn.Receive(); err != nil {
+				return
+			}
+		}
+	}()
+	bad := [][]byte{
+		{},
+		{99},
+		{tagTopoUpdate, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		{tagTopoBroadcast, 1, 2},
+		{tagTopoDigest, 5},
+		{tagGossipUnicast, 3},
+		{tagGossipBroadcast, 200, 'x'},
+		{tagNameInUse, 1},
+		{tagTopoHash},
+	}
+	for _, m := range bad {
+		if err := conn.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, "all counted", func() error {
+		if n := r.Status().Stats.MalformedMessages; n < uint64(len(bad)) {
+			return fmt.Errorf("%d of %d counted", n, len(bad))
+		}
+		return nil
+	})
+	if connCount(r) != 1 || r.Err() != nil {
+		t.Fatalf("connection dropped (%d) or router failed (%v)", connCount(r), r.Err())
 	}
 }
