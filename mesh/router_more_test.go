@@ -100,7 +100,13 @@ func TestNameCollisionDirect(t *testing.T) {
 	c1.Name = c0.Name
 	c1.Peers = []string{hostOf(0)}
 	older := startRouters(t, []Config{c0})[0]
-	time.Sleep(2 * time.Microsecond) // distinct start times: the second one is newer
+	// Distinct start times, so the second one is the newer.
+	testutil.Eventually(t, time.Second, "clock moved on", func() error {
+		if uint64(time.Now().UnixMicro()) <= older.topo.started {
+			return errors.New("same microsecond")
+		}
+		return nil
+	})
 	newer := startRouters(t, []Config{c1})[0]
 	select {
 	case <-newer.Done():
