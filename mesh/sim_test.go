@@ -315,11 +315,12 @@ func TestSimPerChangeTrafficIndependentOfN(t *testing.T) {
 // BenchmarkConvergence reports simulated convergence time and bytes sent per peer for a
 // cold start of the whole mesh, and for one change in a converged mesh.
 func BenchmarkConvergence(b *testing.B) {
-	for _, n := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+	for _, c := range []struct{ n, extra int }{{100, 100}, {1000, 1000}} {
+		n := c.n
+		b.Run(fmt.Sprintf("peers=%d/degree=%d", n, 2+2*c.extra/n), func(b *testing.B) {
 			var r simResult
 			for i := 0; i < b.N; i++ {
-				r = runSim(b, n, n, uint64(i))
+				r = runSim(b, n, c.extra, uint64(i))
 			}
 			b.ReportMetric(r.converge.Seconds(), "sim-s/converge")
 			b.ReportMetric(r.bytesPerPeer, "bytes/peer")
