@@ -593,3 +593,17 @@ func (b *tokenBucket) take(now time.Time) time.Duration {
 	// In debt: the token is the one that arrives after the wait.
 	return time.Duration(-b.tokens * float64(b.refill))
 }
+
+// DropConnection closes the connection to peer with connID, for an overlay whose data path
+// to that peer failed (Weave: "no working forwarders"). The connection maker retries it
+// with backoff as for any other failure.
+func (r *Router) DropConnection(peer PeerName, connID uint64, reason error) error {
+	r.mu.Lock()
+	c := r.conns[peer]
+	r.mu.Unlock()
+	if c == nil || c.intro.ConnID != connID {
+		return fmt.Errorf("drop connection %s/%x: %w", peer, connID, ErrUnknownConn)
+	}
+	r.connDown(c, fmt.Errorf("dropped by the overlay: %w", reason))
+	return nil
+}

@@ -475,6 +475,21 @@ func TestOverlayConfirmsConnections(t *testing.T) {
 		}
 		return nil
 	})
+	// The overlay gives up on the data path: the connection goes, both overlays hear of it.
+	if err := rs[0].DropConnection(ci0.Peer, ci0.ConnID, errors.New("no working forwarders")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "both overlays told", func() error {
+		for _, o := range []*testOverlay{o0, o1} {
+			o.mu.Lock()
+			n := len(o.down)
+			o.mu.Unlock()
+			if n == 0 {
+				return errors.New("no ConnectionDown yet")
+			}
+		}
+		return nil
+	})
 }
 
 // TestRouters100Converge: 100 routers over the in-memory network, on a random partial
