@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -189,3 +190,47 @@ func (g *testGossiper) Gossip() GossipData {
 }
 
 func (g *testGossiper) OnGossip(msg []byte) (GossipData, error) { return g.merge(msg), nil }
+
+// TestStatusJSON: the keys CONTRACT.md promises for the report's router section.
+func TestStatusJSON(t *testing.T) {
+	mn := NewMemNetwork()
+	c0, c1 := testConfig(mn, 0), testConfig(mn, 1)
+	c1.Peers = []string{hostOf(0)}
+	rs := startRouters(t, []Config{c0, c1})
+	testutil.Eventually(t, 5*time.Second, "converged", func() error { return converged(rs) })
+	b, err := json.Marshal(rs[1].Status())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Name        string           `json:"name"`
+		Peers       []map[string]any `json:"peers"`
+		Connections []map[string]any `json:"connections"`
+		Targets     []string         `json:"targets"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Name != rs[1].Name().String() || len(m.Peers) != 2 || len(m.Connections) != 1 || len(m.Targets) != 1 {
+		t.Fatalf("status JSON: %s", b)
+	}
+	for _, k := range []string{"name", "nickname", "uid", "connections"} {
+		if _, ok := m.Peers[0][k]; !ok {
+			t.Errorf("peer without %q: %s", k, b)
+		}
+	}
+	pc := m.Peers[0]["connections"].([]any)[0].(map[string]any)
+	for _, k := range []string{"name", "address", "outbound", "established"} {
+		if _, ok := pc[k]; !ok {
+			t.Errorf("peer connection without %q: %s", k, b)
+		}
+	}
+	for _, k := range []string{"peer", "address", "outbound", "state", "info", "encrypted"} {
+		if _, ok := m.Connections[0][k]; !ok {
+			t.Errorf("connection without %q: %s", k, b)
+		}
+	}
+	if m.Connections[0]["peer"] != rs[0].Name().String() || m.Connections[0]["state"] != StateEstablished {
+		t.Fatalf("connection: %v", m.Connections[0])
+	}
+}
