@@ -355,10 +355,8 @@ func (r *Router) attemptDoneLocked(addr string, err error) {
 		t.state, t.lastErr = targetConnected, nil
 		return
 	}
-	if !t.direct {
-		delete(r.targets, addr)
-		return
-	}
+	// Discovered targets back off like direct ones (a NATed peer would otherwise be dialled
+	// again on every topology update); they are dropped once nobody reports them.
 	t.state, t.lastErr = targetFailed, err
 	t.interval = backoff(t.interval)
 	t.tryAfter = now.Add(jitter(t.interval, r.rng.Float64()))

@@ -163,6 +163,16 @@ func TestNATedPeerStaysMember(t *testing.T) {
 		}
 		return nil
 	})
+	// The peer that cannot reach the NATed one backs off instead of redialling on every
+	// topology update.
+	testutil.Eventually(t, 5*time.Second, "discovered NATed target backing off", func() error {
+		for _, c := range rs[2].Status().Connections {
+			if c.Address == hostOf(1) && c.State == StateFailed && !c.NextRetry.IsZero() {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", rs[2].Status().Connections)
+	})
 	// The public peer never dials the NATed one: it already has the connection the NATed
 	// peer made.
 	s := rs[0].Status()
