@@ -35,6 +35,7 @@ type Router struct {
 	fatal     atomic.Pointer[error]
 	done      chan struct{}
 	ready     atomic.Bool
+	started   atomic.Bool
 	counters  ConnCounters
 	rng       *lockedRand
 
@@ -153,6 +154,12 @@ func (r *Router) UID() uint64 { return r.cfg.UID }
 
 // Start listens (unless ListenAddr is "-") and starts the background work. It does not block.
 func (r *Router) Start() error {
+	if r.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("mesh router already started")
+	}
 	if addr := r.listenAddr(); addr != "-" {
 		ln, err := r.cfg.Transport.Listen(addr)
 		if err != nil {

@@ -96,6 +96,9 @@ func TestTwoRoutersConnectAndGossip(t *testing.T) {
 		}
 		return nil
 	})
+	if err := rs[0].Start(); err == nil {
+		t.Fatal("second Start accepted")
+	}
 	st := rs[1].Status()
 	if len(st.Connections) != 1 || st.Connections[0].State != StateEstablished || !st.Connections[0].Outbound {
 		t.Fatalf("router 1 connections: %+v", st.Connections)
