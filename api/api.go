@@ -108,8 +108,22 @@ type IPAM struct {
 	ActiveIPs       int          `json:"active_ips"`
 	PendingAllocs   int          `json:"pending_allocates"`
 	Entries         []IPAMEntry  `json:"entries"`
+	Owners          []IPAMOwner  `json:"owners"`
 	UnreachablePeer []string     `json:"unreachable_peers,omitempty"`
 	Owned           []Allocation `json:"owned,omitempty"`
+	// Error is the last refused ring update, with how to repair it.
+	Error     string   `json:"error,omitempty"`
+	Conflicts []string `json:"conflicts,omitempty"`
+}
+
+// IPAMOwner sums one peer's share of the range (`weavectl status ipam`).
+type IPAMOwner struct {
+	Peer      string  `json:"peer"`
+	NickName  string  `json:"nickname"`
+	Addresses uint64  `json:"addresses"`
+	Percent   float64 `json:"percent"`
+	Reachable bool    `json:"reachable"`
+	Self      bool    `json:"self"`
 }
 
 // IPAMEntry is one token of the ring: a range owned by a peer.
@@ -222,7 +236,19 @@ const (
 	PathExpose    = "/v1/expose"
 	PathHide      = "/v1/hide"
 	PathEndpoints = "/v1/endpoints"
+	PathRmpeer    = "/v1/rmpeer"
 )
+
+// RmpeerRequest names a dead peer (name or nickname) whose IPAM space this peer takes over.
+type RmpeerRequest struct {
+	Peer string `json:"peer"`
+}
+
+// RmpeerResponse says how many addresses were taken over.
+type RmpeerResponse struct {
+	Peer  string `json:"peer"`
+	Taken uint64 `json:"taken"`
+}
 
 // ExposeID is the endpoint ID of the host's own address on the bridge (Weave's name).
 const ExposeID = "weave:expose"

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/mesh"
 )
 
 const maxRequestBody = 1 << 20
@@ -27,6 +29,9 @@ func (d *Daemon) apiHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathDetach, endpointHandler(d.detach))
 	mux.HandleFunc("POST "+api.PathExpose, endpointHandler(d.expose))
 	mux.HandleFunc("POST "+api.PathHide, endpointHandler(d.hide))
+	mux.HandleFunc("POST "+api.PathRmpeer, endpointHandler(func(_ context.Context, req api.RmpeerRequest) (api.RmpeerResponse, error) {
+		return d.rmpeer(req)
+	}))
 	mux.HandleFunc("GET "+api.PathEndpoints, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, d.endpointList())
 	})
@@ -100,6 +105,14 @@ func (d *Daemon) handleStop(w http.ResponseWriter, _ *http.Request) {
 
 func (d *Daemon) handleReset(w http.ResponseWriter, _ *http.Request) {
 	d.log.Info("reset requested through the API: stopping, then removing devices and state")
+	if d.ipam != nil {
+		// Our space goes to a live peer first, so the network does not lose it.
+		if heir, err := d.ipam.Handover(); err != nil {
+			d.log.Warn("reset: could not hand our address space over", "err", err)
+		} else if heir != mesh.UnknownPeerName {
+			d.log.Info("reset: address space handed over", "heir", heir.String())
+		}
+	}
 	d.resetReq.Store(true)
 	w.WriteHeader(http.StatusNoContent)
 	d.requestStop()
@@ -149,14 +162,14 @@ func (d *Daemon) handleForget(w http.ResponseWriter, r *http.Request) {
 }
 
 // endpointHandler decodes a request of type T, runs f and answers with the endpoint.
-func endpointHandler[T any](f func(T) (api.Endpoint, error)) http.HandlerFunc {
+func endpointHandler[T, R any](f func(context.Context, T) (R, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req T
 		if err := decode(r, &req); err != nil {
 			writeError(w, err)
 			return
 		}
-		ep, err := f(req)
+		ep, err := f(r.Context(), req)
 		if err != nil {
 			writeError(w, err)
 			return

@@ -37,6 +37,12 @@ type Config struct {
 	IPAllocRange netip.Prefix
 	// IPAllocInit is consensus[=N], seed=NAME,... or observer.
 	IPAllocInit string
+	// IPAllocDefaultSubnet is where addresses come from when none is asked for (default:
+	// the whole range).
+	IPAllocDefaultSubnet netip.Prefix
+	// IPAllocReclaimAfter, when positive, takes over the space of a peer the cluster has
+	// agreed is dead for that long.
+	IPAllocReclaimAfter time.Duration
 	// StateDir holds identity, IPAM database and targets.
 	StateDir string
 	// Socket is the control API's unix socket.

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weavemesh/weave/internal/netdev"
+	"github.com/weavemesh/weave/ipam"
 	"github.com/weavemesh/weave/mesh"
 )
 
@@ -46,6 +47,11 @@ type Daemon struct {
 	lockFile   *os.File
 	endpoints  *endpointStore
 	mesh       *mesh.Router
+	ipam       *ipam.Allocator
+	peers      *meshPeers
+	bg         sync.WaitGroup // background work (claims) that Close waits for
+	bgCtx      context.Context
+	bgCancel   context.CancelFunc
 	dp         *dataPlane
 	apiLn      net.Listener
 	apiSrv     *http.Server
@@ -188,10 +194,19 @@ func (d *Daemon) Start() error {
 	if err != nil {
 		return fmt.Errorf("mesh: %w", err)
 	}
+	if err := d.newIPAM(m); err != nil {
+		m.Close()
+		return err
+	}
 	if err := m.Start(); err != nil {
+		if d.ipam != nil {
+			d.ipam.Close()
+		}
 		return fmt.Errorf("mesh: %w", err)
 	}
 	d.mesh = m
+	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
+	d.claimEndpoints()
 	if err := dp.start(m); err != nil {
 		d.mesh.Close()
 		return fmt.Errorf("data plane: %w", err)
@@ -304,6 +319,15 @@ func (d *Daemon) Close() error {
 		if d.metricsSrv != nil {
 			if err := d.metricsSrv.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
+			}
+		}
+		if d.bgCancel != nil {
+			d.bgCancel()
+		}
+		d.bg.Wait()
+		if d.ipam != nil {
+			if err := d.ipam.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("ipam: %w", err))
 			}
 		}
 		if d.dp != nil {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -168,7 +169,7 @@ func prefixesToStrings(ps []netip.Prefix) []string {
 }
 
 // attach implements weavectl attach: the same target attached again keeps its addresses.
-func (d *Daemon) attach(req api.AttachRequest) (api.Endpoint, error) {
+func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Endpoint, error) {
 	id, nsPath, err := resolveTarget(req.Target)
 	if err != nil {
 		return api.Endpoint{}, err
@@ -180,25 +181,22 @@ func (d *Daemon) attach(req api.AttachRequest) (api.Endpoint, error) {
 	if len(ifName) > 15 || !netnsName.MatchString(ifName) {
 		return api.Endpoint{}, api.Errorf(api.CodeBadRequest, "bad interface name %q", ifName)
 	}
-	cidrs, err := parseCIDRs(req.CIDRs)
+	given, err := parseCIDRs(req.CIDRs)
 	if err != nil {
 		return api.Endpoint{}, err
 	}
 	s := d.endpoints
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	key := id + "/" + ifName
-	prev := s.m[key]
-	if prev != nil && prev.NetnsPath != nsPath {
-		prev = nil // a PID reused by another process, or a path re-pointed: a new endpoint
+	s.mu.Lock()
+	var held []netip.Prefix
+	if prev := s.m[key]; prev != nil && prev.NetnsPath == nsPath {
+		held = slices.Clone(prev.CIDRs)
 	}
-	if len(cidrs) == 0 {
-		switch {
-		case prev != nil && len(prev.CIDRs) > 0:
-			cidrs = slices.Clone(prev.CIDRs)
-		default:
-			return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "no CIDR given and this router has no IPAM to allocate one; give a CIDR")
-		}
+	s.mu.Unlock()
+	// Address allocation may wait for the ring; no lock is held meanwhile.
+	cidrs, err := d.addresses(ctx, id, ifName, given, held)
+	if err != nil {
+		return api.Endpoint{}, err
 	}
 	spec := netdev.AttachSpec{
 		NetnsPath: nsPath, IfName: ifName, HostIfName: hostIfName(id, ifName), Bridge: d.cfg.Bridge,
@@ -209,12 +207,14 @@ func (d *Daemon) attach(req api.AttachRequest) (api.Endpoint, error) {
 	}
 	got, err := d.links.Attach(spec)
 	if err != nil {
+		if len(given) == 0 && len(held) == 0 {
+			d.release(id, ifName, nil) // nothing uses the fresh allocation
+		}
 		return api.Endpoint{}, api.Errorf(api.CodeInternal, "attach %s: %v", req.Target, err)
 	}
-	e := &endpoint{ID: id, NetnsPath: nsPath, IfName: ifName, HostIf: spec.HostIfName, MAC: got.MAC.String()}
-	if prev != nil {
-		e.CIDRs = slices.Clone(prev.CIDRs)
-	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := &endpoint{ID: id, NetnsPath: nsPath, IfName: ifName, HostIf: spec.HostIfName, MAC: got.MAC.String(), CIDRs: held}
 	for _, c := range cidrs {
 		if !slices.Contains(e.CIDRs, c) {
 			e.CIDRs = append(e.CIDRs, c)
@@ -238,7 +238,7 @@ func coveredBy(r netip.Prefix, cidrs []netip.Prefix) bool {
 }
 
 // detach removes the given CIDRs from the endpoint, or the endpoint with all of them.
-func (d *Daemon) detach(req api.DetachRequest) (api.Endpoint, error) {
+func (d *Daemon) detach(_ context.Context, req api.DetachRequest) (api.Endpoint, error) {
 	ifName := req.IfName
 	if ifName == "" {
 		ifName = "ethwe"
@@ -279,6 +279,7 @@ func (d *Daemon) detach(req api.DetachRequest) (api.Endpoint, error) {
 	} else {
 		e.CIDRs = slices.DeleteFunc(e.CIDRs, func(c netip.Prefix) bool { return slices.Contains(cidrs, c) })
 	}
+	d.release(id, ifName, cidrs)
 	if err := s.saveLocked(); err != nil {
 		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
 	}
@@ -287,23 +288,26 @@ func (d *Daemon) detach(req api.DetachRequest) (api.Endpoint, error) {
 }
 
 // expose gives the host addresses on the bridge, recorded as the endpoint weave:expose.
-func (d *Daemon) expose(req api.ExposeRequest) (api.Endpoint, error) {
-	cidrs, err := parseCIDRs(req.CIDRs)
+func (d *Daemon) expose(ctx context.Context, req api.ExposeRequest) (api.Endpoint, error) {
+	given, err := parseCIDRs(req.CIDRs)
 	if err != nil {
 		return api.Endpoint{}, err
 	}
 	s := d.endpoints
+	key := api.ExposeID + "/" + d.cfg.Bridge
+	s.mu.Lock()
+	var held []netip.Prefix
+	if e := s.m[key]; e != nil {
+		held = slices.Clone(e.CIDRs)
+	}
+	s.mu.Unlock()
+	cidrs, err := d.addresses(ctx, api.ExposeID, d.cfg.Bridge, given, held)
+	if err != nil {
+		return api.Endpoint{}, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	key := api.ExposeID + "/" + d.cfg.Bridge
 	e := s.m[key]
-	if len(cidrs) == 0 {
-		if e != nil && len(e.CIDRs) > 0 {
-			cidrs = slices.Clone(e.CIDRs)
-		} else {
-			return api.Endpoint{}, api.Errorf(api.CodeUnavailable, "no CIDR given and this router has no IPAM to allocate one; give a CIDR")
-		}
-	}
 	for _, c := range cidrs {
 		if err := d.links.Expose(d.cfg.Bridge, c); err != nil {
 			return api.Endpoint{}, api.Errorf(api.CodeInternal, "expose %s: %v", c, err)
@@ -324,7 +328,7 @@ func (d *Daemon) expose(req api.ExposeRequest) (api.Endpoint, error) {
 	return api.Endpoint{ID: api.ExposeID, MAC: e.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
 }
 
-func (d *Daemon) hide(req api.ExposeRequest) (api.Endpoint, error) {
+func (d *Daemon) hide(_ context.Context, req api.ExposeRequest) (api.Endpoint, error) {
 	cidrs, err := parseCIDRs(req.CIDRs)
 	if err != nil {
 		return api.Endpoint{}, err
@@ -349,6 +353,7 @@ func (d *Daemon) hide(req api.ExposeRequest) (api.Endpoint, error) {
 	if len(e.CIDRs) == 0 {
 		delete(s.m, key)
 	}
+	d.release(api.ExposeID, d.cfg.Bridge, cidrs)
 	if err := s.saveLocked(); err != nil {
 		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
 	}

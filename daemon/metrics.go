@@ -31,15 +31,35 @@ var (
 		"1 when the router is ready.", nil, nil)
 )
 
+var (
+	descIPs = prometheus.NewDesc("weave_ips",
+		"Number of addresses in use on this peer.", []string{"state"}, nil)
+	descMaxIPs = prometheus.NewDesc("weave_max_ips",
+		"Size of the IP allocation range.", nil, nil)
+	descUnreachable = prometheus.NewDesc("weave_ipam_unreachable_count",
+		"Number of peers owning address space that are unreachable.", nil, nil)
+	descUnreachablePct = prometheus.NewDesc("weave_ipam_unreachable_percentage",
+		"Percentage of the range owned by unreachable peers.", nil, nil)
+	descPending = prometheus.NewDesc("weave_ipam_pending_allocates",
+		"Allocation requests waiting for the ring or for space.", nil, nil)
+	descIPAMRefused = prometheus.NewDesc("weave_ipam_refused_total",
+		"IPAM input refused or in conflict, by reason.", []string{"reason"}, nil)
+)
+
+// overlayDescs are the per-overlay frame, byte and drop counters: weave_<overlay>_<name>.
+func overlayDescs(ov string) (frames, bytes, drops *prometheus.Desc) {
+	return prometheus.NewDesc("weave_"+ov+"_frames_total", "Frames the "+ov+" overlay carried, by direction.", []string{"direction"}, nil),
+		prometheus.NewDesc("weave_"+ov+"_bytes_total", "Bytes of frames the "+ov+" overlay carried, by direction.", []string{"direction"}, nil),
+		prometheus.NewDesc("weave_"+ov+"_drops_total", "Frames the "+ov+" overlay dropped (malformed, replayed, forged, no route, oversize), by direction.", []string{"direction"}, nil)
+}
+
 // collector computes the metrics from the components' status at scrape time, so they can
 // never drift from what `weavectl status` shows.
 type collector struct{ d *Daemon }
 
-func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descTerminations, descMeshErrors, descPeers, descEndpoints, descReady} {
-		ch <- d
-	}
-}
+// Describe sends nothing: the collector is "unchecked", because the overlays' metrics depend
+// on which overlays run.
+func (c collector) Describe(chan<- *prometheus.Desc) {}
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	rep := c.d.report()
@@ -70,6 +90,36 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	if c.d.dp != nil {
+		for ov, st := range c.d.dp.stats() {
+			f, b, dr := overlayDescs(ov)
+			for _, m := range []struct {
+				desc    *prometheus.Desc
+				in, out uint64
+			}{{f, st.FramesIn, st.FramesOut}, {b, st.BytesIn, st.BytesOut}, {dr, st.DropsIn, st.DropsOut}} {
+				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.in), "in")
+				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.out), "out")
+			}
+		}
+	}
+	if c.d.ipam != nil {
+		n := c.d.ipam.Counts()
+		ch <- prometheus.MustNewConstMetric(descIPs, prometheus.GaugeValue, float64(n.LocalUsed), "local-used")
+		ch <- prometheus.MustNewConstMetric(descMaxIPs, prometheus.GaugeValue, float64(n.MaxIPs))
+		ch <- prometheus.MustNewConstMetric(descUnreachable, prometheus.GaugeValue, float64(n.UnreachablePeers))
+		pct := 0.0
+		if n.MaxIPs > 0 {
+			pct = 100 * float64(n.UnreachableAddresses) / float64(n.MaxIPs)
+		}
+		ch <- prometheus.MustNewConstMetric(descUnreachablePct, prometheus.GaugeValue, pct)
+		ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(n.Pending))
+		for reason, v := range map[string]uint64{
+			"conflict": n.Conflicts, "rejected_update": n.RejectedUpdates,
+			"bad_message": n.BadMessages, "persist_error": n.PersistErrors,
+		} {
+			ch <- prometheus.MustNewConstMetric(descIPAMRefused, prometheus.CounterValue, float64(v), reason)
+		}
+	}
 	if c.d.mesh != nil {
 		st := c.d.mesh.Status().Stats
 		ch <- prometheus.MustNewConstMetric(descTerminations, prometheus.CounterValue, float64(st.Terminations))

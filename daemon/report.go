@@ -56,7 +56,11 @@ func (d *Daemon) report() api.Report {
 		}
 		rep.Router.Connections = append(rep.Router.Connections, ac)
 	}
+	if d.dp != nil {
+		d.dp.annotateConnections(rep.Router.Connections)
+	}
 	rep.Router.Targets = append(rep.Router.Targets, st.Targets...)
+	rep.IPAM = d.ipamReport(st)
 	return rep
 }
 

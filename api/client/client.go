@@ -177,3 +177,10 @@ func (c *Client) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
 func (c *Client) Reset(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, api.PathReset, nil, nil)
 }
+
+// Rmpeer takes over the IPAM space of a dead peer (name or nickname).
+func (c *Client) Rmpeer(ctx context.Context, peer string) (api.RmpeerResponse, error) {
+	var r api.RmpeerResponse
+	err := c.do(ctx, http.MethodPost, api.PathRmpeer, api.RmpeerRequest{Peer: peer}, &r)
+	return r, err
+}

@@ -42,8 +42,8 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	envStr("WEAVE_SOCKET", &c.Socket)
 	envStr("IPALLOC_INIT", &c.IPAllocInit)
 	var (
-		password, passwordFile, ipRange, trusted string
-		envErrs                                  []error
+		password, passwordFile, ipRange, trusted, subnet string
+		envErrs                                          []error
 	)
 	envStr("WEAVE_PASSWORD", &password)
 	envStr("IPALLOC_RANGE", &ipRange)
@@ -76,6 +76,8 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	fs.IntVar(&c.Port, "port", c.Port, "TCP control and UDP sleeve port; port+1 is the VXLAN port")
 	fs.StringVar(&ipRange, "ipalloc-range", ipRange, "IP range the IPAM hands out (default 10.32.0.0/12)")
 	fs.StringVar(&c.IPAllocInit, "ipalloc-init", c.IPAllocInit, "consensus[=N], seed=NAME,... or observer")
+	fs.StringVar(&subnet, "ipalloc-default-subnet", "", "subnet addresses come from when none is asked for (default: the whole range)")
+	fs.DurationVar(&c.IPAllocReclaimAfter, "ipalloc-reclaim-after", 0, "take over the space of a peer agreed dead for this long (0: never; use rmpeer)")
 	fs.IntVar(&c.ConnLimit, "conn-limit", c.ConnLimit, "maximum number of connections (0: unlimited)")
 	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of the bridge and containers (0: computed from the underlay)")
 	fs.BoolVar(&c.NoFastDP, "no-fastdp", c.NoFastDP, "never use the kernel VXLAN data path")
@@ -128,6 +130,16 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 			return o, fmt.Errorf("--ipalloc-range %q: %w", ipRange, err)
 		}
 		c.IPAllocRange = p.Masked()
+	}
+	if subnet != "" {
+		p, err := netip.ParsePrefix(subnet)
+		if err != nil {
+			return o, fmt.Errorf("--ipalloc-default-subnet %q: %w", subnet, err)
+		}
+		c.IPAllocDefaultSubnet = p.Masked()
+	}
+	if c.IPAllocReclaimAfter < 0 {
+		return o, fmt.Errorf("--ipalloc-reclaim-after %v is negative", c.IPAllocReclaimAfter)
 	}
 	if trusted != "" {
 		for _, s := range strings.Split(trusted, ",") {

@@ -76,7 +76,7 @@ func TestLaunchStatusStopThreeRouters(t *testing.T) {
 	// Metrics carry Weave's names and agree with the report.
 	m := rs[0].metrics()
 	for _, want := range []string{
-		`weave_connections{encryption="",state="established",type="unknown"} 2`,
+		`weave_connections{encryption="",state="established",type="sleeve"} 2`,
 		"weave_connection_terminations_total ",
 		"weave_peers 3",
 		"weave_ready 1",

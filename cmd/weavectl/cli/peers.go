@@ -44,3 +44,17 @@ func runVersion(c *ctx, args []string) error {
 	fmt.Fprintf(c.env.Stdout, "weaver   %s (API %s)\n", v.Version, v.API)
 	return nil
 }
+
+func runRmpeer(c *ctx, args []string) error {
+	if len(args) != 1 {
+		return usageError{"rmpeer takes one peer name or nickname"}
+	}
+	cx, cancel := timeout(30 * time.Second)
+	defer cancel()
+	r, err := c.client.Rmpeer(cx, args[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.env.Stdout, "%d IPs taken over from %s\n", r.Taken, r.Peer)
+	return nil
+}

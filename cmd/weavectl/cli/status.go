@@ -73,6 +73,14 @@ func runStatus(c *ctx, args []string) error {
 			return printJSON(w, r.Router.Connections)
 		}
 		printConnections(w, r)
+	case "ipam":
+		if r.IPAM == nil {
+			return fmt.Errorf("IPAM is disabled on this router")
+		}
+		if asJSON {
+			return printJSON(w, r.IPAM)
+		}
+		printIPAM(w, r)
 	case "targets":
 		if asJSON {
 			return printJSON(w, r.Router.Targets)
@@ -196,5 +204,30 @@ func printConnections(w io.Writer, r api.Report) {
 			info = append(info, "retry: "+c.NextRetry.Format(time.RFC3339))
 		}
 		fmt.Fprintf(w, "%s %-21s %-11s %s\n", dir, c.Address, c.State, strings.Join(info, " "))
+	}
+}
+
+func printIPAM(w io.Writer, r api.Report) {
+	ip := r.IPAM
+	if ip.Status != "ready" {
+		fmt.Fprintf(w, "status: %s\n", ip.Status)
+	}
+	if ip.Error != "" {
+		fmt.Fprintf(w, "error: %s\n", ip.Error)
+	}
+	for _, o := range ip.Owners {
+		label := peerLabel(o.Peer, o.NickName)
+		active := ""
+		if o.Self {
+			active = fmt.Sprintf(" - %d used", ip.ActiveIPs)
+		}
+		unreachable := ""
+		if !o.Reachable && !o.Self {
+			unreachable = " - unreachable!"
+		}
+		fmt.Fprintf(w, "%-40s %8d IPs (%04.1f%% of total)%s%s\n", label, o.Addresses, o.Percent, active, unreachable)
+	}
+	for _, c := range ip.Conflicts {
+		fmt.Fprintf(w, "conflict: %s\n", c)
 	}
 }

@@ -1,0 +1,276 @@
+package daemon
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/ipam"
+	"github.com/weavemesh/weave/mesh"
+)
+
+// meshPeers adapts the mesh router to what the allocator asks about peers. The allocator
+// calls it under its own lock, so it answers from the router's route lookup and from a view
+// of memberlist's verdicts kept here, never by calling back into the allocator.
+type meshPeers struct {
+	m *mesh.Router
+
+	mu    sync.Mutex
+	nicks map[mesh.PeerName]string
+	dead  map[mesh.PeerName]time.Time
+}
+
+func newMeshPeers(m *mesh.Router) *meshPeers {
+	p := &meshPeers{m: m, nicks: make(map[mesh.PeerName]string), dead: make(map[mesh.PeerName]time.Time)}
+	m.OnLivenessChange(func(s mesh.MemberStatus) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if s.State == mesh.MemberDead {
+			p.dead[s.Peer] = s.Since
+		} else {
+			delete(p.dead, s.Peer)
+		}
+	})
+	return p
+}
+
+func (p *meshPeers) IsReachable(n mesh.PeerName) bool {
+	_, ok := p.m.UnicastNextHop(n)
+	return ok
+}
+
+func (p *meshPeers) NickName(n mesh.PeerName) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.nicks[n]
+}
+
+func (p *meshPeers) DeadSince(n mesh.PeerName) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t, ok := p.dead[n]
+	return t, ok
+}
+
+// learnNickNames remembers the nicknames of the topology; they outlive the peers' removal
+// from it, so `status ipam` can still name a dead owner.
+func (p *meshPeers) learnNickNames(st mesh.Status) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, peer := range st.Peers {
+		if peer.NickName != "" {
+			p.nicks[peer.Name] = peer.NickName
+		}
+	}
+}
+
+// newIPAM creates the allocator and registers its gossip channel; the mesh must not have
+// started yet, so no ring gossip is missed.
+func (d *Daemon) newIPAM(m *mesh.Router) error {
+	if !d.cfg.IPAllocRange.IsValid() {
+		return nil // IPAM disabled
+	}
+	d.peers = newMeshPeers(m)
+	alloc, err := ipam.New(ipam.Config{
+		Range:            d.cfg.IPAllocRange,
+		DefaultSubnet:    d.cfg.IPAllocDefaultSubnet,
+		Init:             d.cfg.IPAllocInit,
+		InitialPeerCount: len(d.cfg.Peers) + 1,
+		ReclaimAfter:     d.cfg.IPAllocReclaimAfter,
+		DBPath:           filepath.Join(d.cfg.StateDir, "ipam.db"),
+		Name:             d.name,
+		NickName:         d.cfg.NickName,
+		UID:              d.uid,
+		Peers:            d.peers,
+		Logger:           d.log.With(slog.String("component", "ipam")),
+	})
+	if err != nil {
+		return fmt.Errorf("ipam: %w", err)
+	}
+	g, err := m.NewGossip(ipam.ChannelName, alloc)
+	if err != nil {
+		alloc.Close()
+		return fmt.Errorf("ipam gossip channel: %w", err)
+	}
+	alloc.SetGossip(g)
+	d.ipam = alloc
+	return nil
+}
+
+// claimEndpoints tells the allocator about the addresses attached containers hold, so that a
+// lost database never leads to one of them being handed out again. It runs in the
+// background: claims wait for the ring.
+func (d *Daemon) claimEndpoints() {
+	if d.ipam == nil {
+		return
+	}
+	d.endpoints.mu.Lock()
+	eps := d.endpoints.listLocked()
+	d.endpoints.mu.Unlock()
+	for _, e := range eps {
+		d.claimLater(e.ID, e.IfName, e.CIDRs)
+	}
+}
+
+// ipamError maps allocator errors to API errors.
+func ipamError(err error) error {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return api.Errorf(api.CodeNotReady, "IPAM: %v (is the ring ready? see `weavectl status ipam`)", err)
+	case errors.Is(err, ipam.ErrAddressInUse):
+		return api.Errorf(api.CodeConflict, "%v", err)
+	case errors.Is(err, ipam.ErrOutOfRange), errors.Is(err, ipam.ErrBadArgument), errors.Is(err, ipam.ErrObserver):
+		return api.Errorf(api.CodeBadRequest, "%v", err)
+	case errors.Is(err, ipam.ErrUnknownPeer):
+		return api.Errorf(api.CodeNotFound, "%v", err)
+	case errors.Is(err, ipam.ErrPeerReachable), errors.Is(err, ipam.ErrNoHeir):
+		return api.Errorf(api.CodeConflict, "%v", err)
+	case errors.Is(err, ipam.ErrNotInitialised):
+		return api.Errorf(api.CodeNotReady, "%v", err)
+	}
+	return api.Errorf(api.CodeInternal, "IPAM: %v", err)
+}
+
+// allocTimeout bounds how long an API call waits for an address (consensus, space requests).
+const allocTimeout = 30 * time.Second
+
+// addresses returns the CIDRs for (id, iface): the ones given (claimed in IPAM when inside
+// the range), else the ones held already, else a fresh allocation.
+func (d *Daemon) addresses(ctx context.Context, id, iface string, given, held []netip.Prefix) ([]netip.Prefix, error) {
+	if len(given) == 0 && len(held) > 0 {
+		return held, nil
+	}
+	if d.ipam == nil {
+		if len(given) == 0 {
+			return nil, api.Errorf(api.CodeUnavailable, "no CIDR given and IPAM is disabled on this router; give a CIDR")
+		}
+		return given, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, allocTimeout)
+	defer cancel()
+	if len(given) == 0 {
+		if ps := d.ipam.Lookup(id, iface); len(ps) > 0 {
+			return ps, nil
+		}
+		p, err := d.ipam.Allocate(ctx, id, iface, netip.Prefix{})
+		if err != nil {
+			return nil, ipamError(err)
+		}
+		return []netip.Prefix{p}, nil
+	}
+	if !d.ipam.Ready() {
+		// The user chose the addresses: the attach does not wait for a ring that may need
+		// peers not launched yet (Weave's noErrorOnUnknown). The claim is made once the ring
+		// is there, and a conflict is then reported and counted.
+		d.claimLater(id, iface, given)
+		return given, nil
+	}
+	for _, c := range given {
+		if err := d.ipam.Claim(ctx, id, iface, c); err != nil {
+			return nil, ipamError(err)
+		}
+	}
+	return given, nil
+}
+
+// claimLater claims addresses in the background once the ring is ready.
+func (d *Daemon) claimLater(id, iface string, cidrs []netip.Prefix) {
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		for _, c := range cidrs {
+			if err := d.ipam.Claim(d.bgCtx, id, iface, c); err != nil && d.bgCtx.Err() == nil {
+				d.log.Error("address given to attach conflicts with the IPAM ring", "id", id, "cidr", c.String(), "err", err)
+			}
+		}
+	}()
+}
+
+// release gives addresses back to IPAM (all of (id, iface)'s when cidrs is empty).
+func (d *Daemon) release(id, iface string, cidrs []netip.Prefix) {
+	if d.ipam == nil {
+		return
+	}
+	var err error
+	if len(cidrs) == 0 {
+		_, err = d.ipam.Release(id, iface)
+	} else {
+		for _, c := range cidrs {
+			if _, e := d.ipam.ReleaseAddr(id, iface, c.Addr()); e != nil {
+				err = e
+			}
+		}
+	}
+	if err != nil {
+		d.log.Warn("release addresses", "id", id, "err", err)
+	}
+}
+
+func (d *Daemon) rmpeer(req api.RmpeerRequest) (api.RmpeerResponse, error) {
+	if d.ipam == nil {
+		return api.RmpeerResponse{}, api.Errorf(api.CodeUnavailable, "IPAM is disabled on this router")
+	}
+	d.peers.learnNickNames(d.mesh.Status())
+	p, err := d.ipam.ResolvePeer(req.Peer)
+	if err != nil {
+		return api.RmpeerResponse{}, ipamError(err)
+	}
+	if p == d.name {
+		return api.RmpeerResponse{}, api.Errorf(api.CodeBadRequest, "%s is this router; use `weavectl reset` to leave the network", req.Peer)
+	}
+	n, err := d.ipam.RemovePeer(p)
+	if err != nil {
+		return api.RmpeerResponse{}, ipamError(err)
+	}
+	d.log.Info("took over the address space of a removed peer", "removed", p.String(), "addresses", n)
+	return api.RmpeerResponse{Peer: p.String(), Taken: uint64(n)}, nil
+}
+
+// ipamReport converts the allocator's report for the API.
+func (d *Daemon) ipamReport(st mesh.Status) *api.IPAM {
+	if d.ipam == nil {
+		return nil
+	}
+	d.peers.learnNickNames(st)
+	r := d.ipam.Status()
+	out := &api.IPAM{
+		Status: r.Status, Range: r.Range, DefaultSubnet: r.DefaultSubnet,
+		RangeNumIPs: r.Counts.MaxIPs, ActiveIPs: int(r.Counts.LocalUsed), PendingAllocs: r.Counts.Pending,
+		Entries: []api.IPAMEntry{}, Owners: []api.IPAMOwner{}, Error: r.Error, Conflicts: r.Conflicts,
+	}
+	for _, e := range r.Entries {
+		out.Entries = append(out.Entries, api.IPAMEntry{Token: e.Token, Size: uint64(e.Size), Free: uint64(e.Free),
+			Peer: e.Peer, NickName: e.Nickname, Reachable: e.Reachable, Version: e.Version})
+		if !e.Reachable {
+			out.UnreachablePeer = appendUnique(out.UnreachablePeer, e.Peer)
+		}
+	}
+	for _, o := range r.Owners {
+		out.Owners = append(out.Owners, api.IPAMOwner{Peer: o.Peer, NickName: o.Nickname, Addresses: o.Addresses,
+			Percent: o.Percent, Reachable: o.Reachable, Self: o.Self})
+	}
+	for k, ps := range d.ipam.Owned() {
+		out.Owned = append(out.Owned, api.Allocation{ID: k.ID, Iface: k.Iface, CIDRs: prefixesToStrings(ps)})
+	}
+	slices.SortFunc(out.Owned, func(a, b api.Allocation) int {
+		return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Iface, b.Iface))
+	})
+	return out
+}
+
+func appendUnique(ss []string, s string) []string {
+	for _, x := range ss {
+		if x == s {
+			return ss
+		}
+	}
+	return append(ss, s)
+}
