@@ -205,6 +205,17 @@ func (d *Daemon) Start() error {
 		return fmt.Errorf("mesh: %w", err)
 	}
 	d.mesh = m
+	// The mesh stops by itself on a fatal error (a peer-name collision makes the newer peer
+	// refuse to run): the daemon stops with it.
+	go func() {
+		select {
+		case <-m.Done():
+			if err := m.Err(); err != nil {
+				d.fail(fmt.Errorf("mesh: %w", err))
+			}
+		case <-d.stopReq:
+		}
+	}()
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	d.claimEndpoints()
 	if err := dp.start(m); err != nil {
