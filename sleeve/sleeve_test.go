@@ -2,9 +2,12 @@ package sleeve_test
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/weavemesh/weave/internal/testutil"
+	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/sleeve"
 )
 
@@ -12,14 +15,17 @@ func TestTwoNodesExchangeFrames(t *testing.T) {
 	for _, tc := range []struct {
 		name, password string
 		ciphers        [][]string
+		trusted        []netip.Prefix
 		want           string
 	}{
+		// Both ends inside each other's trusted subnets: the data path skips encryption.
+		{name: "trusted", password: "secret", trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, want: "none"},
 		{name: "plaintext", want: "none"},
 		{name: "aes-gcm", password: "secret", want: sleeve.CipherAESGCM},
 		{name: "secretbox", password: "secret", ciphers: [][]string{{sleeve.CipherSecretbox}, nil}, want: sleeve.CipherSecretbox},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			l := newLab(t, labOpts{n: 2, links: [][2]int{{1, 0}}, password: tc.password, ciphers: tc.ciphers})
+			l := newLab(t, labOpts{n: 2, links: [][2]int{{1, 0}}, password: tc.password, ciphers: tc.ciphers, trusted: tc.trusted})
 			l.waitRoutes()
 			a, b := l.nodes[0], l.nodes[1]
 			for _, n := range l.nodes {
@@ -29,7 +35,7 @@ func TestTwoNodesExchangeFrames(t *testing.T) {
 					t.Fatalf("node %d peer info %+v, want established with %s", n.i, info, tc.want)
 				}
 				overhead := sleeve.OverheadPlain
-				if tc.password != "" {
+				if tc.want != "none" {
 					overhead = sleeve.OverheadSealed
 				}
 				if want := 1500 - overhead - 14; info.MTU != want {
@@ -40,7 +46,7 @@ func TestTwoNodesExchangeFrames(t *testing.T) {
 			a.tap.Inject(ethFrame(bcast, mac(0, 1), "hello-broadcast", 60))
 			expectFrame(t, b, "hello-broadcast", 5*time.Second)
 			full := 1500 - sleeve.OverheadPlain
-			if tc.password != "" {
+			if tc.want != "none" {
 				full = 1500 - sleeve.OverheadSealed
 			}
 			b.tap.Inject(ethFrame(mac(0, 1), mac(1, 1), "hello-unicast", full))
@@ -127,5 +133,32 @@ func TestBroadcastOncePerPeer(t *testing.T) {
 		if c := countFrames(t, n, "unknown-unicast", "end-2", 5*time.Second); c != 1 {
 			t.Errorf("node %d got %d copies of the unknown unicast", n.i, c)
 		}
+	}
+}
+
+// TestNoCommonCipherNoDataPath: with a password and no cipher in common, the connection never
+// carries data: never a fallback to plaintext.
+func TestNoCommonCipherNoDataPath(t *testing.T) {
+	l := newLab(t, labOpts{n: 2, links: [][2]int{{1, 0}}, password: "pw",
+		ciphers: [][]string{{sleeve.CipherAESGCM}, {sleeve.CipherSecretbox}}})
+	a, b := l.nodes[0], l.nodes[1]
+	testutil.Eventually(t, 5*time.Second, "mesh connection up", func() error {
+		for _, c := range a.m.Status().Connections {
+			if c.Peer == b.m.Name() {
+				return nil
+			}
+		}
+		return fmt.Errorf("no connection yet")
+	})
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if info, _ := a.s.PeerInfo(b.m.Name()); info.Established {
+			t.Fatalf("established without a common cipher: %+v", info)
+		}
+		a.s.Forward(b.m.Name(), []overlay.Frame{{Src: a.m.Name(), Dst: b.m.Name(), Data: ethFrame(bcast, mac(0, 1), "leak", 60)}})
+		time.Sleep(20 * time.Millisecond) // sampling a condition that must stay false
+	}
+	if st := b.s.Stats(); st.FramesIn != 0 || st.Datagrams != 0 {
+		t.Fatalf("b received something: %+v", st)
 	}
 }
