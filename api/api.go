@@ -54,6 +54,23 @@ type Router struct {
 	Targets     []string     `json:"targets"`
 	// TrustedSubnets are the networks whose peers exchange data unencrypted.
 	TrustedSubnets []string `json:"trusted_subnets,omitempty"`
+	// Routes are the unicast routes for data: to reach dest, send to via.
+	Routes []Route `json:"unicast_routes"`
+	// Members is the failure detector's agreed view of every peer it has seen.
+	Members []Member `json:"members,omitempty"`
+}
+
+// Route is one unicast route.
+type Route struct {
+	Dest string `json:"dest"`
+	Via  string `json:"via"`
+}
+
+// Member is a peer's liveness as the cluster agrees on it (memberlist).
+type Member struct {
+	Peer  string    `json:"peer"`
+	State string    `json:"state"`
+	Since time.Time `json:"since"`
 }
 
 // Peer is one peer of the mesh as this router sees it.

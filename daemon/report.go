@@ -60,6 +60,13 @@ func (d *Daemon) report() api.Report {
 		d.dp.annotateConnections(rep.Router.Connections)
 	}
 	rep.Router.Targets = append(rep.Router.Targets, st.Targets...)
+	rep.Router.Routes = []api.Route{}
+	for _, r := range st.Routes {
+		rep.Router.Routes = append(rep.Router.Routes, api.Route{Dest: r.Dest.String(), Via: r.Via.String()})
+	}
+	for _, m := range st.Liveness {
+		rep.Router.Members = append(rep.Router.Members, api.Member{Peer: m.Peer.String(), State: m.State, Since: m.Since})
+	}
 	rep.IPAM = d.ipamReport(st)
 	return rep
 }

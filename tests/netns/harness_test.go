@@ -151,3 +151,21 @@ func (r *router) metrics() string {
 	}
 	return string(b)
 }
+
+// kill9 kills the router's weaver with SIGKILL and waits until it is gone.
+func (r *router) kill9(t testing.TB) {
+	t.Helper()
+	pid := r.pid()
+	if pid <= 0 {
+		t.Fatalf("no weaver pid for %s", r.host.Name)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill -9 %d: %v", pid, err)
+	}
+	testutil.Eventually(t, 10*time.Second, "weaver gone after kill -9", func() error {
+		if syscall.Kill(pid, 0) == nil {
+			return fmt.Errorf("pid %d still alive", pid)
+		}
+		return nil
+	})
+}
