@@ -292,3 +292,27 @@ type DetachRequest struct {
 type ExposeRequest struct {
 	CIDRs []string `json:"cidrs,omitempty"`
 }
+
+// IPAM paths, for clients that do their own plumbing (the CNI plugin).
+const (
+	PathIPAMAllocate = "/v1/ipam/allocate"
+	PathIPAMClaim    = "/v1/ipam/claim"
+	PathIPAMRelease  = "/v1/ipam/release"
+	PathIPAMList     = "/v1/ipam/allocations"
+)
+
+// IPAMRequest names an allocation: one container's interface. Subnet (allocate) is optional;
+// CIDR (claim, release of one address) is an address with its prefix length.
+type IPAMRequest struct {
+	ID     string `json:"id"`
+	Iface  string `json:"iface"`
+	Subnet string `json:"subnet,omitempty"`
+	CIDR   string `json:"cidr,omitempty"`
+}
+
+// IPAMResponse answers allocate and claim (the addresses the interface holds) and release
+// (how many addresses were freed).
+type IPAMResponse struct {
+	CIDRs    []string `json:"cidrs,omitempty"`
+	Released int      `json:"released,omitempty"`
+}

@@ -32,6 +32,17 @@ func (d *Daemon) apiHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathRmpeer, endpointHandler(func(_ context.Context, req api.RmpeerRequest) (api.RmpeerResponse, error) {
 		return d.rmpeer(req)
 	}))
+	mux.HandleFunc("POST "+api.PathIPAMAllocate, endpointHandler(d.ipamAllocate))
+	mux.HandleFunc("POST "+api.PathIPAMClaim, endpointHandler(d.ipamClaim))
+	mux.HandleFunc("POST "+api.PathIPAMRelease, endpointHandler(d.ipamRelease))
+	mux.HandleFunc("GET "+api.PathIPAMList, func(w http.ResponseWriter, _ *http.Request) {
+		list, err := d.ipamList()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, list)
+	})
 	mux.HandleFunc("GET "+api.PathEndpoints, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, d.endpointList())
 	})

@@ -274,3 +274,99 @@ func appendUnique(ss []string, s string) []string {
 	}
 	return append(ss, s)
 }
+
+func (d *Daemon) needIPAM() error {
+	if d.ipam == nil {
+		return api.Errorf(api.CodeUnavailable, "IPAM is disabled on this router")
+	}
+	return nil
+}
+
+func optionalPrefix(s, what string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, api.Errorf(api.CodeBadRequest, "bad %s %q: %v", what, s, err)
+	}
+	return p, nil
+}
+
+// ipamAllocate answers POST /v1/ipam/allocate: the addresses (id, iface) holds, or a new one.
+func (d *Daemon) ipamAllocate(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+	if err := d.needIPAM(); err != nil {
+		return api.IPAMResponse{}, err
+	}
+	subnet, err := optionalPrefix(req.Subnet, "subnet")
+	if err != nil {
+		return api.IPAMResponse{}, err
+	}
+	if ps := d.ipam.Lookup(req.ID, req.Iface); len(ps) > 0 {
+		return api.IPAMResponse{CIDRs: prefixesToStrings(ps)}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, allocTimeout)
+	defer cancel()
+	p, err := d.ipam.Allocate(ctx, req.ID, req.Iface, subnet)
+	if err != nil {
+		return api.IPAMResponse{}, ipamError(err)
+	}
+	return api.IPAMResponse{CIDRs: []string{p.String()}}, nil
+}
+
+// ipamClaim answers POST /v1/ipam/claim: (id, iface) keeps exactly this address.
+func (d *Daemon) ipamClaim(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+	if err := d.needIPAM(); err != nil {
+		return api.IPAMResponse{}, err
+	}
+	p, err := optionalPrefix(req.CIDR, "cidr")
+	if err != nil || !p.IsValid() {
+		return api.IPAMResponse{}, api.Errorf(api.CodeBadRequest, "claim needs a cidr")
+	}
+	ctx, cancel := context.WithTimeout(ctx, allocTimeout)
+	defer cancel()
+	if err := d.ipam.Claim(ctx, req.ID, req.Iface, p); err != nil {
+		return api.IPAMResponse{}, ipamError(err)
+	}
+	return api.IPAMResponse{CIDRs: prefixesToStrings(d.ipam.Lookup(req.ID, req.Iface))}, nil
+}
+
+// ipamRelease answers POST /v1/ipam/release: one address, an interface's, or (no iface) all
+// of a container's. Releasing what is not allocated is not an error (CNI DEL is idempotent).
+func (d *Daemon) ipamRelease(_ context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+	if err := d.needIPAM(); err != nil {
+		return api.IPAMResponse{}, err
+	}
+	p, err := optionalPrefix(req.CIDR, "cidr")
+	if err != nil {
+		return api.IPAMResponse{}, err
+	}
+	var n int
+	switch {
+	case p.IsValid():
+		n, err = d.ipam.ReleaseAddr(req.ID, req.Iface, p.Addr())
+	case req.Iface == "":
+		n, err = d.ipam.ReleaseAll(req.ID)
+	default:
+		n, err = d.ipam.Release(req.ID, req.Iface)
+	}
+	if err != nil {
+		return api.IPAMResponse{}, ipamError(err)
+	}
+	return api.IPAMResponse{Released: n}, nil
+}
+
+// ipamList answers GET /v1/ipam/allocations: every allocation this peer holds.
+func (d *Daemon) ipamList() ([]api.Allocation, error) {
+	if err := d.needIPAM(); err != nil {
+		return nil, err
+	}
+	out := []api.Allocation{}
+	for k, ps := range d.ipam.Owned() {
+		out = append(out, api.Allocation{ID: k.ID, Iface: k.Iface, CIDRs: prefixesToStrings(ps)})
+	}
+	slices.SortFunc(out, func(a, b api.Allocation) int {
+		return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Iface, b.Iface))
+	})
+	return out, nil
+}

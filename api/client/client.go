@@ -184,3 +184,31 @@ func (c *Client) Rmpeer(ctx context.Context, peer string) (api.RmpeerResponse, e
 	err := c.do(ctx, http.MethodPost, api.PathRmpeer, api.RmpeerRequest{Peer: peer}, &r)
 	return r, err
 }
+
+// IPAMAllocate returns the addresses (id, iface) holds, allocating one if it holds none.
+func (c *Client) IPAMAllocate(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+	var r api.IPAMResponse
+	err := c.do(ctx, http.MethodPost, api.PathIPAMAllocate, req, &r)
+	return r, err
+}
+
+// IPAMClaim records that (id, iface) uses req.CIDR.
+func (c *Client) IPAMClaim(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+	var r api.IPAMResponse
+	err := c.do(ctx, http.MethodPost, api.PathIPAMClaim, req, &r)
+	return r, err
+}
+
+// IPAMRelease frees one address (req.CIDR), an interface's, or (no Iface) a container's.
+func (c *Client) IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+	var r api.IPAMResponse
+	err := c.do(ctx, http.MethodPost, api.PathIPAMRelease, req, &r)
+	return r, err
+}
+
+// IPAMAllocations lists every allocation the router holds.
+func (c *Client) IPAMAllocations(ctx context.Context) ([]api.Allocation, error) {
+	var r []api.Allocation
+	err := c.do(ctx, http.MethodGet, api.PathIPAMList, nil, &r)
+	return r, err
+}
