@@ -17,6 +17,8 @@ declare -A need=(
   [sysctl]=procps
   [modprobe]=kmod
   [nc]=netcat-openbsd
+  # the reference bridge/host-local/portmap CNI plugins, next to which weave-cni is measured
+  [/usr/lib/cni/host-local]=containernetworking-plugins
 )
 
 missing=()
