@@ -217,7 +217,7 @@ func (d *Daemon) Start() error {
 		}
 	}()
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
-	d.claimEndpoints()
+	d.startIPAMBackground()
 	if err := dp.start(m); err != nil {
 		d.mesh.Close()
 		return fmt.Errorf("data plane: %w", err)

@@ -26,10 +26,19 @@ type meshPeers struct {
 	mu    sync.Mutex
 	nicks map[mesh.PeerName]string
 	dead  map[mesh.PeerName]time.Time
+
+	changed chan struct{} // routes changed: nicknames may have too
 }
 
 func newMeshPeers(m *mesh.Router) *meshPeers {
-	p := &meshPeers{m: m, nicks: make(map[mesh.PeerName]string), dead: make(map[mesh.PeerName]time.Time)}
+	p := &meshPeers{m: m, nicks: make(map[mesh.PeerName]string), dead: make(map[mesh.PeerName]time.Time),
+		changed: make(chan struct{}, 1)}
+	m.OnRoutesChanged(func() {
+		select {
+		case p.changed <- struct{}{}:
+		default:
+		}
+	})
 	m.OnLivenessChange(func(s mesh.MemberStatus) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -72,6 +81,19 @@ func (p *meshPeers) learnNickNames(st mesh.Status) {
 	}
 }
 
+// run keeps the nicknames of peers while they are in the topology, so `rmpeer NICKNAME` and
+// `status ipam` can name them after they died. It stops when ctx ends.
+func (p *meshPeers) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.changed:
+			p.learnNickNames(p.m.Status())
+		}
+	}
+}
+
 // newIPAM creates the allocator and registers its gossip channel; the mesh must not have
 // started yet, so no ring gossip is missed.
 func (d *Daemon) newIPAM(m *mesh.Router) error {
@@ -105,13 +127,18 @@ func (d *Daemon) newIPAM(m *mesh.Router) error {
 	return nil
 }
 
-// claimEndpoints tells the allocator about the addresses attached containers hold, so that a
-// lost database never leads to one of them being handed out again. It runs in the
-// background: claims wait for the ring.
-func (d *Daemon) claimEndpoints() {
+// startIPAMBackground starts the work IPAM needs beside requests: it keeps the peers'
+// nicknames, and tells the allocator about the addresses attached containers hold, so that a
+// lost database never leads to one of them being handed out again (claims wait for the ring).
+func (d *Daemon) startIPAMBackground() {
 	if d.ipam == nil {
 		return
 	}
+	d.bg.Add(1)
+	go func() {
+		defer d.bg.Done()
+		d.peers.run(d.bgCtx)
+	}()
 	d.endpoints.mu.Lock()
 	eps := d.endpoints.listLocked()
 	d.endpoints.mu.Unlock()
