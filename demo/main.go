@@ -125,9 +125,9 @@ func (t *tour) run(ctx context.Context, keep bool) error {
 		}
 	}
 
-	t.heading("Launch a router on each host", "Every router gets the same password, so every connection is encrypted.\nhost1 knows nobody, host2 knows host1, host3 knows only host2: the mesh finds the rest.")
+	t.heading("Launch a router on each host", "Every router gets the same password, so every connection is encrypted.\nhost1 knows nobody, host2 knows host1, host3 knows only host2: the mesh finds the rest.\nThe three agree by consensus on how to split the address range 10.32.0.0/12.")
 	for i, dh := range hosts {
-		args := []string{"launch", "--nickname", dh.nick, "--password", password}
+		args := []string{"launch", "--nickname", dh.nick, "--password", password, "--ipalloc-init", "consensus=3"}
 		if i > 0 {
 			args = append(args, hosts[i-1].h.Addr.String())
 		}
@@ -137,11 +137,11 @@ func (t *tour) run(ctx context.Context, keep bool) error {
 		}
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		dh.name = lines[len(lines)-1]
-		peer := "(first router)"
+		knows := "knows nobody yet"
 		if i > 0 {
-			peer = "knows " + hosts[i-1].nick
+			knows = "knows " + hosts[i-1].nick
 		}
-		t.say("$ weavectl launch --password ... %s   -> peer %s (%s)", strings.Join(args[5:], " "), dh.name, peer)
+		t.say("%s$ weavectl launch --password ... %-12s -> peer %s (%s)", dh.nick, strings.Join(args[7:], " "), dh.name, knows)
 	}
 
 	t.heading("Wait for the mesh to form", "Routers gossip their connections; host3 learns of host1 through host2 and dials it.")
@@ -163,21 +163,24 @@ func (t *tour) run(ctx context.Context, keep bool) error {
 	}
 	t.say("all three routers connected to each other, encrypted, in %v", time.Since(start).Round(10*time.Millisecond))
 
-	t.heading("Attach two containers per host", "`weavectl attach CIDR NETNS` puts an interface ethwe on the router's bridge into the\ncontainer's namespace, with the address given.")
-	for i, dh := range hosts {
+	t.heading("Attach two containers per host", "`weavectl attach NETNS` puts an interface ethwe on the router's bridge into the\ncontainer's namespace, with an address from the built-in IPAM: never the same twice.")
+	for _, dh := range hosts {
 		for j := 1; j <= 2; j++ {
 			c, err := dh.h.AddContainer(fmt.Sprintf("c%d", j))
 			if err != nil {
 				return err
 			}
-			cidr := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 32, byte(i + 1), byte(j)}), 12)
-			out, err := t.ctl(ctx, dh, "attach", cidr.String(), c.Name)
+			out, err := t.ctl(ctx, dh, "attach", c.Name)
 			if err != nil {
 				return fmt.Errorf("attach on %s: %v\n%s", dh.nick, err, out)
 			}
+			cidr, err := netip.ParsePrefix(strings.TrimSpace(out))
+			if err != nil {
+				return fmt.Errorf("attach on %s printed %q", dh.nick, out)
+			}
 			dh.containers = append(dh.containers, c)
 			dh.addrs = append(dh.addrs, cidr)
-			t.say("%s/c%d  %s", dh.nick, j, strings.TrimSpace(out))
+			t.say("$ weavectl attach %s/c%d   -> %s", dh.nick, j, cidr)
 		}
 	}
 
@@ -209,8 +212,8 @@ func (t *tour) run(ctx context.Context, keep bool) error {
 		t.failed = append(t.failed, "iperf3")
 	}
 
-	t.heading("What the routers say", "`weavectl status` and `weavectl status connections` on host1.")
-	for _, args := range [][]string{{"status"}, {"status", "connections"}} {
+	t.heading("What the routers say", "`weavectl status`, `status connections` and `status ipam` on host1.")
+	for _, args := range [][]string{{"status"}, {"status", "connections"}, {"status", "ipam"}} {
 		out, err := t.ctl(ctx, hosts[0], args...)
 		if err != nil {
 			return fmt.Errorf("weavectl %s: %v\n%s", strings.Join(args, " "), err, out)
