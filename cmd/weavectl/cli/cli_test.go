@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -52,6 +54,11 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 				Targets: []string{"10.0.0.2", "10.0.0.9"},
 			},
 			Bridge: api.Bridge{Name: "weave", TAP: "vethwe-tap", MTU: 1414},
+			IPAM: &api.IPAM{Status: "ready", Range: "10.32.0.0/12", DefaultSubnet: "10.32.0.0/12", ActiveIPs: 3,
+				Owners: []api.IPAMOwner{
+					{Peer: "aa:00:00:00:00:01", NickName: "h1", Addresses: 524288, Percent: 50, Reachable: true, Self: true},
+					{Peer: "aa:00:00:00:00:03", NickName: "h3", Addresses: 524288, Percent: 50, Reachable: false},
+				}},
 		},
 	}
 	mux := http.NewServeMux()
@@ -99,6 +106,62 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		f.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	}
+	mux.HandleFunc("POST "+api.PathAttach, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		var req api.AttachRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		if req.Target == "missing" {
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(api.Errorf(api.CodeNotFound, "no network namespace %q", req.Target))
+			return
+		}
+		cidrs := req.CIDRs
+		if len(cidrs) == 0 {
+			cidrs = []string{"10.32.0.7/12"}
+		}
+		json.NewEncoder(w).Encode(api.Endpoint{ID: req.Target, MAC: "02:00:00:00:00:07", CIDRs: cidrs})
+	})
+	mux.HandleFunc("POST "+api.PathDetach, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		var req api.DetachRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		json.NewEncoder(w).Encode(api.Endpoint{ID: req.Target, CIDRs: []string{"10.32.0.7/12"}})
+	})
+	expose := func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		var req api.ExposeRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		cidrs := req.CIDRs
+		if len(cidrs) == 0 {
+			cidrs = []string{"10.32.0.1/12"}
+		}
+		json.NewEncoder(w).Encode(api.Endpoint{ID: api.ExposeID, CIDRs: cidrs})
+	}
+	mux.HandleFunc("POST "+api.PathExpose, expose)
+	mux.HandleFunc("POST "+api.PathHide, expose)
+	mux.HandleFunc("GET "+api.PathEndpoints, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		json.NewEncoder(w).Encode([]api.Endpoint{
+			{ID: "c1", MAC: "02:00:00:00:00:07", CIDRs: []string{"10.32.0.7/12"}},
+			{ID: api.ExposeID, MAC: "aa:00:00:00:00:01", CIDRs: []string{"10.32.0.1/12", "10.33.0.1/12"}},
+		})
+	})
+	mux.HandleFunc("POST "+api.PathRmpeer, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		var req api.RmpeerRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		if req.Peer != "h3" {
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(api.Errorf(api.CodeNotFound, "ipam: no such peer in the ring: %q", req.Peer))
+			return
+		}
+		json.NewEncoder(w).Encode(api.RmpeerResponse{Peer: "aa:00:00:00:00:03", Taken: 4096})
+	})
+	mux.HandleFunc("POST "+api.PathReset, func(w http.ResponseWriter, r *http.Request) {
+		record(r)
+		w.WriteHeader(http.StatusNoContent)
+		go f.srv.Close()
+	})
 	mux.HandleFunc("POST "+api.PathConnect, peers)
 	mux.HandleFunc("POST "+api.PathForget, peers)
 	ln, err := net.Listen("unix", f.socket)
@@ -113,8 +176,13 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 
 func runCLI(t *testing.T, socket string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runCLIEnv(t, socket, nil, args...)
+}
+
+func runCLIEnv(t *testing.T, socket string, vars map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errb bytes.Buffer
-	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" },
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return vars[k] },
 		Executable: func() (string, error) { return "", errors.New("none") }}
 	code = Run(append([]string{"--socket", socket}, args...), env)
 	return code, out.String(), errb.String()
@@ -261,5 +329,104 @@ func TestExtractPassword(t *testing.T) {
 	}
 	if _, _, err := extractPassword([]string{"--password"}); err == nil {
 		t.Fatal("missing value accepted")
+	}
+}
+
+func TestAttachDetachExposeHidePs(t *testing.T) {
+	f := newFakeDaemon(t)
+	for _, tc := range []struct {
+		args []string
+		out  string
+	}{
+		{[]string{"attach", "c1"}, "10.32.0.7/12\n"},
+		{[]string{"attach", "10.2.0.1/24", "10.3.0.1/24", "c1"}, "10.2.0.1/24\n10.3.0.1/24\n"},
+		{[]string{"detach", "c1"}, "10.32.0.7/12\n"},
+		{[]string{"expose"}, "10.32.0.1/12\n"},
+		{[]string{"expose", "10.32.9.9/12"}, "10.32.9.9/12\n"},
+		{[]string{"hide"}, "10.32.0.1/12\n"},
+		{[]string{"ps"}, "c1 02:00:00:00:00:07 10.32.0.7/12\nweave:expose aa:00:00:00:00:01 10.32.0.1/12 10.33.0.1/12\n"},
+	} {
+		code, out, errs := runCLI(t, f.socket, tc.args...)
+		if code != 0 || out != tc.out {
+			t.Errorf("%v: exit %d, out %q (want %q), err %q", tc.args, code, out, tc.out, errs)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		err  string
+	}{
+		{[]string{"attach"}, 2, "no TARGET"},
+		{[]string{"attach", "10.0.0.1/33", "c1"}, 2, "bad CIDR"},
+		{[]string{"attach", "c1", "c2"}, 2, "unexpected argument"},
+		{[]string{"attach", "missing"}, 1, `no network namespace "missing"`},
+		{[]string{"expose", "c1"}, 2, "unexpected argument"},
+		{[]string{"ps", "x"}, 2, "no arguments"},
+	} {
+		code, _, errs := runCLI(t, f.socket, tc.args...)
+		if code != tc.code || !strings.Contains(errs, tc.err) {
+			t.Errorf("%v: exit %d (want %d), stderr %q (want %q)", tc.args, code, tc.code, errs, tc.err)
+		}
+	}
+}
+
+func TestRmpeerAndStatusIPAM(t *testing.T) {
+	f := newFakeDaemon(t)
+	code, out, _ := runCLI(t, f.socket, "rmpeer", "h3")
+	if code != 0 || out != "4096 IPs taken over from aa:00:00:00:00:03\n" {
+		t.Errorf("rmpeer: exit %d %q", code, out)
+	}
+	code, _, errs := runCLI(t, f.socket, "rmpeer", "nobody")
+	if code != 1 || !strings.Contains(errs, "no such peer") {
+		t.Errorf("rmpeer nobody: exit %d %q", code, errs)
+	}
+	if code, _, _ := runCLI(t, f.socket, "rmpeer"); code != 2 {
+		t.Errorf("rmpeer without a name: exit %d", code)
+	}
+	code, out, _ = runCLI(t, f.socket, "status", "ipam")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 || !strings.Contains(lines[0], "aa:00:00:00:00:01(h1)") || !strings.Contains(lines[0], "524288 IPs (50.0% of total) - 3 used") ||
+		!strings.Contains(lines[1], "(h3)") || !strings.HasSuffix(lines[1], "unreachable!") {
+		t.Errorf("status ipam: exit %d\n%s", code, out)
+	}
+	code, out, _ = runCLI(t, f.socket, "status", "ipam", "--json")
+	var ip api.IPAM
+	if code != 0 || json.Unmarshal([]byte(out), &ip) != nil || len(ip.Owners) != 2 {
+		t.Errorf("status ipam --json: exit %d %q", code, out)
+	}
+	code, out, _ = runCLI(t, f.socket, "status")
+	if code != 0 || !strings.Contains(out, "Service: ipam") || !strings.Contains(out, "Range: 10.32.0.0/12") {
+		t.Errorf("status summary lacks ipam:\n%s", out)
+	}
+}
+
+func TestResetStopsTheDaemonThenCleansUp(t *testing.T) {
+	f := newFakeDaemon(t)
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "reset-args")
+	weaver := filepath.Join(dir, "weaver")
+	script := "#!/bin/sh\necho \"$@\" > " + marker + "\n"
+	if err := os.WriteFile(weaver, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCLIEnv(t, f.socket, map[string]string{"WEAVER_BIN": weaver}, "reset")
+	if code != 0 || !strings.Contains(out, "removed") {
+		t.Fatalf("reset: exit %d %q %q", code, out, errs)
+	}
+	b, err := os.ReadFile(marker)
+	if err != nil || !strings.HasPrefix(string(b), "--reset --state-dir ") {
+		t.Errorf("weaver --reset not run: %q %v", b, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !slices.Contains(f.requests, "POST "+api.PathReset) {
+		t.Errorf("reset not asked of the daemon: %v", f.requests)
+	}
+	// A failing weaver --reset is reported with its message.
+	os.WriteFile(weaver, []byte("#!/bin/sh\necho 'weaver: reset: permission denied' >&2\nexit 1\n"), 0o755)
+	missing := filepath.Join(dir, "none.sock")
+	code, _, errs = runCLIEnv(t, missing, map[string]string{"WEAVER_BIN": weaver}, "reset")
+	if code != 1 || !strings.Contains(errs, "permission denied") {
+		t.Errorf("failing reset: exit %d %q", code, errs)
 	}
 }
