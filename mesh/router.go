@@ -138,6 +138,13 @@ func New(cfg Config) (*Router, error) {
 			return nil, fmt.Errorf("mesh config: target %q: %w", t, err)
 		}
 	}
+	// Targets given at launch are kept too, so that a stop and a launch without arguments
+	// resume the same mesh (forget removes them).
+	if len(cfg.Peers) > 0 {
+		if err := r.persistTargetsLocked(); err != nil {
+			return nil, err
+		}
+	}
 	if !cfg.NoMemberlist {
 		if err := r.setupMemberlist(); err != nil {
 			return nil, err

@@ -2,6 +2,7 @@ package netns
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -130,5 +131,70 @@ func TestKill9AndRelaunchRecovers(t *testing.T) {
 	}
 	if out, err := r.ctl(ctx, "attach", c.Name); err != nil || strings.TrimSpace(string(out)) != "10.32.3.1/12" {
 		t.Errorf("re-attach after relaunch: %v %q", err, out)
+	}
+}
+
+// TestStopLaunchResumesAndSIGTERM: a router stopped and launched again without arguments
+// comes back with the same identity and its persisted targets, reconnects, and keeps its
+// attachments; SIGTERM stops weaver gracefully (exit, socket removed, reason logged).
+func TestStopLaunchResumesAndSIGTERM(t *testing.T) {
+	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	rs := launchAll(t, lab, 2, map[int][]int{1: {0}})
+	r := rs[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := r.host.AddContainer("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.ctl(ctx, "attach", c.Name)
+	if err != nil {
+		t.Fatalf("attach: %v %s", err, out)
+	}
+	addr := strings.TrimSpace(string(out))
+	name := r.name
+	if out, err := r.ctl(ctx, "stop"); err != nil {
+		t.Fatalf("stop: %v %s", err, out)
+	}
+	// The container keeps its interface while the router is stopped.
+	if out := mustRun(t, ctx, c, "ip", "-o", "addr", "show", "dev", "ethwe"); !strings.Contains(out, addr) {
+		t.Errorf("container lost its address while the router was stopped:\n%s", out)
+	}
+	r.launch() // no peers: the persisted target brings h1 back
+	if r.name != name {
+		t.Errorf("identity changed: %s -> %s", name, r.name)
+	}
+	testutil.Eventually(t, 30*time.Second, "relaunched router reconnects to its persisted target", func() error {
+		rep := r.report()
+		if len(rep.Router.Targets) != 1 || rep.Router.Targets[0] != lab.Hosts[0].PublicAddr.String()+":6783" {
+			return fmt.Errorf("targets %v", rep.Router.Targets)
+		}
+		for _, cn := range rep.Router.Connections {
+			if cn.Peer == rs[0].name && cn.State == "established" {
+				return nil
+			}
+		}
+		return fmt.Errorf("connections %+v", rep.Router.Connections)
+	})
+	if out, err := r.ctl(ctx, "attach", c.Name); err != nil || strings.TrimSpace(string(out)) != addr {
+		t.Errorf("re-attach after relaunch: %q %v, want %s", out, err, addr)
+	}
+
+	// SIGTERM: graceful.
+	pid := r.pid()
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, "weaver exits on SIGTERM", func() error {
+		if syscall.Kill(pid, 0) == nil {
+			return fmt.Errorf("pid %d still running", pid)
+		}
+		return nil
+	})
+	if _, err := os.Stat(r.socket); !os.IsNotExist(err) {
+		t.Errorf("socket left after SIGTERM: %v", err)
+	}
+	if log := r.logTail(); !strings.Contains(log, "signal received, stopping") || !strings.Contains(log, "router stopped") {
+		t.Errorf("no graceful stop in the log:\n%s", log)
 	}
 }
