@@ -1,0 +1,250 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/weavemesh/weave/internal/netdev"
+)
+
+// LinuxHost is the real Host: netlink in the plugin's namespace and the container's.
+type LinuxHost struct{}
+
+var _ Host = LinuxHost{}
+
+func (LinuxHost) Bridge(name string) (BridgeInfo, error) {
+	br, err := netlink.LinkByName(name)
+	if err != nil {
+		return BridgeInfo{}, fmt.Errorf("look up bridge %s: %w", name, err)
+	}
+	addrs, err := netlink.AddrList(br, netlink.FAMILY_V4)
+	if err != nil {
+		return BridgeInfo{}, fmt.Errorf("addresses of %s: %w", name, err)
+	}
+	info := BridgeInfo{MTU: br.Attrs().MTU}
+	for _, a := range addrs {
+		if p, ok := ipNetToPrefix(a.IPNet); ok {
+			info.Addrs = append(info.Addrs, p)
+		}
+	}
+	return info, nil
+}
+
+func (LinuxHost) IsOwnNetns(path string) (bool, error) {
+	if err := ns.IsNSorErr(path); err != nil {
+		return false, err
+	}
+	var a, b unix.Stat_t
+	if err := unix.Stat(path, &a); err != nil {
+		return false, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if err := unix.Stat("/proc/self/ns/net", &b); err != nil {
+		return false, fmt.Errorf("stat own namespace: %w", err)
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
+
+func (LinuxHost) Attach(spec AttachSpec) (Attached, error) {
+	// netdev does what weavectl attach does (veth on the bridge, MTU, hairpin, accept_ra
+	// off, address, gratuitous ARP); the CNI-specific gateway routes are added here.
+	att, err := netdev.Netlink{}.Attach(netdev.AttachSpec{
+		NetnsPath: spec.NetnsPath, IfName: spec.IfName, HostIfName: spec.HostIfName, Bridge: spec.Bridge,
+		MTU: spec.MTU, CIDRs: []netip.Prefix{spec.CIDR}, Hairpin: spec.Hairpin,
+	})
+	if err != nil {
+		return Attached{}, err
+	}
+	host, err := netlink.LinkByName(spec.HostIfName)
+	if err != nil {
+		return Attached{}, fmt.Errorf("look up %s: %w", spec.HostIfName, err)
+	}
+	if err := withHandle(spec.NetnsPath, func(nh *netlink.Handle) error {
+		link, err := nh.LinkByName(spec.IfName)
+		if err != nil {
+			return fmt.Errorf("look up %s: %w", spec.IfName, err)
+		}
+		return addRoutes(nh, link, spec.CIDR, spec.Routes)
+	}); err != nil {
+		return Attached{}, err
+	}
+	return Attached{MAC: att.MAC, HostMAC: host.Attrs().HardwareAddr}, nil
+}
+
+// addRoutes adds the routes through link; a gateway outside the interface's own network
+// first gets a link route of its own so the kernel accepts it as a next hop.
+func addRoutes(nh *netlink.Handle, link netlink.Link, cidr netip.Prefix, routes []*types.Route) error {
+	idx := link.Attrs().Index
+	for _, r := range routes {
+		dst := r.Dst
+		route := &netlink.Route{LinkIndex: idx, Dst: &dst}
+		if r.GW != nil {
+			gw, ok := netip.AddrFromSlice(r.GW)
+			if ok && !cidr.Masked().Contains(gw.Unmap()) {
+				onlink := &netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(netip.PrefixFrom(gw.Unmap(), gw.Unmap().BitLen())), Scope: netlink.SCOPE_LINK}
+				if err := nh.RouteReplace(onlink); err != nil {
+					return fmt.Errorf("add link route to gateway %s: %w", gw, err)
+				}
+			}
+			route.Gw = r.GW
+		} else {
+			route.Scope = netlink.SCOPE_LINK
+		}
+		if err := nh.RouteReplace(route); err != nil {
+			return fmt.Errorf("add route %s: %w", dst.String(), err)
+		}
+	}
+	return nil
+}
+
+// withHandle runs fn with a netlink handle in the namespace at path (containernetworking's
+// ns helpers open it, and say whether it is gone or not a namespace at all).
+func withHandle(path string, fn func(nh *netlink.Handle) error) error {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	nh, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", path, err)
+	}
+	defer nh.Close()
+	return fn(nh)
+}
+
+func isGone(err error) bool {
+	var ne ns.NSPathNotExistErr
+	var nn ns.NSPathNotNSErr
+	return errors.As(err, &ne) || errors.As(err, &nn) || errors.Is(err, os.ErrNotExist)
+}
+
+func (LinuxHost) Detach(netnsPath, ifName, hostIfName string) error {
+	var errs []error
+	if netnsPath != "" {
+		err := withHandle(netnsPath, func(nh *netlink.Handle) error {
+			link, err := nh.LinkByName(ifName)
+			if err != nil {
+				var nf netlink.LinkNotFoundError
+				if errors.As(err, &nf) {
+					return nil
+				}
+				return fmt.Errorf("look up %s: %w", ifName, err)
+			}
+			if err := nh.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+				return fmt.Errorf("delete %s: %w", ifName, err)
+			}
+			return nil
+		})
+		if err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("in %s: %w", netnsPath, err))
+		}
+	}
+	// Normally gone with its peer; left over when the container end was moved or renamed.
+	if l, err := netlink.LinkByName(hostIfName); err == nil {
+		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", hostIfName, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (LinuxHost) Check(want Expected) error {
+	br, err := netlink.LinkByName(want.Bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s: %w", want.Bridge, err)
+	}
+	host, err := netlink.LinkByName(want.HostIfName)
+	if err != nil {
+		return fmt.Errorf("host end %s: %w", want.HostIfName, err)
+	}
+	if host.Attrs().MasterIndex != br.Attrs().Index {
+		return fmt.Errorf("host end %s is not on bridge %s", want.HostIfName, want.Bridge)
+	}
+	return withHandle(want.NetnsPath, func(nh *netlink.Handle) error {
+		link, err := nh.LinkByName(want.IfName)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", want.IfName, err)
+		}
+		if link.Type() != "veth" {
+			return fmt.Errorf("%s is a %s, not a veth", want.IfName, link.Type())
+		}
+		if want.MAC != "" && !strings.EqualFold(link.Attrs().HardwareAddr.String(), want.MAC) {
+			return fmt.Errorf("%s has MAC %s, ADD gave %s", want.IfName, link.Attrs().HardwareAddr, want.MAC)
+		}
+		if link.Attrs().OperState == netlink.OperDown {
+			return fmt.Errorf("%s is down", want.IfName)
+		}
+		addrs, err := nh.AddrList(link, netlink.FAMILY_ALL)
+		if err != nil {
+			return fmt.Errorf("addresses of %s: %w", want.IfName, err)
+		}
+		for _, ip := range want.IPs {
+			found := false
+			for _, a := range addrs {
+				if a.IPNet.String() == ip.Address.String() {
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("%s lacks address %s", want.IfName, ip.Address.String())
+			}
+		}
+		routes, err := nh.RouteList(link, netlink.FAMILY_ALL)
+		if err != nil {
+			return fmt.Errorf("routes of %s: %w", want.IfName, err)
+		}
+		for _, r := range want.Routes {
+			if !hasRoute(routes, r) {
+				return fmt.Errorf("route %s via %v is missing", r.Dst.String(), r.GW)
+			}
+		}
+		return nil
+	})
+}
+
+func hasRoute(routes []netlink.Route, want *types.Route) bool {
+	wantDst := want.Dst.String()
+	for _, r := range routes {
+		dst := "0.0.0.0/0"
+		if r.Dst != nil {
+			dst = r.Dst.String()
+		} else if r.Family == unix.AF_INET6 {
+			dst = "::/0"
+		}
+		if dst != wantDst {
+			continue
+		}
+		if want.GW == nil || net.IP.Equal(r.Gw, want.GW) {
+			return true
+		}
+	}
+	return false
+}
+
+func (LinuxHost) Lock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
