@@ -115,25 +115,35 @@ func (p *Plugin) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), p.timeout)
 }
 
-// Add attaches the container: veth on the bridge, an address, routes via the bridge.
+// Add attaches the container (see AddResult) and prints the result for the runtime.
 func (p *Plugin) Add(args *skel.CmdArgs) error {
-	conf, err := ParseNetConf(args.StdinData)
+	res, err := p.AddResult(args)
 	if err != nil {
 		return err
 	}
+	return res.Print()
+}
+
+// AddResult attaches the container: veth on the bridge, an address, routes via the bridge.
+// The result is in the version the configuration asks for.
+func (p *Plugin) AddResult(args *skel.CmdArgs) (types.Result, error) {
+	conf, err := ParseNetConf(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
 	if err := checkArgs(args, true); err != nil {
-		return err
+		return nil, err
 	}
 	if same, err := p.host.IsOwnNetns(args.Netns); err != nil {
-		return types.NewError(types.ErrInvalidNetNS, "weave-cni: cannot open the container's network namespace", err.Error())
+		return nil, types.NewError(types.ErrInvalidNetNS, "weave-cni: cannot open the container's network namespace", err.Error())
 	} else if same {
-		return types.NewError(types.ErrInvalidNetNS, "weave-cni: refusing to attach the host's own network namespace", args.Netns)
+		return nil, types.NewError(types.ErrInvalidNetNS, "weave-cni: refusing to attach the host's own network namespace", args.Netns)
 	}
 	ctx, cancel := p.context()
 	defer cancel()
 	br, err := p.host.Bridge(conf.Bridge)
 	if err != nil {
-		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("weave-cni: bridge %q is not there: is the weave router running on this node?", conf.Bridge), err.Error())
+		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("weave-cni: bridge %q is not there: is the weave router running on this node?", conf.Bridge), err.Error())
 	}
 	mtu := conf.MTU
 	if mtu == 0 {
@@ -147,21 +157,21 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if conf.IPAM.Type != "" {
 		r, err := p.delegate.Add(ctx, conf.IPAM.Type, args.StdinData)
 		if err != nil {
-			return delegateError("ADD", conf.IPAM.Type, err)
+			return nil, delegateError("ADD", conf.IPAM.Type, err)
 		}
 		release = func() { _ = p.delegate.Del(context.Background(), conf.IPAM.Type, args.StdinData) }
 		res, err := current.NewResultFromResult(r)
 		if err != nil {
 			release()
-			return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("weave-cni: cannot read the result of ipam plugin %q", conf.IPAM.Type), err.Error())
+			return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("weave-cni: cannot read the result of ipam plugin %q", conf.IPAM.Type), err.Error())
 		}
 		if len(res.IPs) == 0 {
 			release()
-			return types.NewError(types.ErrInternal, fmt.Sprintf("weave-cni: ipam plugin %q returned no address", conf.IPAM.Type), "")
+			return nil, types.NewError(types.ErrInternal, fmt.Sprintf("weave-cni: ipam plugin %q returned no address", conf.IPAM.Type), "")
 		}
 		ipc, routes, dns = res.IPs[0], res.Routes, res.DNS
 		if len(routes) == 0 && ipc.Gateway != nil {
-			routes = []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, GW: ipc.Gateway}}
+			routes = []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: ipc.Gateway}}
 		}
 	} else {
 		rt := p.dial(conf.Socket)
@@ -169,7 +179,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		id := allocID(conf.Name, args.ContainerID)
 		resp, err := rt.IPAMAllocate(ctx, api.IPAMRequest{ID: id, Iface: args.IfName, Subnet: conf.IPAM.Subnet})
 		if err != nil {
-			return routerError("allocate an address", conf.Socket, err)
+			return nil, routerError("allocate an address", conf.Socket, err)
 		}
 		release = func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -179,12 +189,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		cidr, err := firstV4(resp.CIDRs)
 		if err != nil {
 			release()
-			return types.NewError(types.ErrInternal, "weave-cni: the router gave an unusable address", err.Error())
+			return nil, types.NewError(types.ErrInternal, "weave-cni: the router gave an unusable address", err.Error())
 		}
 		gw, err := p.gateway(ctx, rt, conf, cidr)
 		if err != nil {
 			release()
-			return err
+			return nil, err
 		}
 		ipc = &current.IPConfig{Address: *prefixToIPNet(cidr), Gateway: gw.AsSlice()}
 		routes = []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw.AsSlice()}}
@@ -194,7 +204,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	addr, ok := ipNetToPrefix(&ipc.Address)
 	if !ok {
 		release()
-		return types.NewError(types.ErrInternal, "weave-cni: unusable address", ipc.Address.String())
+		return nil, types.NewError(types.ErrInternal, "weave-cni: unusable address", ipc.Address.String())
 	}
 	hostIf := hostIfName(args.ContainerID, args.IfName)
 	att, err := p.host.Attach(AttachSpec{
@@ -205,7 +215,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		// Leave nothing half-made: the runtime will retry the ADD from scratch.
 		_ = p.host.Detach(args.Netns, args.IfName, hostIf)
 		release()
-		return types.NewError(types.ErrInternal, fmt.Sprintf("weave-cni: cannot attach %s in %s to bridge %s", args.IfName, args.Netns, conf.Bridge), err.Error())
+		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("weave-cni: cannot attach %s in %s to bridge %s", args.IfName, args.Netns, conf.Bridge), err.Error())
 	}
 	ipc.Interface = current.Int(1)
 	result := &current.Result{
@@ -219,7 +229,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		DNS:    dns,
 	}
 	p.log.Info("added", "container", args.ContainerID, "ifname", args.IfName, "cidr", addr, "host_if", hostIf)
-	return types.PrintResult(result, conf.CNIVersion)
+	return result.GetAsVersion(conf.CNIVersion)
 }
 
 // gateway returns the bridge's address in cidr's network, exposing the host (an address
