@@ -1,0 +1,653 @@
+package fastdp
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weavemesh/weave/mesh"
+)
+
+const (
+	// DefaultPort is the VXLAN UDP port: the mesh port (6783) + 1.
+	DefaultPort = 6784
+	// FeatureKey is the handshake feature under which a peer offers fastdp; its value names
+	// the encapsulation, port and VNI, which must match on both ends.
+	FeatureKey = "fastdp"
+	// OverheadIPv4 and OverheadIPv6 are what VXLAN adds to each frame on the underlay:
+	// outer IP + UDP (8) + VXLAN (8) + inner Ethernet (14).
+	OverheadIPv4 = 20 + 8 + 8 + 14
+	OverheadIPv6 = 40 + 8 + 8 + 14
+	// recentSeqs is how many heartbeat rounds back an ack is still accepted.
+	recentSeqs = 64
+)
+
+// VNIFor derives a VXLAN network identifier from a mesh identity, so that several meshes
+// sharing a host (or an underlay) on the same UDP port never exchange frames. Feed it a
+// non-secret name (the mesh or network name, the IPAM range), never the password: the VNI
+// travels in clear in every packet. The result is in [1, 2^24-2]; 0 and 2^24-1 are avoided.
+func VNIFor(id string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte("weave-fastdp-vni\x00" + id))
+	return 1 + h.Sum32()%(1<<24-2)
+}
+
+// MTUFor is the VXLAN device MTU for an underlay link MTU.
+func MTUFor(underlayMTU int, ipv6 bool) int {
+	if ipv6 {
+		return underlayMTU - OverheadIPv6
+	}
+	return underlayMTU - OverheadIPv4
+}
+
+// Control sends overlay control messages to a peer over the mesh connection; *mesh.Router
+// implements it.
+type Control interface {
+	SendOverlayControl(peer mesh.PeerName, connID uint64, msg []byte) error
+}
+
+// Config configures New.
+type Config struct {
+	// Name is this peer's name (it signs our heartbeats).
+	Name mesh.PeerName
+	// Bridge is the Linux bridge the VXLAN device joins (it must exist).
+	Bridge string
+	// Device is the VXLAN device name; default "vxlan-<Port>".
+	Device string
+	// Port is the VXLAN UDP port; default DefaultPort.
+	Port int
+	// VNI is the VXLAN network identifier; default VNIFor("").
+	VNI uint32
+	// MTU of the VXLAN device; 0 derives it from the underlay (the link of the default
+	// route, or of LocalAddr) minus OverheadIPv4/6.
+	MTU int
+	// LocalAddr is the underlay source address of VXLAN packets; invalid: the kernel picks.
+	LocalAddr netip.Addr
+	// Isolate names bridge ports that must never exchange frames with the VXLAN port: the
+	// router's TAP. Frames the router injects from sleeve must not leave again through
+	// VXLAN, and frames that arrived through VXLAN must not reach the router as if a local
+	// container sent them. Both the VXLAN port and these ports are made "isolated".
+	Isolate []string
+	// Netns is the network namespace (a path, or a name under /var/run/netns) to work in;
+	// empty: the caller's.
+	Netns string
+	// Timing of heartbeats and hysteresis; zero fields take the defaults.
+	Timing Timing
+	// OnChange is called when a peer's State, Reason or Active changes. Calls come from one
+	// goroutine, in order, without locks held. When a pair goes to fastdp the kernel is
+	// programmed before the call; when it leaves, the call comes first and the kernel
+	// entries go after it returns: the switch flips to sleeve before the kernel stops.
+	OnChange func(PeerStatus)
+	// Kernel replaces the Linux VXLAN device (tests: FakeNet).
+	Kernel Kernel
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+}
+
+// Peer describes a mesh connection to give to fastdp.
+type Peer struct {
+	Name   mesh.PeerName
+	ConnID uint64
+	// Addr is the peer's underlay address (its VXLAN endpoint).
+	Addr netip.Addr
+	// LocalAddr is our address on this connection, as we see it; used to detect NAT.
+	LocalAddr netip.Addr
+	// NeedsEncryption: the pair runs with a password and is not trusted; it stays on the
+	// encrypted sleeve (ReasonEncryption). This is where IPsec would plug in.
+	NeedsEncryption bool
+	// Feature is the peer's FeatureKey value; "" means it does not offer fastdp.
+	Feature string
+}
+
+// Stats counts heartbeat traffic and what was refused.
+type Stats struct {
+	BeatsSent, BeatsReceived, AcksReceived uint64
+	// BadFrames and BadControl count hostile or corrupt input that was refused.
+	BadFrames, BadControl uint64
+	// Unknown counts heartbeats and acks from peers we have no connection with (or stale).
+	Unknown       uint64
+	KernelErrors  uint64
+	Activations   uint64
+	Deactivations uint64
+}
+
+type peer struct {
+	Peer
+	h        *health // nil when off
+	off      Reason
+	detail   string
+	active   bool
+	reported PeerStatus
+	leaving  bool // reported inactive, kernel entries still to remove
+	seen     bool // reported at least once
+}
+
+// FastDP runs the kernel data path: the VXLAN device, per-peer FDB entries and heartbeats.
+type FastDP struct {
+	cfg     Config
+	log     *slog.Logger
+	k       Kernel
+	t       Timing
+	now     func() time.Time
+	feature string
+
+	mu     sync.Mutex
+	peers  map[mesh.PeerName]*peer
+	macs   map[[6]byte]mesh.PeerName
+	ctl    Control
+	seq    uint64 // last heartbeat round sent
+	closed bool
+
+	beatsSent, beatsRecv, acksRecv, badFrames, badControl, unknown, kernelErrs atomic.Uint64
+	activations, deactivations                                                 atomic.Uint64
+
+	startOnce sync.Once
+	closeOnce sync.Once
+	stop      chan struct{}
+	wg        sync.WaitGroup
+}
+
+// New creates (or adopts) the VXLAN device and returns a FastDP that is not running yet:
+// Start it with the mesh. It returns ErrNoKernelSupport (wrapped) when the kernel cannot
+// do VXLAN.
+func New(cfg Config) (*FastDP, error) {
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	if cfg.Port < 1 || cfg.Port > 65535 {
+		return nil, fmt.Errorf("fastdp: udp port %d out of range", cfg.Port)
+	}
+	if cfg.VNI == 0 {
+		cfg.VNI = VNIFor("")
+	}
+	if cfg.VNI >= 1<<24 {
+		return nil, fmt.Errorf("fastdp: vni %d does not fit in 24 bits", cfg.VNI)
+	}
+	if cfg.Device == "" {
+		cfg.Device = "vxlan-" + strconv.Itoa(cfg.Port)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	k := cfg.Kernel
+	if k == nil {
+		if cfg.Bridge == "" {
+			return nil, errors.New("fastdp: no bridge given")
+		}
+		var err error
+		if k, err = openKernel(cfg); err != nil {
+			return nil, err
+		}
+	}
+	f := &FastDP{
+		cfg: cfg, log: cfg.Logger, k: k, t: cfg.Timing.withDefaults(), now: cfg.Now,
+		feature: fmt.Sprintf("vxlan/%d/%d", cfg.Port, cfg.VNI),
+		peers:   map[mesh.PeerName]*peer{}, macs: map[[6]byte]mesh.PeerName{},
+		seq:  rand.Uint64() >> 1, // a fresh start per process, so stale acks do not match
+		stop: make(chan struct{}),
+	}
+	f.log.Info("fastdp ready", "device", cfg.Device, "port", cfg.Port, "vni", cfg.VNI, "mtu", k.MTU())
+	return f, nil
+}
+
+// Features are the handshake features to advertise (merge them into mesh.Config.Features).
+func (f *FastDP) Features() map[string]string { return map[string]string{FeatureKey: f.feature} }
+
+// MTU is the VXLAN device MTU (the largest IP packet over fastdp).
+func (f *FastDP) MTU() int { return f.k.MTU() }
+
+// Start begins heartbeats; ctl carries the acknowledgements. Calling it again does nothing.
+func (f *FastDP) Start(ctl Control) {
+	f.startOnce.Do(func() {
+		f.mu.Lock()
+		f.ctl = ctl
+		closed := f.closed
+		f.mu.Unlock()
+		if closed {
+			return
+		}
+		f.wg.Add(2)
+		go f.loop()
+		go f.reader()
+	})
+}
+
+// Close stops heartbeats and I/O; idempotent. The device and its FDB entries stay, so the
+// kernel path keeps working across a restart; Cleanup removes the device.
+func (f *FastDP) Close() error {
+	var err error
+	f.closeOnce.Do(func() {
+		f.mu.Lock()
+		f.closed = true
+		f.mu.Unlock()
+		close(f.stop)
+		err = f.k.Close() // unblocks the reader
+		f.wg.Wait()
+	})
+	return err
+}
+
+// ConnectionUp adds the peer of a new mesh connection (mesh.OverlayHook).
+func (f *FastDP) ConnectionUp(ci mesh.ConnInfo) {
+	p := Peer{Name: ci.Peer, ConnID: ci.ConnID, Addr: addrOf(ci.RemoteAddr), LocalAddr: addrOf(ci.LocalAddr),
+		NeedsEncryption: ci.Encrypted && !ci.Trusted, Feature: ci.Features[FeatureKey]}
+	if err := f.AddPeer(p); err != nil {
+		f.log.Warn("fastdp: peer not added", "peer", ci.Peer, "err", err)
+	}
+}
+
+// ConnectionDown removes the peer (mesh.OverlayHook).
+func (f *FastDP) ConnectionDown(peer mesh.PeerName, connID uint64) { f.RemovePeer(peer, connID) }
+
+func addrOf(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	if a == nil {
+		return netip.Addr{}
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// AddPeer starts fastdp towards a peer, or decides (with a Reason) that this pair stays on
+// sleeve. A newer connection to the same peer replaces the older one's state.
+func (f *FastDP) AddPeer(p Peer) error {
+	if !p.Addr.IsValid() {
+		return fmt.Errorf("fastdp: add peer %s: no underlay address", p.Name)
+	}
+	p.Addr = p.Addr.Unmap()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return errors.New("fastdp: closed")
+	}
+	if old := f.peers[p.Name]; old != nil {
+		if old.ConnID == p.ConnID && old.Addr == p.Addr {
+			return nil
+		}
+		f.removeLocked(old)
+	}
+	np := &peer{Peer: p}
+	switch {
+	case p.NeedsEncryption:
+		np.off, np.detail = ReasonEncryption, "encrypted connection: fastdp has no IPsec yet, the pair stays on the encrypted sleeve"
+	case p.Feature == "":
+		np.off, np.detail = ReasonPeerNoFastdp, "the peer does not offer fastdp"
+	case p.Feature != f.feature:
+		np.off, np.detail = ReasonMismatch, fmt.Sprintf("the peer's fastdp is %q, ours %q", p.Feature, f.feature)
+	default:
+		np.h = newHealth(f.t, f.cfg.Port, f.now())
+		if err := f.k.SetHeartbeatRemote(p.Addr, true); err != nil {
+			f.kernelErrs.Add(1)
+			return fmt.Errorf("fastdp: add peer %s: %w", p.Name, err)
+		}
+	}
+	f.peers[p.Name] = np
+	f.log.Debug("fastdp: peer added", "peer", p.Name, "addr", p.Addr, "off", np.off)
+	return nil
+}
+
+// RemovePeer forgets the peer's connection connID (a newer connection is left alone) and
+// removes its kernel entries. No OnChange call follows: the connection is gone.
+func (f *FastDP) RemovePeer(name mesh.PeerName, connID uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if p := f.peers[name]; p != nil && p.ConnID == connID {
+		f.removeLocked(p)
+	}
+}
+
+func (f *FastDP) removeLocked(p *peer) {
+	delete(f.peers, p.Name)
+	if p.active {
+		f.deactivateLocked(p)
+	}
+	if p.h != nil {
+		f.kerr(f.k.SetHeartbeatRemote(p.Addr, false))
+	}
+}
+
+func (f *FastDP) kerr(err error) {
+	if err != nil {
+		f.kernelErrs.Add(1)
+		f.log.Warn("fastdp: kernel", "err", err)
+	}
+}
+
+// Learn records that mac lives behind peer (the router learned it, or the mesh said so).
+// While the pair is on fastdp the kernel gets a unicast FDB entry for it; otherwise the
+// entry waits until the pair goes to fastdp.
+func (f *FastDP) Learn(mac net.HardwareAddr, name mesh.PeerName) {
+	if len(mac) != 6 {
+		return
+	}
+	m := [6]byte(mac)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if old, ok := f.macs[m]; ok {
+		if old == name {
+			return
+		}
+		if op := f.peers[old]; op != nil && op.active {
+			f.kerr(f.k.DelMAC(m, op.Addr))
+		}
+	}
+	f.macs[m] = name
+	if p := f.peers[name]; p != nil && p.active {
+		f.kerr(f.k.SetMAC(m, p.Addr))
+	}
+}
+
+// Forget removes what Learn recorded for mac.
+func (f *FastDP) Forget(mac net.HardwareAddr) {
+	if len(mac) != 6 {
+		return
+	}
+	m := [6]byte(mac)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name, ok := f.macs[m]
+	if !ok {
+		return
+	}
+	delete(f.macs, m)
+	if p := f.peers[name]; p != nil && p.active {
+		f.kerr(f.k.DelMAC(m, p.Addr))
+	}
+}
+
+// Active reports whether the kernel carries the traffic of the pair with peer.
+func (f *FastDP) Active(name mesh.PeerName) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.peers[name]
+	return p != nil && p.active
+}
+
+// MaxFrame is the largest Ethernet frame the kernel carries to peer, 0 when the pair is
+// not on fastdp (the overlay.Forwarder convention).
+func (f *FastDP) MaxFrame(name mesh.PeerName) int {
+	if !f.Active(name) {
+		return 0
+	}
+	return f.k.MTU() + ethHeaderLen
+}
+
+// Status returns the state of the pair with peer.
+func (f *FastDP) Status(name mesh.PeerName) (PeerStatus, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.peers[name]
+	if p == nil {
+		return PeerStatus{}, false
+	}
+	return f.statusLocked(p), true
+}
+
+// Peers returns the state of every pair.
+func (f *FastDP) Peers() []PeerStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]PeerStatus, 0, len(f.peers))
+	for _, p := range f.peers {
+		out = append(out, f.statusLocked(p))
+	}
+	return out
+}
+
+// Stats returns the counters.
+func (f *FastDP) Stats() Stats {
+	return Stats{
+		BeatsSent: f.beatsSent.Load(), BeatsReceived: f.beatsRecv.Load(), AcksReceived: f.acksRecv.Load(),
+		BadFrames: f.badFrames.Load(), BadControl: f.badControl.Load(), Unknown: f.unknown.Load(),
+		KernelErrors: f.kernelErrs.Load(), Activations: f.activations.Load(), Deactivations: f.deactivations.Load(),
+	}
+}
+
+func (f *FastDP) statusLocked(p *peer) PeerStatus {
+	s := PeerStatus{Peer: p.Name.String(), ConnID: p.ConnID, Addr: p.Addr.String(), Active: p.active}
+	if p.h == nil {
+		s.State, s.Reason, s.Detail = StateOff, p.off, p.detail
+		return s
+	}
+	s.State, s.Reason, s.Detail = p.h.state, p.h.reason, p.h.detail
+	s.Holdoff, s.Since, s.Transitions = p.h.holdoff, p.h.since, p.h.transitions
+	return s
+}
+
+func (f *FastDP) activateLocked(p *peer) {
+	p.active = true
+	f.activations.Add(1)
+	f.kerr(f.k.SetFloodRemote(p.Addr, true))
+	for m, n := range f.macs {
+		if n == p.Name {
+			f.kerr(f.k.SetMAC(m, p.Addr))
+		}
+	}
+}
+
+func (f *FastDP) deactivateLocked(p *peer) {
+	p.active = false
+	f.deactivations.Add(1)
+	f.kerr(f.k.SetFloodRemote(p.Addr, false))
+	for m, n := range f.macs {
+		if n == p.Name {
+			f.kerr(f.k.DelMAC(m, p.Addr))
+		}
+	}
+	f.kerr(f.k.FlushLearned())
+}
+
+// loop owns the heartbeat rounds and every state transition, so OnChange calls are
+// ordered.
+func (f *FastDP) loop() {
+	defer f.wg.Done()
+	tick := time.NewTicker(f.t.Interval)
+	defer tick.Stop()
+	for {
+		f.round()
+		select {
+		case <-f.stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// round sends one round of heartbeats and steps every peer's state machine.
+func (f *FastDP) round() {
+	f.sendBeats()
+	now := f.now()
+	var notify []PeerStatus
+	var leaving []*peer
+	f.mu.Lock()
+	up := false
+	for _, p := range f.peers {
+		if p.h != nil {
+			p.h.step(now)
+			if p.h.state == StateHealthy && !p.active {
+				f.activateLocked(p)
+				up = true
+			}
+			if p.h.state != StateHealthy && p.active && !p.leaving {
+				p.leaving = true
+				leaving = append(leaving, p)
+			}
+		}
+		s := f.statusLocked(p)
+		if p.leaving {
+			s.Active = false // the switch hears about it before the kernel entries go
+		}
+		if !p.seen || s.State != p.reported.State || s.Reason != p.reported.Reason || s.Active != p.reported.Active {
+			p.seen, p.reported = true, s
+			notify = append(notify, s)
+			f.log.Info("fastdp: peer", "peer", s.Peer, "state", s.State, "reason", s.Reason, "active", s.Active, "detail", s.Detail)
+		}
+	}
+	if up {
+		f.kerr(f.k.FlushLearned())
+	}
+	f.mu.Unlock()
+	if f.cfg.OnChange != nil {
+		for _, s := range notify {
+			f.cfg.OnChange(s)
+		}
+	}
+	if len(leaving) == 0 {
+		return
+	}
+	f.mu.Lock()
+	for _, p := range leaving {
+		p.leaving = false
+		if f.peers[p.Name] == p && p.active {
+			f.deactivateLocked(p)
+		}
+	}
+	f.mu.Unlock()
+}
+
+func (f *FastDP) sendBeats() {
+	f.mu.Lock()
+	any := false
+	for _, p := range f.peers {
+		if p.h != nil {
+			any = true
+			break
+		}
+	}
+	f.seq++
+	seq := f.seq
+	f.mu.Unlock()
+	if !any {
+		return
+	}
+	src := f.k.HardwareAddr()
+	b := beat{sender: f.cfg.Name, seq: seq, addr: f.cfg.LocalAddr}
+	buf := appendBeat(nil, src, b, MinBeatFrame)
+	if err := f.k.WriteFrame(buf); err != nil {
+		f.log.Debug("fastdp: send heartbeat", "err", err)
+	} else {
+		f.beatsSent.Add(1)
+	}
+	b.full = true
+	buf = appendBeat(buf, src, b, f.k.MTU()+ethHeaderLen)
+	if err := f.k.WriteFrame(buf); err != nil {
+		// EMSGSIZE and the like: the full-size beat is what proves the MTU, so its failure
+		// simply shows up as missing acks.
+		f.log.Debug("fastdp: send full-size heartbeat", "err", err)
+	} else {
+		f.beatsSent.Add(1)
+	}
+}
+
+// reader receives heartbeats that came through the kernel path and acknowledges them over
+// the mesh.
+func (f *FastDP) reader() {
+	defer f.wg.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, err := f.k.ReadFrame(buf)
+		if err != nil {
+			select {
+			case <-f.stop:
+				return
+			default:
+			}
+			f.log.Warn("fastdp: read heartbeat", "err", err)
+			select {
+			case <-f.stop:
+				return
+			case <-time.After(100 * time.Millisecond): // do not spin on a broken socket
+			}
+			continue
+		}
+		f.handleBeat(buf[:n])
+	}
+}
+
+func (f *FastDP) handleBeat(frame []byte) {
+	b, err := parseBeat(frame)
+	if err != nil {
+		f.badFrames.Add(1)
+		f.log.Debug("fastdp: bad heartbeat", "err", err)
+		return
+	}
+	now := f.now()
+	f.mu.Lock()
+	p := f.peers[b.sender]
+	if p == nil || p.h == nil {
+		f.mu.Unlock()
+		f.unknown.Add(1)
+		return
+	}
+	// The sender says which address it sends from (when it was configured with one): a
+	// mismatch with where we reach it means a NAT sits between us.
+	nat := b.addr.IsValid() && !b.addr.IsUnspecified() && b.addr != p.Addr
+	if b.full {
+		p.h.observe(evRecvFull, now)
+	} else {
+		p.h.observe(evRecvSmall, now)
+	}
+	if nat {
+		p.h.observe(evNAT, now)
+	}
+	connID, ctl, addr := p.ConnID, f.ctl, p.Addr
+	f.mu.Unlock()
+	f.beatsRecv.Add(1)
+	if ctl == nil {
+		return
+	}
+	if err := ctl.SendOverlayControl(b.sender, connID, appendAck(nil, ack{seq: b.seq, full: b.full, nat: nat, seen: addr})); err != nil {
+		f.log.Debug("fastdp: send ack", "peer", b.sender, "err", err)
+	}
+}
+
+// OverlayControl handles a fastdp control message from peer (mesh.OverlayHook); the bytes
+// come from the peer and are checked.
+func (f *FastDP) OverlayControl(name mesh.PeerName, connID uint64, msg []byte) {
+	a, err := parseAck(msg)
+	if err != nil {
+		f.badControl.Add(1)
+		f.log.Debug("fastdp: bad control message", "peer", name, "err", err)
+		return
+	}
+	now := f.now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p := f.peers[name]
+	if p == nil || p.h == nil || p.ConnID != connID || a.seq > f.seq || f.seq-a.seq >= recentSeqs {
+		f.unknown.Add(1)
+		return
+	}
+	f.acksRecv.Add(1)
+	if a.full {
+		p.h.observe(evAckFull, now)
+	} else {
+		p.h.observe(evAckSmall, now)
+	}
+	if a.nat || (a.seen.IsValid() && p.LocalAddr.IsValid() && !p.LocalAddr.IsUnspecified() && a.seen != p.LocalAddr.Unmap()) {
+		p.h.observe(evNAT, now)
+	}
+}

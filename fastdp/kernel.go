@@ -1,0 +1,41 @@
+package fastdp
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// ErrNoKernelSupport: this kernel (or OS) cannot create the VXLAN device. The daemon then
+// runs sleeve only and reports ReasonNoKernel.
+var ErrNoKernelSupport = errors.New("fastdp: no kernel VXLAN support")
+
+// Kernel is the OS boundary of fastdp: the VXLAN device on the bridge, its forwarding
+// database, and a socket that sends and receives heartbeat frames through the device.
+// The Linux implementation uses netlink and an AF_PACKET socket; FakeNet provides an
+// in-memory one for tests without root. Methods may be called from several goroutines.
+type Kernel interface {
+	// MTU is the VXLAN device's MTU: the largest IP packet a container may send through it.
+	MTU() int
+	// HardwareAddr is the device's MAC, the source of our heartbeats.
+	HardwareAddr() [6]byte
+	// SetHeartbeatRemote adds or removes addr from the endpoints every heartbeat frame is
+	// replicated to.
+	SetHeartbeatRemote(addr netip.Addr, on bool) error
+	// SetFloodRemote adds or removes addr from the endpoints that broadcast and unknown
+	// unicast frames are replicated to (the all-zero MAC entries).
+	SetFloodRemote(addr netip.Addr, on bool) error
+	// SetMAC points mac at the endpoint addr (replacing an older entry); DelMAC removes it.
+	SetMAC(mac [6]byte, addr netip.Addr) error
+	DelMAC(mac [6]byte, addr netip.Addr) error
+	// FlushLearned forgets what the bridge learned dynamically, so that after a peer
+	// changes path the bridge floods to both the router and the VXLAN port until it
+	// relearns where each MAC is, instead of sending to a stale port.
+	FlushLearned() error
+	// WriteFrame sends an Ethernet frame into the VXLAN device.
+	WriteFrame(frame []byte) error
+	// ReadFrame blocks until a heartbeat frame arrives on the device and copies it into
+	// buf; after Close it returns an error.
+	ReadFrame(buf []byte) (int, error)
+	// Close stops I/O. The device and its entries stay (Cleanup removes the device).
+	Close() error
+}
