@@ -54,6 +54,9 @@ type AttachSpec struct {
 type Attached struct {
 	MAC     net.HardwareAddr
 	HostMAC net.HardwareAddr
+	// Routes are the routes in place through the interface: the spec's, less those whose
+	// destination another interface of the container routes already.
+	Routes []*types.Route
 }
 
 // Expected is the state CHECK verifies.
@@ -143,7 +146,7 @@ func (f *FakeHost) Attach(spec AttachSpec) (Attached, error) {
 		return Attached{}, fmt.Errorf("open namespace %s: no such file", spec.NetnsPath)
 	}
 	f.Links[spec.NetnsPath+"/"+spec.IfName] = spec
-	return Attached{MAC: fakeMAC(spec.NetnsPath + spec.IfName), HostMAC: fakeMAC(spec.HostIfName)}, nil
+	return Attached{MAC: fakeMAC(spec.NetnsPath + spec.IfName), HostMAC: fakeMAC(spec.HostIfName), Routes: spec.Routes}, nil
 }
 
 func (f *FakeHost) Detach(netnsPath, ifName, _ string) error {

@@ -68,22 +68,28 @@ func (LinuxHost) Attach(spec AttachSpec) (Attached, error) {
 	if err != nil {
 		return Attached{}, fmt.Errorf("look up %s: %w", spec.HostIfName, err)
 	}
+	var routes []*types.Route
 	if err := withHandle(spec.NetnsPath, func(nh *netlink.Handle) error {
 		link, err := nh.LinkByName(spec.IfName)
 		if err != nil {
 			return fmt.Errorf("look up %s: %w", spec.IfName, err)
 		}
-		return addRoutes(nh, link, spec.CIDR, spec.Routes)
+		routes, err = addRoutes(nh, link, spec.CIDR, spec.Routes)
+		return err
 	}); err != nil {
 		return Attached{}, err
 	}
-	return Attached{MAC: att.MAC, HostMAC: host.Attrs().HardwareAddr}, nil
+	return Attached{MAC: att.MAC, HostMAC: host.Attrs().HardwareAddr, Routes: routes}, nil
 }
 
-// addRoutes adds the routes through link; a gateway outside the interface's own network
-// first gets a link route of its own so the kernel accepts it as a next hop.
-func addRoutes(nh *netlink.Handle, link netlink.Link, cidr netip.Prefix, routes []*types.Route) error {
+// addRoutes adds the routes through link and returns those in place. A gateway outside the
+// interface's own network first gets a link route of its own so the kernel accepts it as a
+// next hop. A destination another interface routes already (the default route of a pod's
+// first interface, when this is its second) is left alone: a second network must not
+// hijack the pod's traffic.
+func addRoutes(nh *netlink.Handle, link netlink.Link, cidr netip.Prefix, routes []*types.Route) ([]*types.Route, error) {
 	idx := link.Attrs().Index
+	var done []*types.Route
 	for _, r := range routes {
 		dst := r.Dst
 		route := &netlink.Route{LinkIndex: idx, Dst: &dst}
@@ -92,18 +98,29 @@ func addRoutes(nh *netlink.Handle, link netlink.Link, cidr netip.Prefix, routes 
 			if ok && !cidr.Masked().Contains(gw.Unmap()) {
 				onlink := &netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(netip.PrefixFrom(gw.Unmap(), gw.Unmap().BitLen())), Scope: netlink.SCOPE_LINK}
 				if err := nh.RouteReplace(onlink); err != nil {
-					return fmt.Errorf("add link route to gateway %s: %w", gw, err)
+					return nil, fmt.Errorf("add link route to gateway %s: %w", gw, err)
 				}
 			}
 			route.Gw = r.GW
 		} else {
 			route.Scope = netlink.SCOPE_LINK
 		}
-		if err := nh.RouteReplace(route); err != nil {
-			return fmt.Errorf("add route %s: %w", dst.String(), err)
+		if err := nh.RouteAdd(route); err != nil {
+			if !errors.Is(err, unix.EEXIST) {
+				return nil, fmt.Errorf("add route %s: %w", dst.String(), err)
+			}
+			// Ours from an earlier ADD of this interface, or another interface's.
+			existing, lerr := nh.RouteList(link, netlink.FAMILY_ALL)
+			if lerr != nil {
+				return nil, fmt.Errorf("routes of %s: %w", link.Attrs().Name, lerr)
+			}
+			if !hasRoute(existing, r) {
+				continue
+			}
 		}
+		done = append(done, r)
 	}
-	return nil
+	return done, nil
 }
 
 // withHandle runs fn with a netlink handle in the namespace at path (containernetworking's

@@ -225,7 +225,7 @@ func (p *Plugin) AddResult(args *skel.CmdArgs) (types.Result, error) {
 			{Name: args.IfName, Mac: att.MAC.String(), Mtu: mtu, Sandbox: args.Netns},
 		},
 		IPs:    []*current.IPConfig{ipc},
-		Routes: routes,
+		Routes: att.Routes,
 		DNS:    dns,
 	}
 	p.log.Info("added", "container", args.ContainerID, "ifname", args.IfName, "cidr", addr, "host_if", hostIf)
