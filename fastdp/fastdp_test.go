@@ -2,6 +2,7 @@ package fastdp
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
@@ -340,3 +341,5 @@ func TestVNIAndMTU(t *testing.T) {
 		t.Fatal("port 70000 accepted")
 	}
 }
+
+func testLogger(t *testing.T) *slog.Logger { return slog.New(slog.NewTextHandler(t.Output(), nil)) }

@@ -1,0 +1,245 @@
+package fastdp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/weavemesh/weave/internal/netlab"
+	"github.com/weavemesh/weave/internal/testutil"
+	"github.com/weavemesh/weave/mesh"
+)
+
+// labTiming: fast enough for a test, slow enough for a loaded 2-core machine.
+var labTiming = Timing{Interval: 100 * time.Millisecond, DownAfter: 800 * time.Millisecond,
+	RecoverAfter: 500 * time.Millisecond, MaxHoldoff: 2 * time.Second, StableAfter: time.Minute}
+
+type labNode struct {
+	h    *netlab.Host
+	name mesh.PeerName
+	f    *FastDP
+	c    *netlab.Container
+}
+
+func vxlanLink(t *testing.T, ns, dev string) (netlink.Link, error) {
+	t.Helper()
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	return h.LinkByName(dev)
+}
+
+func startLabNode(t *testing.T, m *fakeMesh, h *netlab.Host) *FastDP {
+	t.Helper()
+	name := mesh.PeerName(0x0200000000 + uint64(h.Index+1))
+	f, err := New(Config{Name: name, Bridge: "weave", Netns: h.Netns(), LocalAddr: h.Addr, VNI: VNIFor("lab"),
+		Timing: labTiming, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("fastdp on %s: %v", h.Name, err)
+	}
+	t.Cleanup(func() { f.Close() })
+	m.mu.Lock()
+	m.nodes[name] = f
+	m.mu.Unlock()
+	return f
+}
+
+func labStatus(f *FastDP, peer mesh.PeerName, state State, reason Reason) func() error {
+	return func() error {
+		s, ok := f.Status(peer)
+		if !ok {
+			return fmt.Errorf("no status for %s", peer)
+		}
+		if s.State != state || s.Reason != reason {
+			return fmt.Errorf("state %s reason %q (%s)", s.State, s.Reason, s.Detail)
+		}
+		return nil
+	}
+}
+
+// Two hosts, a bridge and a container on each, nothing in userspace between them: the
+// containers reach each other only if the kernel VXLAN path works. Heartbeats go healthy,
+// fail when UDP 6784 is blocked, and return after the hold-off when it is unblocked.
+func TestKernelPathInNetns(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := &fakeMesh{nodes: map[mesh.PeerName]*FastDP{}}
+	nodes := make([]*labNode, 2)
+	for i, h := range lab.Hosts {
+		if err := h.EnsureBridge(ctx, "weave"); err != nil {
+			t.Fatal(err)
+		}
+		n := &labNode{h: h, name: mesh.PeerName(0x0200000000 + uint64(i+1))}
+		n.f = startLabNode(t, m, h)
+		if got := n.f.MTU(); got != 1450 {
+			t.Fatalf("MTU %d from a 1500 underlay, want 1450", got)
+		}
+		c, err := h.AddContainer("c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AttachContainerToBridge(c, "weave", netip.MustParsePrefix(fmt.Sprintf("10.40.0.%d/24", i+1))); err != nil {
+			t.Fatal(err)
+		}
+		n.c = c
+		nodes[i] = n
+	}
+	a, b := nodes[0], nodes[1]
+	for _, e := range [][2]*labNode{{a, b}, {b, a}} {
+		if err := e[0].f.AddPeer(Peer{Name: e[1].name, ConnID: 1, Addr: e[1].h.Addr, LocalAddr: e[0].h.Addr,
+			Feature: e[0].f.Features()[FeatureKey]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.f.Start(meshEnd{m, a.name})
+	b.f.Start(meshEnd{m, b.name})
+
+	up := time.Now()
+	testutil.Eventually(t, 5*time.Second, "a: b healthy", labStatus(a.f, b.name, StateHealthy, ReasonNone))
+	testutil.Eventually(t, 5*time.Second, "b: a healthy", labStatus(b.f, a.name, StateHealthy, ReasonNone))
+	t.Logf("healthy after %v", time.Since(up))
+
+	before, err := vxlanLink(t, a.h.Name, "vxlan-6784")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := func(want float64) func() error {
+		return func() error {
+			r, err := netlab.PingWith(ctx, a.c, b.c.Addr, netlab.PingOptions{Count: 3, Interval: 20 * time.Millisecond, Timeout: 500 * time.Millisecond})
+			if err != nil {
+				return err
+			}
+			if r.Loss != want {
+				return fmt.Errorf("loss %.2f, want %.2f", r.Loss, want)
+			}
+			return nil
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, "containers ping through the kernel path", ping(0))
+	// A full-size packet (1450-byte IP) crosses with DF set: the MTU is right end to end.
+	r, err := netlab.PingWith(ctx, a.c, b.c.Addr, netlab.PingOptions{Count: 2, Size: 1450 - 28, DontFragment: true})
+	if err != nil || r.Loss != 0 {
+		t.Fatalf("full-size ping: %+v, %v", r, err)
+	}
+	after, err := vxlanLink(t, a.h.Name, "vxlan-6784")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after.Attrs().Statistics.TxPackets - before.Attrs().Statistics.TxPackets; d < 5 {
+		t.Fatalf("the VXLAN device sent %d packets during the pings, want them all through it", d)
+	}
+
+	// Block the VXLAN port: both ends fall back with the reason, and the containers lose
+	// each other (nothing else carries frames in this test).
+	if err := lab.BlockUDPPort(a.h, b.h, 6784); err != nil {
+		t.Fatal(err)
+	}
+	blocked := time.Now()
+	testutil.Eventually(t, 5*time.Second, "a: b blocked", labStatus(a.f, b.name, StateUnhealthy, ReasonUDPBlocked))
+	testutil.Eventually(t, 5*time.Second, "b: a blocked", labStatus(b.f, a.name, StateUnhealthy, ReasonUDPBlocked))
+	t.Logf("unhealthy %v after the block", time.Since(blocked))
+	if a.f.Active(b.name) || b.f.Active(a.name) {
+		t.Fatal("blocked pair still active")
+	}
+	s, _ := a.f.Status(b.name)
+	t.Logf("status while blocked: %s", s.Detail)
+	if err := ping(1)(); err != nil {
+		t.Fatalf("ping while blocked: %v", err)
+	}
+
+	if err := lab.UnblockUDPPort(a.h, b.h, 6784); err != nil {
+		t.Fatal(err)
+	}
+	unblocked := time.Now()
+	testutil.Eventually(t, 10*time.Second, "a: b healthy again", labStatus(a.f, b.name, StateHealthy, ReasonNone))
+	testutil.Eventually(t, 10*time.Second, "b: a healthy again", labStatus(b.f, a.name, StateHealthy, ReasonNone))
+	if d := time.Since(unblocked); d < 2*labTiming.RecoverAfter {
+		t.Fatalf("healthy %v after the unblock, before the hold-off", d)
+	}
+	t.Logf("healthy again %v after the unblock", time.Since(unblocked))
+	testutil.Eventually(t, 5*time.Second, "containers ping again", ping(0))
+
+	// Close keeps the device (and with it the kernel path); a new FastDP adopts it.
+	if err := a.f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vxlanLink(t, a.h.Name, "vxlan-6784"); err != nil {
+		t.Fatalf("Close removed the device: %v", err)
+	}
+	if err := ping(0)(); err != nil {
+		t.Fatalf("kernel path after Close: %v", err)
+	}
+	again, err := New(Config{Name: a.name, Bridge: "weave", Netns: a.h.Netns(), LocalAddr: a.h.Addr, VNI: VNIFor("lab"),
+		Timing: labTiming, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("adopt: %v", err)
+	}
+	again.Close()
+	after2, err := vxlanLink(t, a.h.Name, "vxlan-6784")
+	if err != nil || after2.Attrs().Index != after.Attrs().Index {
+		t.Fatalf("device not adopted: %v", err)
+	}
+
+	// Cleanup removes it and leaves nothing; a second Cleanup is fine.
+	for i := 0; i < 2; i++ {
+		if err := Cleanup(a.h.Netns(), "vxlan-6784"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := vxlanLink(t, a.h.Name, "vxlan-6784"); err == nil {
+		t.Fatal("device still there after Cleanup")
+	}
+	out, err := lab.RunIn(ctx, a.h.Netns(), "bridge", "fdb", "show", "dev", "vxlan-6784")
+	if err == nil {
+		t.Fatalf("fdb of the removed device still listed: %s", out)
+	}
+}
+
+// With the underlay MTU below what VXLAN needs, small heartbeats pass and full-size ones
+// do not (DF is set): the pair stays on sleeve with the reason "mtu".
+func TestKernelPathMTUInNetns(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := &fakeMesh{nodes: map[mesh.PeerName]*FastDP{}}
+	var fs []*FastDP
+	for _, h := range lab.Hosts {
+		if err := h.EnsureBridge(ctx, "weave"); err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, startLabNode(t, m, h))
+	}
+	// Both VXLAN devices derived 1450 from 1500; now the path only carries 1400.
+	for _, h := range lab.Hosts {
+		if err := lab.SetMTU(h, 1400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := []mesh.PeerName{0x0200000001, 0x0200000002}
+	for i := range fs {
+		o := 1 - i
+		if err := fs[i].AddPeer(Peer{Name: names[o], ConnID: 1, Addr: lab.Hosts[o].Addr, LocalAddr: lab.Hosts[i].Addr,
+			Feature: fs[i].Features()[FeatureKey]}); err != nil {
+			t.Fatal(err)
+		}
+		fs[i].Start(meshEnd{m, names[i]})
+	}
+	testutil.Eventually(t, 5*time.Second, "mtu reason", labStatus(fs[0], names[1], StateUnhealthy, ReasonMTU))
+	s, _ := fs[0].Status(names[1])
+	t.Logf("status: %s", s.Detail)
+}
