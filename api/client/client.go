@@ -102,25 +102,26 @@ func isNotRunning(err error) bool {
 	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
+// call does one request and decodes the answer into a T.
+func call[T any](ctx context.Context, c *Client, method, path string, in any) (T, error) {
+	var out T
+	err := c.do(ctx, method, path, in, &out)
+	return out, err
+}
+
 // Status returns the daemon's readiness. A daemon that is up but not ready answers too.
 func (c *Client) Status(ctx context.Context) (api.Status, error) {
-	var s api.Status
-	err := c.do(ctx, http.MethodGet, api.PathStatus, nil, &s)
-	return s, err
+	return call[api.Status](ctx, c, http.MethodGet, api.PathStatus, nil)
 }
 
 // Report returns the whole state.
 func (c *Client) Report(ctx context.Context) (api.Report, error) {
-	var r api.Report
-	err := c.do(ctx, http.MethodGet, api.PathReport, nil, &r)
-	return r, err
+	return call[api.Report](ctx, c, http.MethodGet, api.PathReport, nil)
 }
 
 // Version returns the daemon's version.
 func (c *Client) Version(ctx context.Context) (api.VersionInfo, error) {
-	var v api.VersionInfo
-	err := c.do(ctx, http.MethodGet, api.PathVersion, nil, &v)
-	return v, err
+	return call[api.VersionInfo](ctx, c, http.MethodGet, api.PathVersion, nil)
 }
 
 // Stop asks the daemon to exit; it answers before it goes.
@@ -140,37 +141,27 @@ func (c *Client) Forget(ctx context.Context, peers []string) error {
 
 // Attach attaches a namespace to the bridge.
 func (c *Client) Attach(ctx context.Context, req api.AttachRequest) (api.Endpoint, error) {
-	var ep api.Endpoint
-	err := c.do(ctx, http.MethodPost, api.PathAttach, req, &ep)
-	return ep, err
+	return call[api.Endpoint](ctx, c, http.MethodPost, api.PathAttach, req)
 }
 
 // Detach removes addresses or the whole interface of a namespace.
 func (c *Client) Detach(ctx context.Context, req api.DetachRequest) (api.Endpoint, error) {
-	var ep api.Endpoint
-	err := c.do(ctx, http.MethodPost, api.PathDetach, req, &ep)
-	return ep, err
+	return call[api.Endpoint](ctx, c, http.MethodPost, api.PathDetach, req)
 }
 
 // Expose gives the host addresses on the bridge.
 func (c *Client) Expose(ctx context.Context, cidrs []string) (api.Endpoint, error) {
-	var ep api.Endpoint
-	err := c.do(ctx, http.MethodPost, api.PathExpose, api.ExposeRequest{CIDRs: cidrs}, &ep)
-	return ep, err
+	return call[api.Endpoint](ctx, c, http.MethodPost, api.PathExpose, api.ExposeRequest{CIDRs: cidrs})
 }
 
 // Hide removes the host's addresses from the bridge (all of them when cidrs is empty).
 func (c *Client) Hide(ctx context.Context, cidrs []string) (api.Endpoint, error) {
-	var ep api.Endpoint
-	err := c.do(ctx, http.MethodPost, api.PathHide, api.ExposeRequest{CIDRs: cidrs}, &ep)
-	return ep, err
+	return call[api.Endpoint](ctx, c, http.MethodPost, api.PathHide, api.ExposeRequest{CIDRs: cidrs})
 }
 
 // Endpoints lists what is attached to the bridge.
 func (c *Client) Endpoints(ctx context.Context) ([]api.Endpoint, error) {
-	var eps []api.Endpoint
-	err := c.do(ctx, http.MethodGet, api.PathEndpoints, nil, &eps)
-	return eps, err
+	return call[[]api.Endpoint](ctx, c, http.MethodGet, api.PathEndpoints, nil)
 }
 
 // Reset asks the daemon to stop and remove its devices and state.
@@ -180,35 +171,25 @@ func (c *Client) Reset(ctx context.Context) error {
 
 // Rmpeer takes over the IPAM space of a dead peer (name or nickname).
 func (c *Client) Rmpeer(ctx context.Context, peer string) (api.RmpeerResponse, error) {
-	var r api.RmpeerResponse
-	err := c.do(ctx, http.MethodPost, api.PathRmpeer, api.RmpeerRequest{Peer: peer}, &r)
-	return r, err
+	return call[api.RmpeerResponse](ctx, c, http.MethodPost, api.PathRmpeer, api.RmpeerRequest{Peer: peer})
 }
 
 // IPAMAllocate returns the addresses (id, iface) holds, allocating one if it holds none.
 func (c *Client) IPAMAllocate(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
-	var r api.IPAMResponse
-	err := c.do(ctx, http.MethodPost, api.PathIPAMAllocate, req, &r)
-	return r, err
+	return call[api.IPAMResponse](ctx, c, http.MethodPost, api.PathIPAMAllocate, req)
 }
 
 // IPAMClaim records that (id, iface) uses req.CIDR.
 func (c *Client) IPAMClaim(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
-	var r api.IPAMResponse
-	err := c.do(ctx, http.MethodPost, api.PathIPAMClaim, req, &r)
-	return r, err
+	return call[api.IPAMResponse](ctx, c, http.MethodPost, api.PathIPAMClaim, req)
 }
 
 // IPAMRelease frees one address (req.CIDR), an interface's, or (no Iface) a container's.
 func (c *Client) IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
-	var r api.IPAMResponse
-	err := c.do(ctx, http.MethodPost, api.PathIPAMRelease, req, &r)
-	return r, err
+	return call[api.IPAMResponse](ctx, c, http.MethodPost, api.PathIPAMRelease, req)
 }
 
 // IPAMAllocations lists every allocation the router holds.
 func (c *Client) IPAMAllocations(ctx context.Context) ([]api.Allocation, error) {
-	var r []api.Allocation
-	err := c.do(ctx, http.MethodGet, api.PathIPAMList, nil, &r)
-	return r, err
+	return call[[]api.Allocation](ctx, c, http.MethodGet, api.PathIPAMList, nil)
 }

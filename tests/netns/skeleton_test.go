@@ -80,6 +80,13 @@ func TestLaunchStatusStopThreeRouters(t *testing.T) {
 		"weave_connection_terminations_total ",
 		"weave_peers 3",
 		"weave_ready 1",
+		`weave_ips{state="local-used"} `,
+		"weave_max_ips 1.048576e+06",
+		"weave_ipam_unreachable_count 0",
+		"weave_ipam_pending_allocates 0",
+		`weave_sleeve_frames_total{direction="in"} `,
+		`weave_sleeve_drops_total{direction="out"} `,
+		`weave_mesh_refused_total{reason="malformed_message"} 0`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %q", want)
