@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,16 @@ type Routes interface {
 	BroadcastNextHops(origin mesh.PeerName) []mesh.PeerName
 	Peers() []mesh.PeerName
 }
+
+// snapshotter is implemented by *mesh.Router: its route snapshot is replaced whenever the
+// routes are recomputed, including changes of broadcast trees that leave the unicast routes
+// (and so OnRoutesChanged) alone.
+type snapshotter interface {
+	Routes() *mesh.RouteSnapshot
+}
+
+// routePoll is how often the router checks whether the mesh recomputed its routes.
+const routePoll = 100 * time.Millisecond
 
 // Config configures a Router.
 type Config struct {
@@ -62,6 +73,7 @@ type Router struct {
 
 	fwd    atomic.Pointer[fwdBox]
 	table  atomic.Pointer[routeTable] // immutable snapshot, replaced on route changes
+	snap   *mesh.RouteSnapshot        // what table was built from; housekeeping goroutine only
 	dirty  chan struct{}              // routes changed: rebuild the table
 	free   chan *worker               // idle workers for Receive (a sync.Pool would drop their big buffers at each GC)
 	stats  counters
@@ -172,6 +184,11 @@ func (r *Router) NextHop(dst mesh.PeerName) (mesh.PeerName, bool) {
 	return r.unicastHop(r.table.Load(), dst)
 }
 
+// BroadcastHops returns the neighbours the router currently passes origin's broadcasts to.
+func (r *Router) BroadcastHops(origin mesh.PeerName) []mesh.PeerName {
+	return slices.Clone(r.table.Load().bcast[origin])
+}
+
 // Stats returns the counters.
 func (r *Router) Stats() Stats {
 	c := &r.stats
@@ -183,19 +200,46 @@ func (r *Router) Stats() Stats {
 	}
 }
 
+// rebuild replaces the route table. Called from Start and then only from the housekeeping
+// goroutine.
 func (r *Router) rebuild() {
-	peers := r.routes.Peers()
+	var src Routes = r.routes
+	if s, ok := r.routes.(snapshotter); ok {
+		r.snap = s.Routes()
+		src = snapshotRoutes{r.snap, r.routes}
+	}
+	peers := src.Peers()
 	t := &routeTable{
 		unicast: make(map[mesh.PeerName]mesh.PeerName, len(peers)),
 		bcast:   make(map[mesh.PeerName][]mesh.PeerName, len(peers)),
 	}
 	for _, p := range peers {
-		if hop, ok := r.routes.UnicastNextHop(p); ok {
+		if hop, ok := src.UnicastNextHop(p); ok {
 			t.unicast[p] = hop
 		}
-		t.bcast[p] = r.routes.BroadcastNextHops(p)
+		t.bcast[p] = src.BroadcastNextHops(p)
 	}
 	r.table.Store(t)
+}
+
+// snapshotRoutes reads one consistent snapshot (peers still come from the mesh).
+type snapshotRoutes struct {
+	s *mesh.RouteSnapshot
+	Routes
+}
+
+func (s snapshotRoutes) UnicastNextHop(dst mesh.PeerName) (mesh.PeerName, bool) {
+	return s.s.UnicastNextHop(dst)
+}
+
+func (s snapshotRoutes) BroadcastNextHops(origin mesh.PeerName) []mesh.PeerName {
+	return s.s.BroadcastNextHops(origin)
+}
+
+// routesMoved reports whether the mesh has recomputed its routes since the last rebuild.
+func (r *Router) routesMoved() bool {
+	s, ok := r.routes.(snapshotter)
+	return ok && s.Routes() != r.snap
 }
 
 // broadcastHops returns the hops of origin's tree; an origin we have not heard of yet (its
@@ -218,21 +262,24 @@ func (r *Router) unicastHop(t *routeTable, dst mesh.PeerName) (mesh.PeerName, bo
 	return 0, false
 }
 
-// routineHousekeeping rebuilds the route table when told to, and now and then (routes can
-// change without a callback, e.g. a peer's tree after a topology update) and expires MACs.
+// routineHousekeeping rebuilds the route table when told to or when the mesh's snapshot
+// changed (a peer's broadcast tree can change without a callback), and expires MACs.
 func (r *Router) routineHousekeeping() {
 	defer r.wg.Done()
-	refresh := time.NewTicker(5 * time.Second)
-	defer refresh.Stop()
-	lastExpiry := time.Now()
+	poll := time.NewTicker(routePoll)
+	defer poll.Stop()
+	lastExpiry, lastFull := time.Now(), time.Now()
 	for {
 		select {
 		case <-r.closed:
 			return
 		case <-r.dirty:
 			r.rebuild()
-		case now := <-refresh.C:
-			r.rebuild()
+		case now := <-poll.C:
+			if r.routesMoved() || now.Sub(lastFull) > 5*time.Second {
+				lastFull = now
+				r.rebuild()
+			}
 			if now.Sub(lastExpiry) > r.macs.maxAge/10 {
 				lastExpiry = now
 				if n := r.macs.expire(now.UnixNano()); n > 0 {

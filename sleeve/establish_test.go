@@ -3,6 +3,7 @@ package sleeve_test
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,4 +122,48 @@ func testForwardingAllocs(t *testing.T, o labOpts) {
 	if perFrame := allocs / float64(len(frames)); perFrame > 0.05 {
 		t.Fatalf("%.3f allocations per forwarded frame, want none", perFrame)
 	}
+}
+
+// TestReroutesWhenUDPPathDies: in a triangle, when UDP between 0 and 2 stops working (the
+// mesh's TCP connection stays up), the sleeve withdraws the connection from the routes and
+// frames between 0 and 2 are relayed through 1; when it works again, the direct path returns.
+func TestReroutesWhenUDPPathDies(t *testing.T) {
+	l := newLab(t, labOpts{n: 3, links: [][2]int{{1, 0}, {2, 1}, {2, 0}}, password: "pw", timeout: 300 * time.Millisecond})
+	l.waitSettled(map[mesh.PeerName]int{peerName(0): 2, peerName(1): 2, peerName(2): 2})
+	n0, n1, n2 := l.nodes[0], l.nodes[1], l.nodes[2]
+	testutil.Eventually(t, 5*time.Second, "direct route 0 -> 2", func() error {
+		if hop, _ := n0.r.NextHop(n2.m.Name()); hop != n2.m.Name() {
+			return fmt.Errorf("0 -> 2 goes via %v", hop)
+		}
+		return nil
+	})
+	l.under.Block(addrPort(0), addrPort(2))
+	l.under.Block(addrPort(2), addrPort(0))
+	testutil.Eventually(t, 10*time.Second, "0 routes to 2 via 1", func() error {
+		if hop, ok := n0.r.NextHop(n2.m.Name()); !ok || hop != n1.m.Name() {
+			return fmt.Errorf("next hop %v %v", hop, ok)
+		}
+		if hop, ok := n2.r.NextHop(n0.m.Name()); !ok || hop != n1.m.Name() {
+			return fmt.Errorf("2's next hop to 0: %v %v", hop, ok)
+		}
+		if hops := n1.r.BroadcastHops(n0.m.Name()); !slices.Contains(hops, n2.m.Name()) {
+			return fmt.Errorf("1 passes 0's broadcasts to %v", hops)
+		}
+		return nil
+	})
+	n0.tap.Inject(ethFrame(bcast, mac(0, 1), "after-cut", 60))
+	expectFrame(t, n2, "after-cut", 5*time.Second)
+	n2.tap.Inject(ethFrame(mac(0, 1), mac(2, 1), "reply-after-cut", 60))
+	expectFrame(t, n0, "reply-after-cut", 5*time.Second)
+	if n1.r.Stats().Relayed == 0 {
+		t.Error("nothing was relayed through 1")
+	}
+	l.under.Unblock(addrPort(0), addrPort(2))
+	l.under.Unblock(addrPort(2), addrPort(0))
+	testutil.Eventually(t, 10*time.Second, "direct path back", func() error {
+		if hop, ok := n0.r.NextHop(n2.m.Name()); !ok || hop != n2.m.Name() {
+			return fmt.Errorf("next hop %v %v", hop, ok)
+		}
+		return nil
+	})
 }

@@ -64,6 +64,7 @@ type labOpts struct {
 	ciphers  [][]string // per node; nil: default
 	trusted  []netip.Prefix
 	capture  bool
+	timeout  time.Duration // sleeve heartbeat timeout; 0: default
 }
 
 func testLogger() *slog.Logger {
@@ -106,8 +107,8 @@ func (l *lab) addNode(i int, o labOpts) *node {
 	}
 	log := testLogger().With("node", i)
 	s, err := sleeve.New(sleeve.Config{Name: peerName(i), Bind: bind, Ciphers: ciphers, Logger: log,
-		FastHeartbeat: 20 * time.Millisecond, SlowHeartbeat: 200 * time.Millisecond,
-		ProbeTimeout: 30 * time.Millisecond})
+		FastHeartbeat: 20 * time.Millisecond, SlowHeartbeat: 50 * time.Millisecond,
+		Timeout: o.timeout, ProbeTimeout: 30 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,3 +236,31 @@ func (l *lab) dumpOnFailure() {
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// waitSettled waits until every node's topology has every peer with all its connections
+// established and the same view as every other node: only then are the broadcast trees
+// the same everywhere, so that each broadcast reaches each peer exactly once.
+func (l *lab) waitSettled(conns map[mesh.PeerName]int) {
+	l.t.Helper()
+	testutil.Eventually(l.t, 10*time.Second, "topology settled", func() error {
+		for _, n := range l.nodes {
+			st := n.m.Status()
+			if len(st.Peers) != len(l.nodes) {
+				return fmt.Errorf("node %d knows %d peers", n.i, len(st.Peers))
+			}
+			for _, p := range st.Peers {
+				est := 0
+				for _, c := range p.Connections {
+					if c.Established {
+						est++
+					}
+				}
+				if est != conns[p.Name] {
+					return fmt.Errorf("node %d sees %v with %d established connections, want %d", n.i, p.Name, est, conns[p.Name])
+				}
+			}
+		}
+		return nil
+	})
+	l.waitRoutes()
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/weavemesh/weave/internal/testutil"
+	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/sleeve"
 )
@@ -115,7 +116,23 @@ func TestBroadcastOncePerPeer(t *testing.T) {
 		}
 	}
 	l := newLab(t, labOpts{n: 4, links: links})
-	l.waitRoutes()
+	full := map[mesh.PeerName]int{}
+	for i := range 4 {
+		full[peerName(i)] = 3
+	}
+	l.waitSettled(full)
+	// The routers take the settled routes within their poll interval.
+	testutil.Eventually(t, 5*time.Second, "trees in the routers", func() error {
+		for _, n := range l.nodes[1:] {
+			if hops := n.r.BroadcastHops(peerName(0)); len(hops) != 0 {
+				return fmt.Errorf("node %d passes 0's broadcasts on to %v", n.i, hops)
+			}
+		}
+		if hops := l.nodes[0].r.BroadcastHops(peerName(0)); len(hops) != 3 {
+			return fmt.Errorf("node 0 floods to %v", hops)
+		}
+		return nil
+	})
 	const frames = 20
 	for k := range frames {
 		l.nodes[0].tap.Inject(ethFrame(bcast, mac(0, 1), fmt.Sprintf("flood-%02d", k), 60))
