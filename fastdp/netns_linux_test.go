@@ -3,7 +3,9 @@ package fastdp
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,11 +43,11 @@ func vxlanLink(t *testing.T, ns, dev string) (netlink.Link, error) {
 	return h.LinkByName(dev)
 }
 
-func startLabNode(t *testing.T, m *fakeMesh, h *netlab.Host) *FastDP {
+func startLabNode(t *testing.T, m *fakeMesh, h *netlab.Host, isolate ...string) *FastDP {
 	t.Helper()
 	name := mesh.PeerName(0x0200000000 + uint64(h.Index+1))
 	f, err := New(Config{Name: name, Bridge: "weave", Netns: h.Netns(), LocalAddr: h.Addr, VNI: VNIFor("lab"),
-		Timing: labTiming, Logger: testLogger(t)})
+		Isolate: isolate, Timing: labTiming, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("fastdp on %s: %v", h.Name, err)
 	}
@@ -83,10 +85,28 @@ func TestKernelPathInNetns(t *testing.T) {
 		if err := h.EnsureBridge(ctx, "weave"); err != nil {
 			t.Fatal(err)
 		}
+		// A stand-in for the router's TAP on the bridge: it must be isolated from VXLAN.
+		for _, argv := range [][]string{
+			{"ip", "link", "add", "tapx", "type", "veth", "peer", "name", "tapy"},
+			{"ip", "link", "set", "tapx", "master", "weave", "up"},
+		} {
+			if out, err := lab.RunIn(ctx, h.Netns(), argv...); err != nil {
+				t.Fatalf("%v: %v %s", argv, err, out)
+			}
+		}
 		n := &labNode{h: h, name: mesh.PeerName(0x0200000000 + uint64(i+1))}
-		n.f = startLabNode(t, m, h)
+		n.f = startLabNode(t, m, h, "tapx")
 		if got := n.f.MTU(); got != 1450 {
 			t.Fatalf("MTU %d from a 1500 underlay, want 1450", got)
+		}
+		for dev, want := range map[string]string{"vxlan-6784": "isolated on", "tapx": "isolated on"} {
+			if out, err := lab.RunIn(ctx, h.Netns(), "bridge", "-d", "link", "show", "dev", dev); err != nil || !strings.Contains(string(out), want) {
+				t.Fatalf("%s on %s: want %q in %s (%v)", dev, h.Name, want, out, err)
+			}
+		}
+		out, err := lab.RunIn(ctx, h.Netns(), "ip", "-d", "link", "show", "dev", "vxlan-6784")
+		if err != nil || !strings.Contains(string(out), "df set") || !strings.Contains(string(out), "nolearning") {
+			t.Fatalf("vxlan device: want df set and nolearning in %s (%v)", out, err)
 		}
 		c, err := h.AddContainer("c")
 		if err != nil {
@@ -112,6 +132,20 @@ func TestKernelPathInNetns(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "a: b healthy", labStatus(a.f, b.name, StateHealthy, ReasonNone))
 	testutil.Eventually(t, 5*time.Second, "b: a healthy", labStatus(b.f, a.name, StateHealthy, ReasonNone))
 	t.Logf("healthy after %v", time.Since(up))
+
+	fdb := func() string {
+		out, err := lab.RunIn(ctx, a.h.Netns(), "bridge", "fdb", "show", "dev", "vxlan-6784")
+		if err != nil {
+			t.Fatalf("bridge fdb: %v %s", err, out)
+		}
+		return string(out)
+	}
+	a.f.Learn(net.HardwareAddr{0x02, 0xaa, 0, 0, 0, 2}, b.name)
+	for _, want := range []string{"00:00:00:00:00:00 dst 10.201.0.2", "01:80:c2:00:00:0e dst 10.201.0.2", "02:aa:00:00:00:02 dst 10.201.0.2"} {
+		if got := fdb(); !strings.Contains(got, want) {
+			t.Fatalf("fdb of a healthy pair lacks %q:\n%s", want, got)
+		}
+	}
 
 	before, err := vxlanLink(t, a.h.Name, "vxlan-6784")
 	if err != nil {
@@ -154,6 +188,11 @@ func TestKernelPathInNetns(t *testing.T) {
 	t.Logf("unhealthy %v after the block", time.Since(blocked))
 	if a.f.Active(b.name) || b.f.Active(a.name) {
 		t.Fatal("blocked pair still active")
+	}
+	got := fdb()
+	if strings.Contains(got, "00:00:00:00:00:00") || strings.Contains(got, "02:aa:00:00:00:02") ||
+		!strings.Contains(got, "01:80:c2:00:00:0e dst 10.201.0.2") {
+		t.Fatalf("fdb of an unhealthy pair: want only the heartbeat entry:\n%s", got)
 	}
 	s, _ := a.f.Status(b.name)
 	t.Logf("status while blocked: %s", s.Detail)
