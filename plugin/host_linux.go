@@ -57,10 +57,14 @@ func (LinuxHost) IsOwnNetns(path string) (bool, error) {
 func (LinuxHost) Attach(spec AttachSpec) (Attached, error) {
 	// netdev does what weavectl attach does (veth on the bridge, MTU, hairpin, accept_ra
 	// off, address, gratuitous ARP); the CNI-specific gateway routes are added here.
-	att, err := netdev.Netlink{}.Attach(netdev.AttachSpec{
+	ns := netdev.AttachSpec{
 		NetnsPath: spec.NetnsPath, IfName: spec.IfName, HostIfName: spec.HostIfName, Bridge: spec.Bridge,
 		MTU: spec.MTU, CIDRs: []netip.Prefix{spec.CIDR}, Hairpin: spec.Hairpin,
-	})
+	}
+	if err := netdev.CreateVethIn(ns); err != nil {
+		return Attached{}, err
+	}
+	att, err := netdev.Netlink{}.Attach(ns)
 	if err != nil {
 		return Attached{}, err
 	}
