@@ -30,6 +30,10 @@ const (
 	recentSeqs = 64
 )
 
+// DefaultDevice is the VXLAN device name for a port when Config.Device is empty; Cleanup
+// takes it.
+func DefaultDevice(port int) string { return "vxlan-" + strconv.Itoa(port) }
+
 // VNIFor derives a VXLAN network identifier from a mesh identity, so that several meshes
 // sharing a host (or an underlay) on the same UDP port never exchange frames. Feed it a
 // non-secret name (the mesh or network name, the IPAM range), never the password: the VNI
@@ -174,7 +178,7 @@ func New(cfg Config) (*FastDP, error) {
 		return nil, fmt.Errorf("fastdp: vni %d does not fit in 24 bits", cfg.VNI)
 	}
 	if cfg.Device == "" {
-		cfg.Device = "vxlan-" + strconv.Itoa(cfg.Port)
+		cfg.Device = DefaultDevice(cfg.Port)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

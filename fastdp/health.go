@@ -77,6 +77,35 @@ type PeerStatus struct {
 	Transitions uint64
 }
 
+// Info is the one-line summary for a connection's "info" in status: "fastdp", or the
+// reason the pair is on sleeve.
+func (s PeerStatus) Info() string {
+	if s.Active {
+		return "fastdp"
+	}
+	if s.Detail == "" {
+		return "sleeve: " + string(s.Reason)
+	}
+	return "sleeve: " + string(s.Reason) + ": " + s.Detail
+}
+
+// Unavailable is the status of every pair when this host runs without fastdp, for the
+// daemon to show: r is ReasonDisabled (--no-fastdp) or ReasonNoKernel (New failed with
+// ErrNoKernelSupport; err says how).
+func Unavailable(r Reason, err error) PeerStatus {
+	s := PeerStatus{State: StateOff, Reason: r}
+	switch r {
+	case ReasonDisabled:
+		s.Detail = "fastdp disabled by --no-fastdp"
+	case ReasonNoKernel:
+		s.Detail = "the kernel cannot create the VXLAN device"
+	}
+	if err != nil {
+		s.Detail += ": " + err.Error()
+	}
+	return s
+}
+
 // Timing are the heartbeat and hysteresis parameters.
 type Timing struct {
 	// Interval between heartbeat rounds (each round is one small and one full-size frame,

@@ -176,3 +176,42 @@ func TestTimingDefaults(t *testing.T) {
 		t.Fatalf("MaxHoldoff below RecoverAfter: got %v, want raised to RecoverAfter", got)
 	}
 }
+
+func TestHoldoffCapped(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	h := newHealth(testTiming, 6784, c.now())
+	// Long good stretches (past every hold-off) with short failures: the hold-off doubles
+	// at each failure and stops at MaxHoldoff.
+	var holdoffs []time.Duration
+	for i := 0; i < 5; i++ {
+		run(h, c, 40*time.Second, true)
+		if h.state != StateHealthy {
+			t.Fatalf("cycle %d: %s after 40s of heartbeats", i, h.state)
+		}
+		run(h, c, 4*time.Second, false)
+		holdoffs = append(holdoffs, h.holdoff)
+	}
+	want := []time.Duration{8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second, 30 * time.Second}
+	for i := range want {
+		if holdoffs[i] != want[i] {
+			t.Fatalf("hold-offs %v, want %v", holdoffs, want)
+		}
+	}
+}
+
+func TestStatusInfo(t *testing.T) {
+	for _, tc := range []struct {
+		s    PeerStatus
+		want string
+	}{
+		{PeerStatus{State: StateHealthy, Active: true}, "fastdp"},
+		{PeerStatus{State: StateUnhealthy, Reason: ReasonUDPBlocked, Detail: "no heartbeat passed for 3s: UDP 6784 blocked?"},
+			"sleeve: udp-blocked: no heartbeat passed for 3s: UDP 6784 blocked?"},
+		{Unavailable(ReasonDisabled, nil), "sleeve: disabled: fastdp disabled by --no-fastdp"},
+		{Unavailable(ReasonNoKernel, ErrNoKernelSupport), "sleeve: no-kernel-support: the kernel cannot create the VXLAN device: fastdp: no kernel VXLAN support"},
+	} {
+		if got := tc.s.Info(); got != tc.want {
+			t.Errorf("Info() = %q, want %q", got, tc.want)
+		}
+	}
+}
