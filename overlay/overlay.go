@@ -15,6 +15,12 @@ type Frame struct {
 	// Data is the Ethernet frame. It belongs to the caller and is only valid during the
 	// call it is passed to.
 	Data []byte
+	// Buf, if set, is the buffer Data lies in: Data == Buf[Off:Off+len(Data)], and the
+	// receiver may overwrite Buf[:Off] and Buf[Off+len(Data):cap(Buf)] during the call (they
+	// hold nothing the caller still needs). The router then writes the frame to the TAP in
+	// place, with the TAP's header in front and room to coalesce behind, instead of copying.
+	Buf []byte
+	Off int
 }
 
 // Forwarder is the sending side of an overlay.

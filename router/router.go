@@ -328,12 +328,12 @@ func (r *Router) Receive(from mesh.PeerName, frames []overlay.Frame) {
 	}
 }
 
-// writeTAP writes frames to the bridge; the buffers must have tap.Headroom in front.
+// writeTAP writes frames to the bridge; each buffer has tapOffset bytes in front.
 func (r *Router) writeTAP(bufs [][]byte) {
 	if len(bufs) == 0 {
 		return
 	}
-	n, err := r.tap.Write(bufs, tap.Headroom) // serialised by the device
+	n, err := r.tap.Write(bufs, tapOffset) // serialised by the device
 
 	r.stats.tapOut.Add(uint64(n))
 	if err != nil {

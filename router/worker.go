@@ -16,6 +16,9 @@ const (
 	tapWriteBatch = tap.IdealBatchSize
 	// tapBufSize lets the TAP coalesce a full 64 KiB super-frame behind any buffer.
 	tapBufSize = tap.Headroom + 65535
+	// tapOffset is the headroom passed to tap.Write: just the virtio-net header, so that
+	// frames lent by an overlay (with only their encapsulation in front) qualify.
+	tapOffset = tap.VirtioNetHdrLen
 )
 
 // stpMAC is the 802.1D bridge group address; spanning-tree frames stay on their bridge.
@@ -32,7 +35,8 @@ type worker struct {
 	groups    []group   // frames per next hop, in first-seen order
 	learns    []learnOp // MACs to (re)learn after the read lock is released
 	tapBufs   [][]byte  // owned buffers for frames injected into the bridge
-	tapOut    [][]byte  // views of tapBufs passed to tap.Write
+	tapOut    [][]byte  // frames for tap.Write, each with tapOffset bytes of headroom
+	nOwn      int       // tapBufs in use by tapOut
 	arena     []byte    // ICMP replies and fragments of the current batch
 }
 
@@ -69,6 +73,7 @@ func (w *worker) begin() {
 	w.groups = w.groups[:0]
 	w.learns = w.learns[:0]
 	w.tapOut = w.tapOut[:0]
+	w.nOwn = 0
 	w.arena = w.arena[:0]
 }
 
@@ -143,7 +148,7 @@ func (w *worker) handleForwarded(frames []overlay.Frame) {
 		if !src.IsMulticast() && r.macs.needsLearnLocked(src, fr.Src, w.now) {
 			w.learns = append(w.learns, learnOp{src, fr.Src})
 		}
-		w.inject(fr.Data)
+		w.injectFrame(fr)
 		// A frame for a MAC that is not on our bridge is a broadcast or an unknown unicast
 		// of fr.Src: it continues along fr.Src's tree (Weave's rule).
 		if owner, ok := r.macs.lookupLocked(dst); dst.IsMulticast() || !ok || owner != us {
@@ -198,24 +203,33 @@ func (w *worker) group(hop mesh.PeerName) *group {
 	return g
 }
 
-// inject queues a copy of f for the bridge.
-func (w *worker) inject(f []byte) {
+// injectFrame queues fr for the bridge: in place when the overlay lent its buffer (see
+// overlay.Frame.Buf), else as a copy in one of the worker's buffers.
+func (w *worker) injectFrame(fr overlay.Frame) {
+	f := fr.Data
 	if len(f) > tapBufSize-tap.Headroom {
 		w.r.stats.oversize.Add(1)
 		return
 	}
 	if len(w.tapOut) == tapWriteBatch {
-		w.r.writeTAP(w.tapOut)
-		w.tapOut = w.tapOut[:0]
+		w.flush() // frames queued for neighbours first: the TAP write may rewrite headers
 	}
-	i := len(w.tapOut)
+	if fr.Buf != nil && fr.Off >= tapOffset && fr.Off+len(f) <= cap(fr.Buf) {
+		w.tapOut = append(w.tapOut, fr.Buf[fr.Off-tapOffset:fr.Off+len(f)])
+		return
+	}
+	i := w.nOwn
 	if i == len(w.tapBufs) {
 		w.tapBufs = append(w.tapBufs, make([]byte, tapBufSize))
 	}
-	b := w.tapBufs[i][:tap.Headroom+len(f)]
-	copy(b[tap.Headroom:], f)
+	w.nOwn++
+	b := w.tapBufs[i][tap.Headroom-tapOffset : tap.Headroom+len(f)]
+	copy(b[tapOffset:], f)
 	w.tapOut = append(w.tapOut, b)
 }
+
+// inject queues a copy of f (a frame of our own making) for the bridge.
+func (w *worker) inject(f []byte) { w.injectFrame(overlay.Frame{Data: f}) }
 
 // alloc returns n bytes of the batch's arena. Growing the arena leaves earlier slices valid
 // (they keep the old array).
@@ -236,13 +250,21 @@ func (w *worker) finish() {
 			r.log.Debug("MAC moved", "mac", l.mac.String(), "from", from.String(), "to", l.peer.String())
 		}
 	}
-	f := r.fwd.Load().f
+	w.flush()
+}
+
+// flush sends the frames queued for neighbours, then writes those for the bridge (which
+// may rewrite them while coalescing).
+func (w *worker) flush() {
+	f := w.r.fwd.Load().f
 	for i := range w.groups {
 		g := &w.groups[i]
 		if len(g.frames) > 0 {
 			f.Forward(g.hop, g.frames)
+			g.frames = g.frames[:0]
 		}
 	}
-	r.writeTAP(w.tapOut)
+	w.r.writeTAP(w.tapOut)
 	w.tapOut = w.tapOut[:0]
+	w.nOwn = 0
 }

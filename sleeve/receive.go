@@ -114,13 +114,19 @@ func (r *reader) deliver(from mesh.PeerName) {
 // datagram opens one datagram from nb and appends its data records to r.frames.
 func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 	s := r.s
-	var body []byte
+	var body, buf []byte // buf: what body lies in, at pos, for the last record's Frame.Buf
+	var pos int
 	if nb.sealed() {
 		if cap(r.scratch[i]) < len(d) {
-			r.scratch[i] = make([]byte, len(d))
+			// Full size: the router coalesces frames into the room behind the last one.
+			r.scratch[i] = make([]byte, max(len(d), maxDatagram))
 		}
 		var err error
 		body, err = nb.open.open(r.scratch[i], d)
+		buf = r.scratch[i] // secretbox opens into scratch[0:]
+		if nb.open.aead != nil {
+			buf, pos = r.bufs[i], sealedHeaderLen // AES-GCM opens in place
+		}
 		switch {
 		case errors.Is(err, errReplay):
 			s.stats.replayed.Add(1)
@@ -134,7 +140,9 @@ func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 		}
 	} else {
 		body = d[plainHeaderLen:]
+		buf, pos = r.bufs[i], plainHeaderLen
 	}
+	start := len(r.frames)
 	for len(body) > 0 {
 		src, dst, payload, rest, err := nextRecord(body)
 		if err != nil {
@@ -142,6 +150,8 @@ func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 			return
 		}
 		body = rest
+		payloadAt := pos + recordHeaderLen
+		pos = payloadAt + len(payload)
 		if src == mesh.UnknownPeerName && dst == mesh.UnknownPeerName {
 			r.control(nb, payload, ep)
 			continue
@@ -150,7 +160,15 @@ func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 			s.stats.malformed.Add(1)
 			continue
 		}
-		r.frames = append(r.frames, overlay.Frame{Src: src, Dst: dst, Data: payload})
+		r.frames = append(r.frames, overlay.Frame{Src: src, Dst: dst, Data: payload, Off: payloadAt})
+	}
+	// Nothing follows the last frame in its buffer: the router may write it to the TAP in
+	// place and coalesce into the rest of the buffer.
+	if last := len(r.frames) - 1; last >= start && len(body) == 0 {
+		r.frames[last].Buf = buf[:cap(buf)]
+	}
+	for k := start; k < len(r.frames)-1; k++ {
+		r.frames[k].Off = 0
 	}
 }
 
