@@ -47,6 +47,11 @@ install: build ## install the binaries (and the CNI plugin) on this host
 	install -D -m 0755 $(BIN)/weaver $(DESTDIR)$(PREFIX)/bin/weaver
 	install -D -m 0755 $(BIN)/weavectl $(DESTDIR)$(PREFIX)/bin/weavectl
 	install -D -m 0755 $(BIN)/weave-cni $(DESTDIR)$(CNI_BIN_DIR)/weave-cni
+	@# The example conflist (weave-cni chained with portmap) only where the node has no CNI config.
+	@if ! ls $(DESTDIR)$(CNI_CONF_DIR) 2>/dev/null | grep -qE '\.(conflist|conf)$$'; then \
+		echo install -D -m 0644 deploy/cni/10-weave.conflist $(DESTDIR)$(CNI_CONF_DIR)/10-weave.conflist; \
+		install -D -m 0644 deploy/cni/10-weave.conflist $(DESTDIR)$(CNI_CONF_DIR)/10-weave.conflist; \
+	fi
 
 clean: ## remove build output
 	rm -rf $(BIN)

@@ -90,7 +90,14 @@ func New(o Options) *Plugin {
 }
 
 // Main is weave-cni's main: it reads the CNI environment and stdin and answers on stdout.
+// Without CNI_COMMAND it also runs "weave-cni install" (plugin and example conflist onto
+// the node) and "weave-cni status" (exit 0 once the router is ready: a readiness probe).
 func Main() {
+	if os.Getenv("CNI_COMMAND") == "" {
+		if code, ok := command(os.Args[1:], os.Stdout, os.Stderr); ok {
+			os.Exit(code)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
 		With("component", "weave-cni")
 	p := New(Options{Logger: log})

@@ -118,7 +118,7 @@ func newFixture(t *testing.T) *fixture {
 }
 
 func conf(version string, extra string) []byte {
-	return []byte(`{"cniVersion":"` + version + `","name":"weave","type":"weave-net"` + extra + `}`)
+	return []byte(`{"cniVersion":"` + version + `","name":"weave","type":"weave-cni"` + extra + `}`)
 }
 
 func args(id, netns, ifname string, stdin []byte) *skel.CmdArgs {
@@ -400,10 +400,10 @@ func TestHostIfName(t *testing.T) {
 }
 
 func FuzzParseNetConf(f *testing.F) {
-	f.Add([]byte(`{"cniVersion":"1.1.0","name":"weave","type":"weave-net"}`))
-	f.Add([]byte(`{"cniVersion":"0.3.0","name":"weave","type":"weave-net","bridge":"weave","mtu":1376,"hairpinMode":false,"socket":"/run/weave/weave.sock","ipam":{"subnet":"10.32.0.0/16"}}`))
-	f.Add([]byte(`{"cniVersion":"1.0.0","name":"w","type":"weave-net","ipam":{"type":"host-local"},"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/n"}],"ips":[{"address":"10.32.0.2/12","interface":0}]}}`))
-	f.Add([]byte(`{"cniVersion":"1.1.0","name":"weave","type":"weave-net","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}`))
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"weave","type":"weave-cni"}`))
+	f.Add([]byte(`{"cniVersion":"0.3.0","name":"weave","type":"weave-cni","bridge":"weave","mtu":1376,"hairpinMode":false,"socket":"/run/weave/weave.sock","ipam":{"subnet":"10.32.0.0/16"}}`))
+	f.Add([]byte(`{"cniVersion":"1.0.0","name":"w","type":"weave-cni","ipam":{"type":"host-local"},"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/n"}],"ips":[{"address":"10.32.0.2/12","interface":0}]}}`))
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"weave","type":"weave-cni","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}`))
 	f.Add([]byte(`{"cniVersion":"1.1.0","prevResult":{"ips":[{"address":"x"}]}}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, data []byte) {

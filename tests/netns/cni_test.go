@@ -40,7 +40,7 @@ func newCNIEnv(t *testing.T, h *netlab.Host, r *router) *cniEnv {
 	t.Helper()
 	testutil.RequireCommands(t, "nsenter")
 	e := &cniEnv{t: t, host: h, r: r, binDir: t.TempDir()}
-	e.wrap("weave-net", testutil.Binary(t, "weave-cni"))
+	e.wrap("weave-cni", testutil.Binary(t, "weave-cni"))
 	for _, ref := range []string{"bridge", "host-local", "portmap"} {
 		if p := filepath.Join("/usr/lib/cni", ref); fileExists(p) {
 			e.wrap(ref, p)
@@ -67,7 +67,7 @@ func (e *cniEnv) newConfig() *libcni.CNIConfig {
 // weaveList is the conflist of the weave network; extra is added to the plugin's conf.
 func (e *cniEnv) weaveList(version, extra string) *libcni.NetworkConfigList {
 	e.t.Helper()
-	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"weave","plugins":[{"type":"weave-net","socket":%q%s}]}`,
+	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"weave","plugins":[{"type":"weave-cni","socket":%q%s}]}`,
 		version, e.r.socket, extra)
 	return listFromBytes(e.t, conf)
 }
@@ -196,7 +196,7 @@ func TestCNIConformance(t *testing.T) {
 	list := e.weaveList("1.1.0", "")
 
 	t.Run("VERSION", func(t *testing.T) {
-		info, err := e.cfg.GetVersionInfo(ctx, "weave-net")
+		info, err := e.cfg.GetVersionInfo(ctx, "weave-cni")
 		if err != nil {
 			t.Fatal(err)
 		}
