@@ -131,7 +131,8 @@ func (k *FakeKernel) Flooding(addr netip.Addr) bool {
 	return k.flood[addr]
 }
 
-// MAC returns the endpoint mac points at, if any.
+// MAC returns the endpoint mac points at, if it has an entry (the invalid Addr: a drop
+// entry).
 func (k *FakeKernel) MAC(mac [6]byte) (netip.Addr, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()

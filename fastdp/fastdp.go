@@ -340,9 +340,10 @@ func (f *FastDP) kerr(err error) {
 	}
 }
 
-// Learn records that mac lives behind peer (the router learned it, or the mesh said so).
-// While the pair is on fastdp the kernel gets a unicast FDB entry for it; otherwise the
-// entry waits until the pair goes to fastdp.
+// Learn records that mac lives behind peer (the router learned it, or the mesh said so);
+// call it for remote MACs only. While the pair is on fastdp the kernel gets a unicast FDB
+// entry for it; otherwise a drop entry, so that frames for a MAC that sleeve carries are
+// not flooded to every fastdp peer while the bridge does not know the MAC.
 func (f *FastDP) Learn(mac net.HardwareAddr, name mesh.PeerName) {
 	if len(mac) != 6 {
 		return
@@ -350,18 +351,26 @@ func (f *FastDP) Learn(mac net.HardwareAddr, name mesh.PeerName) {
 	m := [6]byte(mac)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if old, ok := f.macs[m]; ok {
-		if old == name {
-			return
-		}
-		if op := f.peers[old]; op != nil && op.active {
-			f.kerr(f.k.DelMAC(m, op.Addr))
+	old, ok := f.macs[m]
+	if ok && old == name {
+		return
+	}
+	if ok {
+		if oldDst, newDst := f.macDstLocked(old), f.macDstLocked(name); oldDst != newDst {
+			f.kerr(f.k.DelMAC(m, oldDst))
 		}
 	}
 	f.macs[m] = name
+	f.kerr(f.k.SetMAC(m, f.macDstLocked(name)))
+}
+
+// macDstLocked is where the kernel sends frames for MACs behind peer: its endpoint while
+// the pair is on fastdp, else nowhere (the invalid Addr: a drop entry).
+func (f *FastDP) macDstLocked(name mesh.PeerName) netip.Addr {
 	if p := f.peers[name]; p != nil && p.active {
-		f.kerr(f.k.SetMAC(m, p.Addr))
+		return p.Addr
 	}
+	return netip.Addr{}
 }
 
 // Forget removes what Learn recorded for mac.
@@ -376,10 +385,8 @@ func (f *FastDP) Forget(mac net.HardwareAddr) {
 	if !ok {
 		return
 	}
+	f.kerr(f.k.DelMAC(m, f.macDstLocked(name)))
 	delete(f.macs, m)
-	if p := f.peers[name]; p != nil && p.active {
-		f.kerr(f.k.DelMAC(m, p.Addr))
-	}
 }
 
 // Active reports whether the kernel carries the traffic of the pair with peer.
@@ -447,6 +454,7 @@ func (f *FastDP) activateLocked(p *peer) {
 	f.kerr(f.k.SetFloodRemote(p.Addr, true))
 	for m, n := range f.macs {
 		if n == p.Name {
+			f.kerr(f.k.DelMAC(m, netip.Addr{}))
 			f.kerr(f.k.SetMAC(m, p.Addr))
 		}
 	}
@@ -459,6 +467,7 @@ func (f *FastDP) deactivateLocked(p *peer) {
 	for m, n := range f.macs {
 		if n == p.Name {
 			f.kerr(f.k.DelMAC(m, p.Addr))
+			f.kerr(f.k.SetMAC(m, netip.Addr{}))
 		}
 	}
 	f.kerr(f.k.FlushLearned())

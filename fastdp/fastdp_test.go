@@ -120,9 +120,9 @@ func waitState(t *testing.T, n *node, peer *node, state State, reason Reason, ac
 func TestPairGoesHealthyAndProgramsTheKernel(t *testing.T) {
 	_, a, b := pair(t)
 	mac := net.HardwareAddr{0x02, 0xaa, 0, 0, 0, 2}
-	a.f.Learn(mac, b.name) // learned before the pair is on fastdp: kept for later
-	if _, ok := a.k.MAC([6]byte(mac)); ok {
-		t.Fatal("MAC entry installed while the pair is still probing")
+	a.f.Learn(mac, b.name) // learned before the pair is on fastdp: a drop entry for now
+	if dst, ok := a.k.MAC([6]byte(mac)); !ok || dst.IsValid() {
+		t.Fatalf("MAC entry %v (%v) while the pair is still probing, want a drop entry", dst, ok)
 	}
 	waitState(t, a, b, StateHealthy, ReasonNone, true)
 	waitState(t, b, a, StateHealthy, ReasonNone, true)
@@ -137,8 +137,8 @@ func TestPairGoesHealthyAndProgramsTheKernel(t *testing.T) {
 	}
 	// A MAC moving to another peer loses its old entry; Forget removes it.
 	a.f.Learn(mac, mesh.PeerName(99))
-	if _, ok := a.k.MAC([6]byte(mac)); ok {
-		t.Fatal("MAC entry kept after the MAC moved to a peer not on fastdp")
+	if dst, ok := a.k.MAC([6]byte(mac)); !ok || dst.IsValid() {
+		t.Fatalf("MAC entry %v (%v) after the MAC moved to a peer not on fastdp, want a drop entry", dst, ok)
 	}
 	a.f.Learn(mac, b.name)
 	a.f.Forget(mac)
@@ -159,12 +159,19 @@ func TestPairGoesHealthyAndProgramsTheKernel(t *testing.T) {
 func TestBlockedPathFallsBackAndReturns(t *testing.T) {
 	fn, a, b := pair(t)
 	waitState(t, a, b, StateHealthy, ReasonNone, true)
+	a.f.Learn(net.HardwareAddr{2, 0xbb, 0, 0, 0, 1}, b.name)
+	if dst, ok := a.k.MAC([6]byte{2, 0xbb, 0, 0, 0, 1}); !ok || dst != b.addr {
+		t.Fatalf("MAC of a healthy peer points at %v (%v), want %v", dst, ok, b.addr)
+	}
 	fn.Block(a.addr, b.addr, true)
 	fn.Block(b.addr, a.addr, true)
 	waitState(t, a, b, StateUnhealthy, ReasonUDPBlocked, false)
 	waitState(t, b, a, StateUnhealthy, ReasonUDPBlocked, false)
 	if a.k.Flooding(b.addr) {
 		t.Fatal("flood entry kept for an unhealthy peer")
+	}
+	if dst, ok := a.k.MAC([6]byte{2, 0xbb, 0, 0, 0, 1}); !ok || dst.IsValid() {
+		t.Fatalf("MAC of an unhealthy peer points at %v (%v), want a drop entry", dst, ok)
 	}
 	down := time.Now()
 	fn.Block(a.addr, b.addr, false)

@@ -24,7 +24,8 @@ type Kernel interface {
 	// SetFloodRemote adds or removes addr from the endpoints that broadcast and unknown
 	// unicast frames are replicated to (the all-zero MAC entries).
 	SetFloodRemote(addr netip.Addr, on bool) error
-	// SetMAC points mac at the endpoint addr (replacing an older entry); DelMAC removes it.
+	// SetMAC points mac at the endpoint addr, or with the invalid Addr at nowhere (frames
+	// for it are dropped). DelMAC removes the entry of mac with that destination.
 	SetMAC(mac [6]byte, addr netip.Addr) error
 	DelMAC(mac [6]byte, addr netip.Addr) error
 	// FlushLearned forgets what the bridge learned dynamically, so that after a peer

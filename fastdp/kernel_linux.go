@@ -31,6 +31,7 @@ type vxlanKernel struct {
 	bridge int
 	mac    [6]byte
 	mtu    int
+	drop   netip.Addr // FDB destination that makes the device drop the frame
 	sock   *os.File
 
 	closeOnce sync.Once
@@ -101,7 +102,10 @@ func openKernel(cfg Config) (_ *vxlanKernel, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("fastdp: netlink: %w", err)
 	}
-	k := &vxlanKernel{log: cfg.Logger, h: h}
+	k := &vxlanKernel{log: cfg.Logger, h: h, drop: netip.IPv4Unspecified()}
+	if cfg.LocalAddr.IsValid() && cfg.LocalAddr.Is6() && !cfg.LocalAddr.Is4In6() {
+		k.drop = netip.IPv6Unspecified()
+	}
 	defer func() {
 		if err != nil {
 			k.Close()
@@ -304,6 +308,10 @@ func (k *vxlanKernel) MTU() int              { return k.mtu }
 func (k *vxlanKernel) HardwareAddr() [6]byte { return k.mac }
 
 func (k *vxlanKernel) fdb(mac [6]byte, addr netip.Addr) *netlink.Neigh {
+	if !addr.IsValid() {
+		// The kernel drops frames whose FDB destination is the unspecified address.
+		addr = k.drop
+	}
 	return &netlink.Neigh{
 		LinkIndex:    k.idx,
 		Family:       unix.AF_BRIDGE,

@@ -173,6 +173,30 @@ func TestKernelPathInNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// The router says b's container MAC is behind a peer that is not on fastdp: the kernel
+	// must drop frames to it (sleeve carries them) rather than flood them; back to b, the
+	// unicast entry carries them again.
+	out, err := lab.RunIn(ctx, b.c.Netns(), "ip", "-o", "link", "show", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(out[strings.Index(string(out), "link/ether"):]))
+	bMAC, err := net.ParseMAC(f[1])
+	if err != nil {
+		t.Fatalf("container MAC in %q: %v", out, err)
+	}
+	a.f.Learn(bMAC, mesh.PeerName(0x99))
+	if err := ping(1)(); err != nil {
+		t.Fatalf("ping to a MAC with a drop entry: %v\n%s", err, fdb())
+	}
+	a.f.Learn(bMAC, b.name)
+	if !strings.Contains(fdb(), bMAC.String()+" dst 10.201.0.2") {
+		t.Fatalf("no unicast entry for %s:\n%s", bMAC, fdb())
+	}
+	if err := ping(0)(); err != nil {
+		t.Fatalf("ping through the unicast entry: %v", err)
+	}
 	if d := after.Attrs().Statistics.TxPackets - before.Attrs().Statistics.TxPackets; d < 5 {
 		t.Fatalf("the VXLAN device sent %d packets during the pings, want them all through it", d)
 	}
@@ -189,10 +213,11 @@ func TestKernelPathInNetns(t *testing.T) {
 	if a.f.Active(b.name) || b.f.Active(a.name) {
 		t.Fatal("blocked pair still active")
 	}
+	// Only the heartbeat entry still points at b; its MACs have drop entries.
 	got := fdb()
-	if strings.Contains(got, "00:00:00:00:00:00") || strings.Contains(got, "02:aa:00:00:00:02") ||
-		!strings.Contains(got, "01:80:c2:00:00:0e dst 10.201.0.2") {
-		t.Fatalf("fdb of an unhealthy pair: want only the heartbeat entry:\n%s", got)
+	if strings.Count(got, "dst 10.201.0.2") != 1 || !strings.Contains(got, "01:80:c2:00:00:0e dst 10.201.0.2") ||
+		strings.Contains(got, "00:00:00:00:00:00") || !strings.Contains(got, "02:aa:00:00:00:02 dst 0.0.0.0") {
+		t.Fatalf("fdb of an unhealthy pair: want the heartbeat entry and drop entries:\n%s", got)
 	}
 	s, _ := a.f.Status(b.name)
 	t.Logf("status while blocked: %s", s.Detail)
@@ -242,7 +267,7 @@ func TestKernelPathInNetns(t *testing.T) {
 	if _, err := vxlanLink(t, a.h.Name, "vxlan-6784"); err == nil {
 		t.Fatal("device still there after Cleanup")
 	}
-	out, err := lab.RunIn(ctx, a.h.Netns(), "bridge", "fdb", "show", "dev", "vxlan-6784")
+	out, err = lab.RunIn(ctx, a.h.Netns(), "bridge", "fdb", "show", "dev", "vxlan-6784")
 	if err == nil {
 		t.Fatalf("fdb of the removed device still listed: %s", out)
 	}
