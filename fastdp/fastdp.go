@@ -28,6 +28,9 @@ const (
 	OverheadIPv6 = 40 + 8 + 8 + 14
 	// recentSeqs is how many heartbeat rounds back an ack is still accepted.
 	recentSeqs = 64
+	// DefaultMaxMACs bounds the remote MACs Learn keeps (and the kernel FDB with them), so
+	// a peer spraying source MACs cannot grow them without end.
+	DefaultMaxMACs = 1 << 16
 )
 
 // DefaultDevice is the VXLAN device name for a port when Config.Device is empty; Cleanup
@@ -90,6 +93,9 @@ type Config struct {
 	// programmed before the call; when it leaves, the call comes first and the kernel
 	// entries go after it returns: the switch flips to sleeve before the kernel stops.
 	OnChange func(PeerStatus)
+	// MaxMACs bounds the MACs Learn records; default DefaultMaxMACs. Beyond it new MACs
+	// are refused and counted (the bridge then floods them, which stays correct).
+	MaxMACs int
 	// Kernel replaces the Linux VXLAN device (tests: FakeNet).
 	Kernel Kernel
 	// Logger receives structured logs; nil discards them.
@@ -121,6 +127,7 @@ type Stats struct {
 	// Unknown counts heartbeats and acks from peers we have no connection with (or stale).
 	Unknown       uint64
 	KernelErrors  uint64
+	MACsRefused   uint64
 	Activations   uint64
 	Deactivations uint64
 }
@@ -153,7 +160,7 @@ type FastDP struct {
 	closed bool
 
 	beatsSent, beatsRecv, acksRecv, badFrames, badControl, unknown, kernelErrs atomic.Uint64
-	activations, deactivations                                                 atomic.Uint64
+	activations, deactivations, macsRefused                                    atomic.Uint64
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -185,6 +192,9 @@ func New(cfg Config) (*FastDP, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MaxMACs <= 0 {
+		cfg.MaxMACs = DefaultMaxMACs
 	}
 	k := cfg.Kernel
 	if k == nil {
@@ -352,7 +362,11 @@ func (f *FastDP) Learn(mac net.HardwareAddr, name mesh.PeerName) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	old, ok := f.macs[m]
-	if ok && old == name {
+	if f.closed || ok && old == name {
+		return
+	}
+	if !ok && len(f.macs) >= f.cfg.MaxMACs {
+		f.macsRefused.Add(1)
 		return
 	}
 	if ok {
@@ -382,7 +396,7 @@ func (f *FastDP) Forget(mac net.HardwareAddr) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	name, ok := f.macs[m]
-	if !ok {
+	if !ok || f.closed {
 		return
 	}
 	f.kerr(f.k.DelMAC(m, f.macDstLocked(name)))
@@ -433,7 +447,7 @@ func (f *FastDP) Stats() Stats {
 	return Stats{
 		BeatsSent: f.beatsSent.Load(), BeatsReceived: f.beatsRecv.Load(), AcksReceived: f.acksRecv.Load(),
 		BadFrames: f.badFrames.Load(), BadControl: f.badControl.Load(), Unknown: f.unknown.Load(),
-		KernelErrors: f.kernelErrs.Load(), Activations: f.activations.Load(), Deactivations: f.deactivations.Load(),
+		KernelErrors: f.kernelErrs.Load(), MACsRefused: f.macsRefused.Load(), Activations: f.activations.Load(), Deactivations: f.deactivations.Load(),
 	}
 }
 

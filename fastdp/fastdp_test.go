@@ -350,3 +350,27 @@ func TestVNIAndMTU(t *testing.T) {
 }
 
 func testLogger(t *testing.T) *slog.Logger { return slog.New(slog.NewTextHandler(t.Output(), nil)) }
+
+func TestLearnIsBounded(t *testing.T) {
+	fn := NewFakeNet()
+	k := fn.Kernel(netip.MustParseAddr("10.0.0.1"), 1450)
+	f, err := New(Config{Kernel: k, MaxMACs: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := 0; i < 10; i++ {
+		f.Learn(net.HardwareAddr{2, 0, 0, 0, 0, byte(i)}, 7)
+	}
+	f.Learn(net.HardwareAddr{2, 0, 0, 0, 0, 1}, 8) // a known MAC may still move
+	f.Learn(net.HardwareAddr{1, 2, 3}, 7)          // not a MAC: ignored
+	if st := f.Stats(); st.MACsRefused != 7 {
+		t.Fatalf("refused %d MACs, want 7", st.MACsRefused)
+	}
+	if _, ok := k.MAC([6]byte{2, 0, 0, 0, 0, 3}); ok {
+		t.Fatal("a MAC past the bound reached the kernel")
+	}
+	if _, ok := k.MAC([6]byte{2, 0, 0, 0, 0, 1}); !ok {
+		t.Fatal("a MAC within the bound is missing")
+	}
+}
