@@ -168,3 +168,17 @@ func TestReplayWindow(t *testing.T) {
 		t.Fatal("recent out-of-order refused")
 	}
 }
+
+// FuzzOverlayControl: whatever a peer sends over the mesh as overlay control is refused or
+// taken without panicking.
+func FuzzOverlayControl(f *testing.F) {
+	f.Add([]byte{msgHello, 1, 0x1a, 0x7f})
+	f.Add([]byte{msgHello})
+	f.Add([]byte{9, 9, 9})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		s, _, _ := fuzzSleeve(t)
+		s.OverlayControl(fuzzPlainPeer, fuzzConnID, msg)
+		s.OverlayControl(fuzzPlainPeer, fuzzConnID+1, msg) // unknown connection: stashed
+		s.OverlayControl(0x0a0000000042, 7, msg)
+	})
+}

@@ -327,7 +327,11 @@ func (s *Sleeve) helloLocked(n *neighbour, msg []byte) {
 	n.helloRecv = true
 	n.theyTrust = msg[1] == 1
 	port := binary.BigEndian.Uint16(msg[2:4])
-	if ap, err := netip.ParseAddrPort(n.info.RemoteAddr.String()); err == nil && port != 0 {
+	if n.info.RemoteAddr == nil || port == 0 {
+		s.stats.malformed.Add(1)
+		return
+	}
+	if ap, err := netip.ParseAddrPort(n.info.RemoteAddr.String()); err == nil {
 		ep := netip.AddrPortFrom(ap.Addr().Unmap(), port)
 		n.ep.Store(&ep)
 	}
