@@ -168,6 +168,8 @@ type FastDP struct {
 	wg        sync.WaitGroup
 }
 
+var _ mesh.OverlayHook = (*FastDP)(nil)
+
 // New creates (or adopts) the VXLAN device and returns a FastDP that is not running yet:
 // Start it with the mesh. It returns ErrNoKernelSupport (wrapped) when the kernel cannot
 // do VXLAN.

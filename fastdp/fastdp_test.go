@@ -14,6 +14,9 @@ import (
 	"github.com/weavemesh/weave/mesh"
 )
 
+// The mesh router is what carries our acknowledgements.
+var _ Control = (*mesh.Router)(nil)
+
 // fastTiming keeps the unit tests to fractions of a second.
 var fastTiming = Timing{Interval: 10 * time.Millisecond, DownAfter: 100 * time.Millisecond,
 	RecoverAfter: 150 * time.Millisecond, MaxHoldoff: time.Second, StableAfter: 10 * time.Second}
