@@ -400,6 +400,72 @@ func TestCNIConformance(t *testing.T) {
 		}
 	})
 
+	t.Run("older versions", func(t *testing.T) {
+		for i, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0"} {
+			c, err := h.AddContainer(fmt.Sprintf("v%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := e.weaveList(v, "")
+			rc := rtConf("ver"+v, c, "eth0")
+			res, err := e.cfg.AddNetworkList(ctx, l, rc)
+			if err != nil {
+				t.Fatalf("%s: %v", v, err)
+			}
+			if res.Version() != v {
+				t.Errorf("asked for %s, got a %s result", v, res.Version())
+			}
+			if v == "0.4.0" || v == "1.0.0" {
+				if err := e.cfg.CheckNetworkList(ctx, l, rc); err != nil {
+					t.Errorf("CHECK at %s: %v", v, err)
+				}
+			}
+			if err := e.cfg.DelNetworkList(ctx, l, rc); err != nil {
+				t.Fatalf("DEL at %s: %v", v, err)
+			}
+			if e.holds("ver"+v, "eth0") {
+				t.Errorf("DEL at %s kept the address", v)
+			}
+		}
+	})
+
+	t.Run("delegated IPAM", func(t *testing.T) {
+		if !fileExists(filepath.Join(e.binDir, "host-local")) {
+			t.Fatal("host-local missing: run scripts/install-deps.sh (containernetworking-plugins)")
+		}
+		c, err := h.AddContainer("dlg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dataDir := t.TempDir()
+		l := e.weaveList("1.0.0", fmt.Sprintf(`,"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.47.0.0/24"}]]}`, dataDir))
+		before := len(e.allocations())
+		res, err := e.cfg.AddNetworkList(ctx, l, rtConf("dlg", c, "eth0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cr, _ := current.NewResultFromResult(res)
+		if len(cr.IPs) != 1 || !netip.MustParsePrefix("10.47.0.0/24").Contains(ipOf(cr).Addr()) {
+			t.Fatalf("delegated ADD gave %v", cr.IPs)
+		}
+		if out := mustRun(t, ctx, c, "ip", "-4", "addr", "show", "eth0"); !strings.Contains(out, ipOf(cr).String()) {
+			t.Fatalf("container lacks %s:\n%s", ipOf(cr), out)
+		}
+		if after := len(e.allocations()); after != before {
+			t.Errorf("the router's IPAM was used (%d -> %d allocations)", before, after)
+		}
+		lease := filepath.Join(dataDir, "weave", ipOf(cr).Addr().String())
+		if !fileExists(lease) {
+			t.Fatalf("host-local has no lease %s", lease)
+		}
+		if err := e.cfg.DelNetworkList(ctx, l, rtConf("dlg", c, "eth0")); err != nil {
+			t.Fatal(err)
+		}
+		if fileExists(lease) {
+			t.Fatal("DEL did not release host-local's lease")
+		}
+	})
+
 	t.Run("STATUS", func(t *testing.T) {
 		if err := e.cfg.GetStatusNetworkList(ctx, list); err != nil {
 			t.Fatalf("STATUS with the router running: %v", err)
