@@ -284,8 +284,7 @@ func underlayMTU(h *netlink.Handle, local netip.Addr) (int, error) {
 		}
 		return 0, fmt.Errorf("no link has address %s", local)
 	}
-	family := netlink.FAMILY_V4
-	routes, err := h.RouteList(nil, family)
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		return 0, err
 	}
@@ -296,7 +295,35 @@ func underlayMTU(h *netlink.Handle, local netip.Addr) (int, error) {
 			}
 		}
 	}
-	return 0, errors.New("no default route to take the underlay MTU from; set the MTU")
+	// No default route (a private underlay): the smallest MTU of the links that carry a
+	// global address of their own, leaving out bridges, their ports and tunnels.
+	best := 0
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || a.MasterIndex != 0 {
+			continue
+		}
+		switch l.Type() {
+		case "bridge", "vxlan", "tuntap", "openvswitch":
+			continue
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			if ad.IP.IsGlobalUnicast() {
+				if best == 0 || a.MTU < best {
+					best = a.MTU
+				}
+				break
+			}
+		}
+	}
+	if best == 0 {
+		return 0, errors.New("no underlay link found to take the MTU from; set the MTU")
+	}
+	return MTUFor(best, false), nil
 }
 
 func isZeroMask(m net.IPMask) bool {

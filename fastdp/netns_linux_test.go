@@ -45,8 +45,13 @@ func vxlanLink(t *testing.T, ns, dev string) (netlink.Link, error) {
 
 func startLabNode(t *testing.T, m *fakeMesh, h *netlab.Host, isolate ...string) *FastDP {
 	t.Helper()
+	return startLabNodeAt(t, m, h, h.Addr, isolate...)
+}
+
+func startLabNodeAt(t *testing.T, m *fakeMesh, h *netlab.Host, local netip.Addr, isolate ...string) *FastDP {
+	t.Helper()
 	name := mesh.PeerName(0x0200000000 + uint64(h.Index+1))
-	f, err := New(Config{Name: name, Bridge: "weave", Netns: h.Netns(), LocalAddr: h.Addr, VNI: VNIFor("lab"),
+	f, err := New(Config{Name: name, Bridge: "weave", Netns: h.Netns(), LocalAddr: local, VNI: VNIFor("lab"),
 		Isolate: isolate, Timing: labTiming, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("fastdp on %s: %v", h.Name, err)
@@ -282,11 +287,21 @@ func TestKernelPathMTUInNetns(t *testing.T) {
 	defer cancel()
 	m := &fakeMesh{nodes: map[mesh.PeerName]*FastDP{}}
 	var fs []*FastDP
-	for _, h := range lab.Hosts {
+	for i, h := range lab.Hosts {
 		if err := h.EnsureBridge(ctx, "weave"); err != nil {
 			t.Fatal(err)
 		}
-		fs = append(fs, startLabNode(t, m, h))
+		// The second host gives no local address: its MTU comes from its one underlay link
+		// (the lab has no default route), and the kernel picks the source address.
+		local := h.Addr
+		if i == 1 {
+			local = netip.Addr{}
+		}
+		f := startLabNodeAt(t, m, h, local)
+		if f.MTU() != 1450 {
+			t.Fatalf("host %d: MTU %d, want 1450 from the 1500 underlay", i, f.MTU())
+		}
+		fs = append(fs, f)
 	}
 	// Both VXLAN devices derived 1450 from 1500; now the path only carries 1400.
 	for _, h := range lab.Hosts {
