@@ -97,19 +97,22 @@ func (w *worker) handleCaptured(n int) {
 		if !src.IsMulticast() && r.macs.needsLearnLocked(src, us, w.now) {
 			w.learns = append(w.learns, learnOp{src, us})
 		}
+		// The overlay may write its headers into the headroom in front of the frame.
+		fr := overlay.Frame{Src: us, Data: f, Buf: w.readBufs[i], Off: tap.Headroom}
 		if dst.IsMulticast() {
-			w.flood(us, f)
+			w.flood(fr)
 			continue
 		}
 		owner, ok := r.macs.lookupLocked(dst)
 		switch {
 		case !ok:
-			w.flood(us, f) // unknown unicast
+			w.flood(fr) // unknown unicast
 		case owner == us:
 			// Both ends are on our bridge, which delivered it already.
 		default:
 			if hop, ok := r.unicastHop(w.table, owner); ok {
-				w.add(hop, overlay.Frame{Src: us, Dst: owner, Data: f})
+				fr.Dst = owner
+				w.add(hop, fr)
 			} else {
 				r.stats.noRoute.Add(1)
 			}
@@ -152,7 +155,7 @@ func (w *worker) handleForwarded(frames []overlay.Frame) {
 		// A frame for a MAC that is not on our bridge is a broadcast or an unknown unicast
 		// of fr.Src: it continues along fr.Src's tree (Weave's rule).
 		if owner, ok := r.macs.lookupLocked(dst); dst.IsMulticast() || !ok || owner != us {
-			w.flood(fr.Src, fr.Data)
+			w.flood(fr)
 		}
 	}
 	r.macs.mu.RUnlock()
@@ -168,10 +171,12 @@ func (w *worker) handleForwarded(frames []overlay.Frame) {
 	w.finish()
 }
 
-// flood sends f to the next hops of origin's spanning tree, each tagged for that hop.
-func (w *worker) flood(origin mesh.PeerName, f []byte) {
-	for _, hop := range w.r.broadcastHops(w.table, origin) {
-		w.add(hop, overlay.Frame{Src: origin, Dst: hop, Data: f})
+// flood sends fr to the next hops of its origin's (fr.Src) spanning tree, each tagged for
+// that hop.
+func (w *worker) flood(fr overlay.Frame) {
+	for _, hop := range w.r.broadcastHops(w.table, fr.Src) {
+		fr.Dst = hop
+		w.add(hop, fr)
 	}
 }
 

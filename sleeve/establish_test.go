@@ -104,7 +104,13 @@ func testForwardingAllocs(t *testing.T, o labOpts) {
 	defer sink()
 	frames := make([]overlay.Frame, 64)
 	for i := range frames {
-		frames[i] = overlay.Frame{Src: a.m.Name(), Dst: b.m.Name(), Data: ethFrame(mac(1, 1), mac(0, 1), "alloc", 1400)}
+		f := ethFrame(mac(1, 1), mac(0, 1), "alloc", 1400)
+		frames[i] = overlay.Frame{Src: a.m.Name(), Dst: b.m.Name(), Data: f}
+		if i%2 == 0 { // half of them lend their buffer (sent from it), half are copied
+			buf := make([]byte, 128+len(f))
+			copy(buf[128:], f)
+			frames[i] = overlay.Frame{Src: a.m.Name(), Dst: b.m.Name(), Data: buf[128:], Buf: buf, Off: 128}
+		}
 	}
 	var want int64
 	run := func() {

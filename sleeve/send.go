@@ -53,11 +53,15 @@ const (
 )
 
 type batch struct {
-	bufs   [][]byte // datagram buffers; a body starts at sealedHeaderLen
-	lens   []int    // body lengths
-	n      int      // datagrams in use
-	frames uint64
-	bytes  uint64
+	bufs [][]byte // datagram buffers; a body starts at sealedHeaderLen
+	lens []int    // body lengths
+	// A lent datagram's body (one record) is lentBuf[i][lentOff[i]:][:lens[i]], in the
+	// caller's buffer, with room in front for the plain header; only while the caller waits.
+	lentBuf [][]byte
+	lentOff []int
+	n       int // datagrams in use
+	frames  uint64
+	bytes   uint64
 }
 
 type neighbour struct {
@@ -197,7 +201,8 @@ func (n *neighbour) getBatch(limit int) *batch {
 	select {
 	case b = <-n.free:
 	default:
-		b = &batch{bufs: make([][]byte, batchDatagrams), lens: make([]int, batchDatagrams)}
+		b = &batch{bufs: make([][]byte, batchDatagrams), lens: make([]int, batchDatagrams),
+			lentBuf: make([][]byte, batchDatagrams), lentOff: make([]int, batchDatagrams)}
 	}
 	if len(b.bufs[0]) < size {
 		for i := range b.bufs {
@@ -209,18 +214,40 @@ func (n *neighbour) getBatch(limit int) *batch {
 }
 
 func (n *neighbour) putBatch(b *batch) {
+	clear(b.lentBuf[:b.n]) // the caller's buffers are theirs again
 	select {
 	case n.free <- b:
 	default:
 	}
 }
 
-// forward packs frames into datagrams and queues them for routineSend.
+// forward sends frames to n: at once if nobody else is sending to n (then a big frame whose
+// buffer the caller lent, see overlay.Frame.Buf, is sealed or sent straight from it), else
+// packed into a batch of our own for routineSend.
 func (n *neighbour) forward(frames []overlay.Frame) {
+	if n.sendMu.TryLock() {
+		n.drainLocked()
+		n.pack(frames, true)
+		n.sendMu.Unlock()
+		return
+	}
+	n.pack(frames, false)
+}
+
+// lendMin is the smallest frame sent from the caller's buffer rather than packed with others.
+const lendMin = 256
+
+// pack packs frames as records into datagrams. locked: the caller holds n.sendMu, so full
+// batches are sent at once (in order) and lent buffers are used before pack returns.
+func (n *neighbour) pack(frames []overlay.Frame, locked bool) {
 	limit := n.bodyLimit()
 	if limit <= recordHeaderLen {
 		n.s.stats.AddOut(0, 0, uint64(len(frames)))
 		return
+	}
+	room := recordHeaderLen // what a lent frame needs in front of it
+	if !n.sealed() {
+		room += plainHeaderLen
 	}
 	var drops uint64
 	b := n.getBatch(limit)
@@ -230,18 +257,26 @@ func (n *neighbour) forward(frames []overlay.Frame) {
 			drops++ // the router sizes frames with MaxFrame; the path may just have shrunk
 			continue
 		}
-		if b.n == 0 || b.lens[b.n-1]+need > limit {
+		lend := locked && fr.Buf != nil && len(fr.Data) >= lendMin && fr.Off >= room &&
+			fr.Off+len(fr.Data) <= len(fr.Buf)
+		if lend || b.n == 0 || b.lentBuf[b.n-1] != nil || b.lens[b.n-1]+need > limit {
 			if b.n == len(b.bufs) {
-				n.submit(b)
+				n.sendOrSubmit(b, locked)
 				b = n.getBatch(limit)
 			}
 			b.lens[b.n] = 0
 			b.n++
 		}
 		i := b.n - 1
-		off := sealedHeaderLen + b.lens[i]
-		copy(putRecord(b.bufs[i][off:], fr.Src, fr.Dst, len(fr.Data)), fr.Data)
-		b.lens[i] += need
+		if lend {
+			start := fr.Off - recordHeaderLen
+			putRecord(fr.Buf[start:], fr.Src, fr.Dst, len(fr.Data)) // the frame is already there
+			b.lentBuf[i], b.lentOff[i], b.lens[i] = fr.Buf, start, need
+		} else {
+			off := sealedHeaderLen + b.lens[i]
+			copy(putRecord(b.bufs[i][off:], fr.Src, fr.Dst, len(fr.Data)), fr.Data)
+			b.lens[i] += need
+		}
 		b.frames++
 		b.bytes += uint64(len(fr.Data))
 	}
@@ -250,6 +285,14 @@ func (n *neighbour) forward(frames []overlay.Frame) {
 	}
 	if b.n == 0 {
 		n.putBatch(b)
+		return
+	}
+	n.sendOrSubmit(b, locked)
+}
+
+func (n *neighbour) sendOrSubmit(b *batch, locked bool) {
+	if locked {
+		n.sendBatchLocked(b)
 		return
 	}
 	n.submit(b)
@@ -363,7 +406,11 @@ func (n *neighbour) sendBatchLocked(b *batch) {
 	}
 	out := n.out[:b.n]
 	for i := range b.n {
-		out[i] = n.datagram(b.bufs[i], b.lens[i], i)
+		if lb := b.lentBuf[i]; lb != nil {
+			out[i] = n.lentDatagram(lb, b.lentOff[i], b.lens[i], b.bufs[i], i)
+		} else {
+			out[i] = n.datagram(b.bufs[i], b.lens[i], i)
+		}
 	}
 	if err := n.s.bind.WriteBatch(out, *ep); err != nil {
 		n.s.stats.AddOut(0, 0, b.frames)
@@ -383,6 +430,26 @@ func (n *neighbour) datagram(buf []byte, length, i int) []byte {
 		return buf[sealedHeaderLen-plainHeaderLen : sealedHeaderLen+length]
 	case n.seal.aead != nil:
 		return n.seal.seal(buf[:cap(buf)], body)
+	default:
+		need := sealedHeaderLen + length + tagLen
+		if cap(n.sbOut[i]) < need {
+			n.sbOut[i] = make([]byte, need)
+		}
+		return n.seal.seal(n.sbOut[i][:need], body)
+	}
+}
+
+// lentDatagram finishes the datagram whose body is buf[off:off+length] in a lent buffer:
+// unsealed, the header goes in front of it there; sealed, the body is sealed into own (or
+// the secretbox buffer), so the plaintext is read once and never copied.
+func (n *neighbour) lentDatagram(buf []byte, off, length int, own []byte, i int) []byte {
+	body := buf[off : off+length]
+	switch {
+	case !n.sealed():
+		putName(buf[off-plainHeaderLen:off], n.s.cfg.Name)
+		return buf[off-plainHeaderLen : off+length]
+	case n.seal.aead != nil:
+		return n.seal.seal(own[:cap(own)], body)
 	default:
 		need := sealedHeaderLen + length + tagLen
 		if cap(n.sbOut[i]) < need {
