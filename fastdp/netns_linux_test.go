@@ -2,15 +2,18 @@ package fastdp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weavemesh/weave/internal/netlab"
 	"github.com/weavemesh/weave/internal/testutil"
@@ -321,4 +324,147 @@ func TestKernelPathMTUInNetns(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "mtu reason", labStatus(fs[0], names[1], StateUnhealthy, ReasonMTU))
 	s, _ := fs[0].Status(names[1])
 	t.Logf("status: %s", s.Detail)
+}
+
+// testEtherType marks the broadcast frames of TestBroadcastOncePerFastdpPeer.
+const testEtherType = 0x88b6
+
+// packetSocket opens an AF_PACKET socket for testEtherType on link in namespace ns.
+func packetSocket(t *testing.T, ns, link string) *os.File {
+	t.Helper()
+	var f *os.File
+	err := inNetns(ns, func() error {
+		ifi, err := net.InterfaceByName(link)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(htons(testEtherType)))
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(testEtherType), Ifindex: ifi.Index}); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		f = os.NewFile(uintptr(fd), link)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("packet socket on %s in %s: %v", link, ns, err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// countFrames reads what arrived on s until it stays quiet for a moment (only incoming
+// frames: a packet socket of one EtherType never sees its own sends).
+func countFrames(t *testing.T, s *os.File) int {
+	t.Helper()
+	buf := make([]byte, 2048)
+	n := 0
+	for {
+		s.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := s.Read(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return n
+			}
+			t.Fatalf("read: %v", err)
+		}
+		n++
+	}
+}
+
+// Broadcasts from a container reach every fastdp peer's containers exactly once through
+// the kernel, never a peer whose pair is unhealthy, and never the router's port of a
+// remote bridge (port isolation), while the local router's port does see them.
+func TestBroadcastOncePerFastdpPeerInNetns(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab := netlab.New(t, netlab.Options{Hosts: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m := &fakeMesh{nodes: map[mesh.PeerName]*FastDP{}}
+	var fs []*FastDP
+	var names []mesh.PeerName
+	var cs []*netlab.Container
+	for i, h := range lab.Hosts {
+		if err := h.EnsureBridge(ctx, "weave"); err != nil {
+			t.Fatal(err)
+		}
+		for _, argv := range [][]string{
+			{"ip", "link", "add", "tapx", "type", "veth", "peer", "name", "tapy"},
+			{"ip", "link", "set", "tapx", "master", "weave", "up"},
+			{"ip", "link", "set", "tapy", "up"},
+		} {
+			if out, err := lab.RunIn(ctx, h.Netns(), argv...); err != nil {
+				t.Fatalf("%v: %v %s", argv, err, out)
+			}
+		}
+		fs = append(fs, startLabNode(t, m, h, "tapx"))
+		names = append(names, mesh.PeerName(0x0200000000+uint64(i+1)))
+		c, err := h.AddContainer("c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AttachContainerToBridge(c, "weave", netip.MustParsePrefix(fmt.Sprintf("10.40.0.%d/24", i+1))); err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	for i := range fs {
+		for j := range fs {
+			if i != j {
+				if err := fs[i].AddPeer(Peer{Name: names[j], ConnID: uint64(10*min(i, j) + max(i, j)), Addr: lab.Hosts[j].Addr,
+					LocalAddr: lab.Hosts[i].Addr, Feature: fs[i].Features()[FeatureKey]}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		fs[i].Start(meshEnd{m, names[i]})
+	}
+	for i := range fs {
+		for j := range fs {
+			if i != j {
+				testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%d sees %d healthy", i, j), labStatus(fs[i], names[j], StateHealthy, ReasonNone))
+			}
+		}
+	}
+
+	send := packetSocket(t, cs[0].Netns(), "eth0")
+	rx := map[string]*os.File{
+		"c2": packetSocket(t, cs[1].Netns(), "eth0"), "c3": packetSocket(t, cs[2].Netns(), "eth0"),
+		"h1 router port": packetSocket(t, lab.Hosts[0].Netns(), "tapy"),
+		"h2 router port": packetSocket(t, lab.Hosts[1].Netns(), "tapy"),
+		"h3 router port": packetSocket(t, lab.Hosts[2].Netns(), "tapy"),
+	}
+	const n = 20
+	burst := func() map[string]int {
+		frame := make([]byte, 60)
+		copy(frame, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0xc1, 0, 0, 0, 1, testEtherType >> 8, testEtherType & 0xff})
+		for i := 0; i < n; i++ {
+			frame[20] = byte(i)
+			if _, err := send.Write(frame); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[string]int{}
+		for name, s := range rx {
+			got[name] = countFrames(t, s)
+		}
+		return got
+	}
+	want := map[string]int{"c2": n, "c3": n, "h1 router port": n, "h2 router port": 0, "h3 router port": 0}
+	if got := burst(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("broadcast frames received %v, want %v", got, want)
+	}
+
+	// h1-h3 loses UDP 6784: h3 gets nothing more through the kernel (sleeve would carry
+	// it), h2 still exactly one copy.
+	if err := lab.BlockUDPPort(lab.Hosts[0], lab.Hosts[2], 6784); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "h1 sees h3 unhealthy", labStatus(fs[0], names[2], StateUnhealthy, ReasonUDPBlocked))
+	want["c3"] = 0
+	if got := burst(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("with h1-h3 unhealthy, broadcast frames received %v, want %v", got, want)
+	}
 }
