@@ -19,6 +19,12 @@ declare -A need=(
   [nc]=netcat-openbsd
   # the reference bridge/host-local/portmap CNI plugins, next to which weave-cni is measured
   [/usr/lib/cni/host-local]=containernetworking-plugins
+  # the kubelet path of weave-cni (tests/cri): containerd's CRI plugin, runc, busybox for the offline images
+  [containerd]=containerd
+  [ctr]=containerd
+  [runc]=runc
+  [/bin/busybox]=busybox-static
+  [nsenter]=util-linux
 )
 
 missing=()
