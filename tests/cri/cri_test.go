@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -65,6 +66,10 @@ func ociArchive(t *testing.T, path string) {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Fatalf("static busybox (Debian's busybox-static): %v", err)
+	}
+	// The image has no libc: a dynamically linked busybox (Debian's "busybox") cannot run.
+	if ef, err := elf.NewFile(bytes.NewReader(bb)); err != nil || slices.ContainsFunc(ef.Progs, func(p *elf.Prog) bool { return p.Type == elf.PT_INTERP }) {
+		t.Fatalf("/bin/busybox is not a static binary (install busybox-static): %v", err)
 	}
 	var layer bytes.Buffer
 	lw := tar.NewWriter(&layer)
