@@ -77,6 +77,10 @@ func (c *NetConf) validate() error {
 	if c.CNIVersion == "" {
 		return fmt.Errorf("cniVersion is missing")
 	}
+	if c.Name == "" {
+		// The network name keys the router's allocations (and scopes GC to this network).
+		return fmt.Errorf("name is missing")
+	}
 	if !validIfName(c.Bridge) {
 		return fmt.Errorf("bridge %q is not a valid interface name (1-15 characters, no '/', ':' or spaces)", c.Bridge)
 	}

@@ -289,6 +289,7 @@ func TestErrors(t *testing.T) {
 		code uint
 	}{
 		{"bad json", args("c", "/n", "eth0", []byte(`{`)), types.ErrDecodingFailure},
+		{"no name", args("c", "/n", "eth0", []byte(`{"cniVersion":"1.1.0","type":"weave-cni"}`)), types.ErrInvalidNetworkConfig},
 		{"bad bridge", args("c", "/n", "eth0", conf("1.1.0", `,"bridge":"a/b"`)), types.ErrInvalidNetworkConfig},
 		{"bad mtu", args("c", "/n", "eth0", conf("1.1.0", `,"mtu":10`)), types.ErrInvalidNetworkConfig},
 		{"relative socket", args("c", "/n", "eth0", conf("1.1.0", `,"socket":"weave.sock"`)), types.ErrInvalidNetworkConfig},
@@ -415,7 +416,7 @@ func FuzzParseNetConf(f *testing.F) {
 			}
 			return
 		}
-		if c.Bridge == "" || !validIfName(c.Bridge) || c.Socket == "" || (c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535)) {
+		if c.Name == "" || c.Bridge == "" || !validIfName(c.Bridge) || c.Socket == "" || (c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535)) {
 			t.Fatalf("accepted an invalid conf: %+v", c)
 		}
 	})
