@@ -46,6 +46,7 @@ type Daemon struct {
 
 	lockFile   *os.File
 	endpoints  *endpointStore
+	exposeMu   sync.Mutex // serialises expose, which may allocate
 	mesh       *mesh.Router
 	ipam       *ipam.Allocator
 	peers      *meshPeers

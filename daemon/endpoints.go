@@ -293,6 +293,10 @@ func (d *Daemon) expose(ctx context.Context, req api.ExposeRequest) (api.Endpoin
 	if err != nil {
 		return api.Endpoint{}, err
 	}
+	// Two concurrent exposes without CIDR (CNI ADDs racing for the gateway) must share one
+	// address: the second waits and sees the first's.
+	d.exposeMu.Lock()
+	defer d.exposeMu.Unlock()
 	s := d.endpoints
 	key := api.ExposeID + "/" + d.cfg.Bridge
 	s.mu.Lock()
