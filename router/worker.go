@@ -83,6 +83,10 @@ func (w *worker) handleCaptured(n int) {
 	w.begin()
 	us := r.name
 	var malformed uint64
+	// Segments of one super-frame share their MACs: look each pair up once per run.
+	var prevSrc, prevDst frame.MAC
+	var prevOwner mesh.PeerName
+	var prevOK, havePrev bool
 	r.macs.mu.RLock()
 	for i := range n {
 		f := w.readBufs[i][tap.Headroom : tap.Headroom+w.readSizes[i]]
@@ -94,7 +98,8 @@ func (w *worker) handleCaptured(n int) {
 		if dst == stpMAC {
 			continue
 		}
-		if !src.IsMulticast() && r.macs.needsLearnLocked(src, us, w.now) {
+		same := havePrev && src == prevSrc && dst == prevDst
+		if !same && !src.IsMulticast() && r.macs.needsLearnLocked(src, us, w.now) {
 			w.learns = append(w.learns, learnOp{src, us})
 		}
 		// The overlay may write its headers into the headroom in front of the frame.
@@ -103,7 +108,11 @@ func (w *worker) handleCaptured(n int) {
 			w.flood(fr)
 			continue
 		}
-		owner, ok := r.macs.lookupLocked(dst)
+		owner, ok := prevOwner, prevOK
+		if !same {
+			owner, ok = r.macs.lookupLocked(dst)
+			prevSrc, prevDst, prevOwner, prevOK, havePrev = src, dst, owner, ok, true
+		}
 		switch {
 		case !ok:
 			w.flood(fr) // unknown unicast
