@@ -25,6 +25,12 @@ declare -A need=(
   [runc]=runc
   [/bin/busybox]=busybox-static
   [nsenter]=util-linux
+  # the OVS backend of fastdp (fastdp/ovs): its tests run private ovsdb-server/ovs-vswitchd
+  # children in userspace (netdev) mode; they never use the packaged service
+  [ovsdb-server]=openvswitch-switch
+  [ovs-vswitchd]=openvswitch-switch
+  [ovsdb-tool]=openvswitch-common
+  [ovs-vsctl]=openvswitch-common
 )
 
 missing=()
