@@ -159,3 +159,17 @@ func (dp *dataPlane) logStats() {
 	}
 	dp.d.log.Info("data plane totals", args...)
 }
+
+// sleeveRefused counts datagrams the sleeve refused, by reason, for a
+// weave_sleeve_refused_total{reason} metric.
+func (dp *dataPlane) sleeveRefused() map[string]uint64 {
+	st := dp.sleeve.Stats()
+	return map[string]uint64{
+		"replayed": st.Replayed, "auth_failed": st.AuthFailed,
+		"unknown_sender": st.UnknownSender, "malformed": st.Malformed,
+	}
+}
+
+// routerStats are the forwarding core's counters (frames relayed, without route, too big,
+// ICMP sent, fragmented, MAC moves), for metrics.
+func (dp *dataPlane) routerStats() router.Stats { return dp.router.Stats() }
