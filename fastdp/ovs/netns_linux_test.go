@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -126,17 +127,18 @@ func (o *ovsHost) container(t *testing.T, addr netip.Prefix, mtu int) {
 
 var rttAvg = regexp.MustCompile(`= [0-9.]+/([0-9.]+)/`)
 
-// TestOVSPingIperfAndCleanup: two hosts, each with its own ovsdb-server and ovs-vswitchd in
-// userspace mode; a container on each host's weave OVS bridge; the bridges joined by one
-// VXLAN port each. Ping and a 2 s iperf3 cross; Cleanup removes every bridge, port and
-// device of ours and nothing else.
+// TestOVSPingIperfAndCleanup: three hosts, each with its own ovsdb-server and ovs-vswitchd
+// in userspace mode; a container on each host's weave OVS bridge; the bridges in a full mesh
+// of VXLAN ports. Ping and a 2 s iperf3 cross; a broadcast reaches every other container
+// exactly once (split horizon: no loop through a third host), and no more a peer whose port
+// was removed; Cleanup removes every bridge, port and device of ours and nothing else.
 func TestOVSPingIperfAndCleanup(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireCommands(t, "ovsdb-server", "ovsdb-tool", "ovs-vswitchd", "ovs-vsctl", "ethtool", "iperf3", "ping")
-	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	lab := netlab.New(t, netlab.Options{Hosts: 3})
 	const vxlanPort, vni = 6784, 0x5eed
-	names := []string{"aa:00:00:00:00:01", "aa:00:00:00:00:02"}
-	hosts := make([]*ovsHost, 2)
+	names := []string{"aa:00:00:00:00:01", "aa:00:00:00:00:02", "aa:00:00:00:00:03"}
+	hosts := make([]*ovsHost, len(lab.Hosts))
 	for i, h := range lab.Hosts {
 		o := startOVS(t, h)
 		o.underlay(t)
@@ -155,14 +157,17 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 		hosts[i] = o
 	}
 	for i, o := range hosts {
-		peer := hosts[1-i]
-		if err := o.b.AddPeer(names[1-i], peer.h.Addr); err != nil {
-			t.Fatal(err)
+		for j, peer := range hosts {
+			if i != j {
+				if err := o.b.AddPeer(names[j], peer.h.Addr); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	}
-	for _, o := range hosts {
-		for _, port := range []string{"vo1", TunnelName(names[0]), TunnelName(names[1])} {
-			if port == TunnelName(names[o.h.Index]) {
+	for i, o := range hosts {
+		for j, port := range []string{"vo1", TunnelName(names[0]), TunnelName(names[1]), TunnelName(names[2])} {
+			if j == i+1 {
 				continue
 			}
 			testutil.Eventually(t, 10*time.Second, "port "+port+" configured", func() error {
@@ -212,6 +217,44 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 	if gbps <= 0.001 {
 		t.Fatalf("iperf3 moved almost nothing: %.6f Gbit/s", gbps)
 	}
+
+	// Broadcasts: one copy per other container, also through a full mesh of three.
+	rx := func(skip int) map[string]*os.File {
+		m := map[string]*os.File{}
+		for i, o := range hosts {
+			if i != skip {
+				m[o.c.Name] = packetSocket(t, o.c.Netns(), "eth0")
+			}
+		}
+		return m
+	}
+	const n = 20
+	for src := range hosts {
+		send := packetSocket(t, hosts[src].c.Netns(), "eth0")
+		r := rx(src)
+		want := map[string]int{}
+		for name := range r {
+			want[name] = n
+		}
+		if got := burst(t, send, byte(src), n, r); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("broadcast from %s: received %v, want %v", hosts[src].c.Name, got, want)
+		}
+	}
+	// h1 drops its tunnel to h3: h3 no longer hears h1's broadcasts, and h2 does not relay them.
+	if err := a.b.RemovePeer(names[2]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vsctl(a.sock, "get", "Port", TunnelName(names[2]), "name"); err == nil {
+		t.Fatal("removed peer's port still in h1's database")
+	}
+	r := rx(0)
+	want := map[string]int{hosts[1].c.Name: n, hosts[2].c.Name: 0}
+	testutil.Eventually(t, 10*time.Second, "h3 no longer hears h1", func() error {
+		if got := burst(t, packetSocket(t, a.c.Netns(), "eth0"), 0, n, r); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("broadcast from h1 after RemovePeer(h3): received %v, want %v", got, want)
+		}
+		return nil
+	})
 
 	// Reset: our bridge, ports and the owned veths go; the underlay bridge of another owner stays.
 	for _, o := range hosts {
