@@ -45,8 +45,9 @@ const (
 	queueLen = 16
 	// minMTU is the IP MTU every IPv4 path carries (RFC 791 576; we never probe below).
 	minMTU = 576
-	// probeAttempts is how often one probe size is tried before it is taken as too big.
-	probeAttempts = 2
+	// probeAttempts is how often one probe size is tried before it is taken as too big: a
+	// probe lost to congestion must not shrink a busy path's MTU.
+	probeAttempts = 3
 	// probeSlack ends the MTU search once the window is this small: 0 finds the exact MTU
 	// in about ten probes (log2 of 1500-576).
 	probeSlack = 0

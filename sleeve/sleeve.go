@@ -53,7 +53,7 @@ type Config struct {
 	SlowHeartbeat time.Duration // afterwards (1s)
 	Timeout       time.Duration // no heartbeat for this long: not established (10s)
 	ProbeTimeout  time.Duration // wait for one MTU probe's ack (100ms)
-	ReprobeEvery  time.Duration // re-verify the path MTU (1m)
+	ReprobeEvery  time.Duration // re-verify the path MTU, which can shrink silently (15s)
 }
 
 // Defaults of Config's timing.
