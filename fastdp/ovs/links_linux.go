@@ -3,17 +3,25 @@ package ovs
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
-// NetlinkLinks deletes devices through netlink in one network namespace.
+// NetlinkLinks manages the Linux side of local ports through netlink (and the ethtool ioctl)
+// in one network namespace.
 type NetlinkLinks struct {
-	h *netlink.Handle
+	ns string // path; "" for the caller's namespace
+	h  *netlink.Handle
 }
 
-// NewNetlinkLinks works in the namespace at nsPath ("" for the caller's own). Close it.
+// NewNetlinkLinks works in the namespace at nsPath (a path, or a name under /var/run/netns;
+// "" for the caller's own). Close it.
 func NewNetlinkLinks(nsPath string) (*NetlinkLinks, error) {
 	if nsPath == "" {
 		h, err := netlink.NewHandle()
@@ -21,6 +29,9 @@ func NewNetlinkLinks(nsPath string) (*NetlinkLinks, error) {
 			return nil, fmt.Errorf("ovs: netlink handle: %w", err)
 		}
 		return &NetlinkLinks{h: h}, nil
+	}
+	if !strings.Contains(nsPath, "/") {
+		nsPath = filepath.Join("/var/run/netns", nsPath)
 	}
 	ns, err := netns.GetFromPath(nsPath)
 	if err != nil {
@@ -31,7 +42,7 @@ func NewNetlinkLinks(nsPath string) (*NetlinkLinks, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ovs: netlink handle in %s: %w", nsPath, err)
 	}
-	return &NetlinkLinks{h: h}, nil
+	return &NetlinkLinks{ns: nsPath, h: h}, nil
 }
 
 // DeleteLink deletes the device name (a veth takes its peer with it); a missing one is fine.
@@ -47,8 +58,120 @@ func (l *NetlinkLinks) DeleteLink(name string) error {
 	return l.h.LinkDel(link)
 }
 
+// Uplink creates (or completes) the veth pair ovsEnd <-> bridgeEnd: bridgeEnd becomes an
+// isolated port of the Linux bridge (like fastdp's VXLAN device, so frames from OVS never
+// reach the router's equally isolated TAP, and frames the router injects never leave through
+// OVS); both ends take mtu (0: the bridge's), come up, and have TX checksum offload off,
+// because the userspace datapath reads frames from ovsEnd as they are and never completes
+// a partial checksum: with offload off the kernel finishes it when the frame crosses the
+// veth, so containers on the Linux bridge keep their offloads.
+func (l *NetlinkLinks) Uplink(bridge, ovsEnd, bridgeEnd string, mtu int) error {
+	br, err := l.h.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("ovs: uplink: bridge %s: %w", bridge, err)
+	}
+	if mtu <= 0 {
+		mtu = br.Attrs().MTU
+	}
+	if _, err := l.h.LinkByName(ovsEnd); err != nil {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ovsEnd, MTU: mtu}, PeerName: bridgeEnd, PeerMTU: uint32(mtu)}
+		if err := l.h.LinkAdd(v); err != nil {
+			return fmt.Errorf("ovs: uplink: add veth %s/%s: %w", ovsEnd, bridgeEnd, err)
+		}
+	}
+	for _, name := range []string{ovsEnd, bridgeEnd} {
+		link, err := l.h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("ovs: uplink: %s: %w", name, err)
+		}
+		if link.Attrs().MTU != mtu {
+			if err := l.h.LinkSetMTU(link, mtu); err != nil {
+				return fmt.Errorf("ovs: uplink: mtu of %s: %w", name, err)
+			}
+		}
+		if name == bridgeEnd {
+			if err := l.h.LinkSetMaster(link, br); err != nil {
+				return fmt.Errorf("ovs: uplink: %s into %s: %w", name, bridge, err)
+			}
+			if err := l.h.LinkSetIsolated(link, true); err != nil {
+				return fmt.Errorf("ovs: uplink: isolate %s: %w", name, err)
+			}
+		}
+		if err := l.txChecksumOff(name); err != nil {
+			return err
+		}
+		if err := l.h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("ovs: uplink: up %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
 // Close releases the netlink socket.
 func (l *NetlinkLinks) Close() error {
 	l.h.Close()
 	return nil
+}
+
+const ethtoolSTxCsum = 0x17 // ETHTOOL_STXCSUM
+
+type ethtoolValue struct{ cmd, data uint32 }
+
+type ifreqPtr struct {
+	name [unix.IFNAMSIZ]byte
+	data unsafe.Pointer
+	_    [16]byte
+}
+
+// txChecksumOff is `ethtool -K name tx off`, through the legacy ioctl that every kernel
+// still maps onto the feature flags.
+func (l *NetlinkLinks) txChecksumOff(name string) error {
+	return l.inNetns(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("ovs: ethtool socket: %w", err)
+		}
+		defer unix.Close(fd)
+		v := ethtoolValue{cmd: ethtoolSTxCsum, data: 0}
+		var ifr ifreqPtr
+		copy(ifr.name[:unix.IFNAMSIZ-1], name)
+		ifr.data = unsafe.Pointer(&v)
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
+		runtime.KeepAlive(&v)
+		if errno != 0 {
+			return fmt.Errorf("ovs: tx checksum offload off on %s: %w", name, errno)
+		}
+		return nil
+	})
+}
+
+// inNetns runs fn on a locked thread inside our namespace.
+func (l *NetlinkLinks) inNetns(fn func() error) error {
+	if l.ns == "" {
+		return fn()
+	}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("ovs: current netns: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(l.ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("ovs: open netns %s: %w", l.ns, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("ovs: enter netns %s: %w", l.ns, err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// The thread is stuck in the wrong namespace: it stays locked and dies with its goroutine.
+		return fmt.Errorf("ovs: leave netns %s: %w", l.ns, err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
 }

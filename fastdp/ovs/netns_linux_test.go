@@ -125,6 +125,37 @@ func (o *ovsHost) container(t *testing.T, addr netip.Prefix, mtu int) {
 	}
 }
 
+// linuxBridgeContainer is the daemon's design: our OVS bridge joined by the uplink veth
+// pair to the Linux bridge "weave", where the container is attached as weavectl attach or
+// the CNI plugin would do it, with its offloads left on.
+func (o *ovsHost) linuxBridgeContainer(t *testing.T, addr netip.Prefix, mtu int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := o.h.EnsureBridge(ctx, "weave"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // idempotent
+		if err := o.b.AttachLinuxBridge("weave", mtu); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := o.h.AddContainer("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.h.AttachContainerToBridge(c, "weave", addr); err != nil {
+		t.Fatal(err)
+	}
+	o.c, o.addr = c, addr.Addr()
+	if out := o.run(t, "ip", "-d", "link", "show", UplinkBridge); !strings.Contains(out, "isolated on") || !strings.Contains(out, "master weave") {
+		t.Fatalf("uplink bridge end not an isolated port of weave:\n%s", out)
+	}
+	if out := o.run(t, "ethtool", "-k", UplinkOVS); !strings.Contains(out, "tx-checksumming: off") {
+		t.Fatalf("uplink OVS end keeps TX checksum offload:\n%s", out)
+	}
+}
+
 var rttAvg = regexp.MustCompile(`= [0-9.]+/([0-9.]+)/`)
 
 // TestOVSPingIperfAndCleanup: three hosts, each with its own ovsdb-server and ovs-vswitchd
@@ -153,7 +184,12 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 		}
 		// Safety net if the test fails before its own Cleanup (runs before the lab's teardown).
 		t.Cleanup(func() { _ = o.b.Cleanup() })
-		o.container(t, netip.MustParsePrefix(fmt.Sprintf("10.40.0.%d/24", i+1)), 1450)
+		addr := netip.MustParsePrefix(fmt.Sprintf("10.40.0.%d/24", i+1))
+		if i < 2 {
+			o.container(t, addr, 1450)
+		} else {
+			o.linuxBridgeContainer(t, addr, 1450)
+		}
 		hosts[i] = o
 	}
 	for i, o := range hosts {
@@ -166,7 +202,11 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 		}
 	}
 	for i, o := range hosts {
-		for j, port := range []string{"vo1", TunnelName(names[0]), TunnelName(names[1]), TunnelName(names[2])} {
+		local := "vo1"
+		if i == 2 {
+			local = UplinkOVS
+		}
+		for j, port := range []string{local, TunnelName(names[0]), TunnelName(names[1]), TunnelName(names[2])} {
 			if j == i+1 {
 				continue
 			}
@@ -212,10 +252,23 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 		t.Fatalf("full-size ping: %v\n%s", err, out)
 	}
 
-	gbps := iperf(t, a, b, 2)
-	t.Logf("iperf3 over OVS netdev VXLAN: %.3f Gbit/s", gbps)
-	if gbps <= 0.001 {
-		t.Fatalf("iperf3 moved almost nothing: %.6f Gbit/s", gbps)
+	for _, to := range []*ovsHost{b, hosts[2]} {
+		if out, err := to.c.Run(ctx, "ping", "-c", "3", "-i", "0.1", "-W", "1", a.addr.String()); err != nil {
+			t.Fatalf("ping %s -> %s: %v\n%s", to.c.Name, a.addr, err, out)
+		}
+		gbps := iperf(t, a, to, 2)
+		t.Logf("iperf3 over OVS netdev VXLAN, h1 (container on OVS) -> h%d (%s): %.3f Gbit/s",
+			to.h.Index+1, map[bool]string{true: "container on OVS", false: "container on the Linux bridge, uplink veth"}[to == b], gbps)
+		if gbps <= 0.01 {
+			t.Fatalf("iperf3 moved almost nothing: %.6f Gbit/s", gbps)
+		}
+	}
+	// The other way, from the container on the Linux bridge with its offloads on (TSO
+	// super-frames and partial checksums, finished by the kernel at the uplink veth).
+	gbps := iperf(t, a, hosts[2], 2, "-R")
+	t.Logf("iperf3 over OVS netdev VXLAN, h3 (Linux bridge, offloads on) -> h1: %.3f Gbit/s", gbps)
+	if gbps <= 0.01 {
+		t.Fatalf("iperf3 -R moved almost nothing: %.6f Gbit/s", gbps)
 	}
 
 	// Broadcasts: one copy per other container, also through a full mesh of three.
@@ -267,8 +320,14 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 		if ports, err := vsctl(o.sock, "--columns=name", "--bare", "list", "Port"); err != nil || strings.Join(strings.Fields(ports), " ") != "eth0 wul" && strings.Join(strings.Fields(ports), " ") != "wul eth0" {
 			t.Errorf("%s ports after cleanup: %q %v, want only the underlay's", o.h.Name, ports, err)
 		}
-		waitLink(t, o.h, "vo1", true)
-		waitLink(t, o.c, "eth0", true)
+		if o.h.Index < 2 {
+			waitLink(t, o.h, "vo1", true)
+			waitLink(t, o.c, "eth0", true)
+		} else {
+			waitLink(t, o.h, UplinkOVS, true)
+			waitLink(t, o.h, UplinkBridge, true)
+			waitLink(t, o.h, "weave", false) // the Linux bridge is not ours
+		}
 		waitLink(t, o.h, DefaultBridge, true) // ovs-vswitchd removes the bridge's own device
 		if len(o.b.Peers()) != 0 {
 			t.Errorf("%s: peers after cleanup: %v", o.h.Name, o.b.Peers())
@@ -276,9 +335,9 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 	}
 }
 
-// iperf runs one TCP stream for secs seconds from a's container to b's and returns the
-// received rate in Gbit/s.
-func iperf(t *testing.T, a, b *ovsHost, secs int) float64 {
+// iperf runs one TCP stream for secs seconds from a's container to b's (extra "-R": from b's
+// to a's) and returns the received rate in Gbit/s.
+func iperf(t *testing.T, a, b *ovsHost, secs int, extra ...string) float64 {
 	t.Helper()
 	srv, err := b.c.Start("iperf3-server", nil, "iperf3", "-s", "-1", "--forceflush")
 	if err != nil {
@@ -293,7 +352,7 @@ func iperf(t *testing.T, a, b *ovsHost, secs int) float64 {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+20)*time.Second)
 	defer cancel()
-	out, err := a.c.Run(ctx, "iperf3", "-J", "-c", b.addr.String(), "-t", strconv.Itoa(secs))
+	out, err := a.c.Run(ctx, append([]string{"iperf3", "-J", "-c", b.addr.String(), "-t", strconv.Itoa(secs)}, extra...)...)
 	if err != nil {
 		t.Fatalf("iperf3: %v\n%.500s", err, out)
 	}

@@ -43,11 +43,22 @@ const (
 	tunnelPrefix = "wvx"
 )
 
-// Links is the OS boundary for the Linux devices behind local ports: Cleanup deletes the
-// ones it owns. NetlinkLinks is the real one; a missing device is not an error.
+// Links is the OS boundary for the Linux devices behind local ports. NetlinkLinks is the
+// real one.
 type Links interface {
+	// DeleteLink deletes a device; a missing one is not an error.
 	DeleteLink(name string) error
+	// Uplink creates or completes the veth pair ovsEnd <-> bridgeEnd, bridgeEnd an isolated
+	// port of the Linux bridge, both ends with mtu (0: the bridge's), up, TX checksum
+	// offload off.
+	Uplink(bridge, ovsEnd, bridgeEnd string, mtu int) error
 }
+
+// Names of the veth pair joining the weave Linux bridge to our OVS bridge.
+const (
+	UplinkOVS    = "vethwe-ovs"
+	UplinkBridge = "vethwe-ovsbr"
+)
 
 // Config configures a Backend.
 type Config struct {
@@ -442,6 +453,20 @@ func (b *Backend) AddLocalPort(dev string, owned bool) error {
 		ids[keyOwnedLink] = "true"
 	}
 	return b.addPort(ctx, dev, "", nil, false, ids)
+}
+
+// AttachLinuxBridge joins the Linux bridge (the weave bridge, where containers, the CNI
+// plugin and the router's TAP live) to our OVS bridge with the veth pair UplinkOVS <->
+// UplinkBridge, owned by us: Cleanup deletes it. mtu is the overlay MTU (underlay MTU minus
+// the VXLAN overhead, fastdp.MTUFor); 0 takes the Linux bridge's. Idempotent.
+func (b *Backend) AttachLinuxBridge(bridge string, mtu int) error {
+	if b.cfg.Links == nil {
+		return errors.New("ovs: attach linux bridge: no Links configured")
+	}
+	if err := b.cfg.Links.Uplink(bridge, UplinkOVS, UplinkBridge, mtu); err != nil {
+		return err
+	}
+	return b.AddLocalPort(UplinkOVS, true)
 }
 
 // RemoveLocalPort detaches dev from our bridge (the device itself stays).
