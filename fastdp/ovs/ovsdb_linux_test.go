@@ -261,3 +261,46 @@ func TestTunnelName(t *testing.T) {
 		t.Errorf("TunnelName(host-a)=%q host-b=%q", a, b)
 	}
 }
+
+func TestAttachLinuxBridge(t *testing.T) {
+	sock := startOVSDB(t)
+	noLinks := newBackend(t, Config{Socket: sock, Bridge: "other"})
+	if err := noLinks.AttachLinuxBridge("weave", 0); err == nil {
+		t.Error("AttachLinuxBridge without Links succeeded")
+	}
+	links := &FakeLinks{Bridges: []string{"weave"}}
+	b := newBackend(t, Config{Socket: sock, Links: links})
+	if err := b.EnsureBridge(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AttachLinuxBridge("nope", 1376); err == nil {
+		t.Error("AttachLinuxBridge to a missing Linux bridge succeeded")
+	}
+	for range 2 {
+		if err := b.AttachLinuxBridge("weave", 1376); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.Join(links.Devices(), " "); got != UplinkOVS+" "+UplinkBridge {
+		t.Errorf("devices %q", got)
+	}
+	if ports, _ := vsctl(sock, "list-ports", DefaultBridge); ports != UplinkOVS {
+		t.Errorf("ports %q, want only %s", ports, UplinkOVS)
+	}
+	// A local port that is not owned stays on Cleanup.
+	if err := b.AddLocalPort("keepme", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if got := links.Deleted(); !slices.Equal(got, []string{UplinkOVS}) {
+		t.Errorf("Cleanup deleted %v, want only %s", got, UplinkOVS)
+	}
+	if len(links.Devices()) != 0 {
+		t.Errorf("devices left: %v", links.Devices())
+	}
+	if brs, _ := vsctl(sock, "list-br"); brs != "" {
+		t.Errorf("bridges left: %q", brs)
+	}
+}
