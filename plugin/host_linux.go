@@ -33,7 +33,7 @@ func (LinuxHost) Bridge(name string) (BridgeInfo, error) {
 	}
 	info := BridgeInfo{MTU: br.Attrs().MTU}
 	for _, a := range addrs {
-		if p, ok := ipNetToPrefix(a.IPNet); ok {
+		if p, ok := netdev.Prefix(a.IPNet); ok {
 			info.Addrs = append(info.Addrs, p)
 		}
 	}
@@ -100,7 +100,7 @@ func addRoutes(nh *netlink.Handle, link netlink.Link, cidr netip.Prefix, routes 
 		if r.GW != nil {
 			gw, ok := netip.AddrFromSlice(r.GW)
 			if ok && !cidr.Masked().Contains(gw.Unmap()) {
-				onlink := &netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(netip.PrefixFrom(gw.Unmap(), gw.Unmap().BitLen())), Scope: netlink.SCOPE_LINK}
+				onlink := &netlink.Route{LinkIndex: idx, Dst: netdev.IPNet(netip.PrefixFrom(gw.Unmap(), gw.Unmap().BitLen())), Scope: netlink.SCOPE_LINK}
 				if err := nh.RouteReplace(onlink); err != nil {
 					return nil, fmt.Errorf("add link route to gateway %s: %w", gw, err)
 				}

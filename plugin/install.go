@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -175,7 +176,7 @@ func command(args []string, stdout, stderr io.Writer) (code int, ok bool) {
 	case "status":
 		fs := flag.NewFlagSet("weave-cni status", flag.ContinueOnError)
 		fs.SetOutput(stderr)
-		socket := fs.String("socket", cmpOr(os.Getenv("WEAVE_SOCKET"), api.DefaultSocket), "router control socket")
+		socket := fs.String("socket", cmp.Or(os.Getenv("WEAVE_SOCKET"), api.DefaultSocket), "router control socket")
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2, true
 		}
@@ -189,7 +190,7 @@ func command(args []string, stdout, stderr io.Writer) (code int, ok bool) {
 			fmt.Fprintf(stderr, "not ready: %v\n", err)
 			return 1, true
 		case !st.Ready:
-			fmt.Fprintf(stderr, "not ready: %s\n", cmpOr(strings.TrimSpace(st.Waiting), "router starting"))
+			fmt.Fprintf(stderr, "not ready: %s\n", cmp.Or(strings.TrimSpace(st.Waiting), "router starting"))
 			return 1, true
 		}
 		fmt.Fprintln(stdout, "ready")

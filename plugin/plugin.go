@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/api/client"
+	"github.com/weavemesh/weave/internal/netdev"
 	wversion "github.com/weavemesh/weave/internal/version"
 )
 
@@ -203,12 +205,12 @@ func (p *Plugin) AddResult(args *skel.CmdArgs) (types.Result, error) {
 			release()
 			return nil, err
 		}
-		ipc = &current.IPConfig{Address: *prefixToIPNet(cidr), Gateway: gw.AsSlice()}
+		ipc = &current.IPConfig{Address: *netdev.IPNet(cidr), Gateway: gw.AsSlice()}
 		routes = []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: gw.AsSlice()}}
 		dns = conf.DNS
 	}
 
-	addr, ok := ipNetToPrefix(&ipc.Address)
+	addr, ok := netdev.Prefix(&ipc.Address)
 	if !ok {
 		release()
 		return nil, types.NewError(types.ErrInternal, "weave-cni: unusable address", ipc.Address.String())
@@ -417,7 +419,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	}
 	if !st.Ready {
 		return types.NewError(types.ErrPluginNotAvailable, "weave-cni: the weave router is not ready yet",
-			cmpOr(st.Waiting, "waiting for the router to become ready"))
+			cmp.Or(st.Waiting, "waiting for the router to become ready"))
 	}
 	return nil
 }
@@ -523,30 +525,6 @@ func firstV4(cidrs []string) (netip.Prefix, error) {
 		}
 	}
 	return netip.Prefix{}, fmt.Errorf("no IPv4 address in %v", cidrs)
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
-func prefixToIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, bits := n.Mask.Size()
-	if bits == 0 {
-		return netip.Prefix{}, false
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, ones), true
 }
 
 // execDelegate runs delegated IPAM plugins from CNI_PATH.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/weavemesh/weave/internal/netdev"
 	"net/netip"
 	"strings"
 	"sync"
@@ -330,7 +331,7 @@ type fakeDelegate struct{ adds, dels, gcs int }
 func (d *fakeDelegate) Add(context.Context, string, []byte) (types.Result, error) {
 	d.adds++
 	return &current.Result{CNIVersion: "1.1.0", IPs: []*current.IPConfig{{
-		Address: *prefixToIPNet(netip.MustParsePrefix("10.40.0.5/24")), Gateway: netip.MustParseAddr("10.40.0.1").AsSlice()}}}, nil
+		Address: *netdev.IPNet(netip.MustParsePrefix("10.40.0.5/24")), Gateway: netip.MustParseAddr("10.40.0.1").AsSlice()}}}, nil
 }
 func (d *fakeDelegate) Check(context.Context, string, []byte) error { return nil }
 func (d *fakeDelegate) Del(context.Context, string, []byte) error   { d.dels++; return nil }

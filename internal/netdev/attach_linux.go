@@ -50,7 +50,7 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 		return Attached{}, err
 	}
 	for _, c := range spec.CIDRs {
-		addr := &netlink.Addr{IPNet: prefixToIPNet(c)}
+		addr := &netlink.Addr{IPNet: IPNet(c)}
 		if err := nh.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 			return Attached{}, fmt.Errorf("add %s to %s: %w", c, spec.IfName, err)
 		}
@@ -59,7 +59,7 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 		return Attached{}, fmt.Errorf("bring %s up: %w", spec.IfName, err)
 	}
 	for _, r := range spec.Routes {
-		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixToIPNet(r), Scope: netlink.SCOPE_LINK}
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(r), Scope: netlink.SCOPE_LINK}
 		if err := nh.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
 			return Attached{}, fmt.Errorf("add route %s via %s: %w", r, spec.IfName, err)
 		}
@@ -70,7 +70,7 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 	}
 	res := Attached{MAC: link.Attrs().HardwareAddr}
 	for _, a := range addrs {
-		if p, ok := ipNetToPrefix(a.IPNet); ok {
+		if p, ok := Prefix(a.IPNet); ok {
 			res.CIDRs = append(res.CIDRs, p)
 		}
 	}
@@ -238,7 +238,7 @@ func (Netlink) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
 		return nil
 	}
 	for _, c := range cidrs {
-		if err := nh.AddrDel(link, &netlink.Addr{IPNet: prefixToIPNet(c)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		if err := nh.AddrDel(link, &netlink.Addr{IPNet: IPNet(c)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return fmt.Errorf("remove %s from %s: %w", c, ifName, err)
 		}
 	}
@@ -250,7 +250,7 @@ func (Netlink) Expose(bridge string, cidr netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", bridge, err)
 	}
-	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: prefixToIPNet(cidr)}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: IPNet(cidr)}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add %s to %s: %w", cidr, bridge, err)
 	}
 	return nil
@@ -261,21 +261,8 @@ func (Netlink) Hide(bridge string, cidr netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", bridge, err)
 	}
-	if err := netlink.AddrDel(br, &netlink.Addr{IPNet: prefixToIPNet(cidr)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+	if err := netlink.AddrDel(br, &netlink.Addr{IPNet: IPNet(cidr)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 		return fmt.Errorf("remove %s from %s: %w", cidr, bridge, err)
 	}
 	return nil
-}
-
-func prefixToIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
