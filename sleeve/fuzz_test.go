@@ -101,6 +101,7 @@ func FuzzDatagram(f *testing.F) {
 		r.sizes[0] = copy(r.bufs[0], d)
 		r.eps[0] = netip.MustParseAddrPort("192.0.2.9:6783")
 		r.handle(1) // must not panic
+		r.deliverAll()
 	})
 }
 
@@ -112,6 +113,7 @@ func TestDatagramDecoding(t *testing.T) {
 		r.sizes[0] = copy(r.bufs[0], d)
 		r.eps[0] = netip.MustParseAddrPort("192.0.2.9:6783")
 		r.handle(1)
+		r.deliverAll()
 	}
 	frame := make([]byte, 60)
 	feed(plainDatagram(record(5, 6, frame), record(5, 6, frame)))

@@ -2,11 +2,15 @@ package sleeve
 
 // The receiving pipeline: routineReceive, one per socket, reads batches of datagrams
 // (recvmmsg, UDP GRO), finds each sender's connection, checks the replay window, opens the
-// datagram in place (AES-GCM) or into a scratch buffer of the same index (secretbox),
-// handles control records itself, and hands every run of data records from one neighbour
-// to the router in one call (which injects them into the bridge, relays them, or passes
-// them on along a spanning tree). Buffers are reused for the next batch once the router
-// returns.
+// datagram in place (AES-GCM) or into a scratch buffer of the same index (secretbox) and
+// handles control records itself. The data records of a big batch then go to
+// routineDeliver, which hands every run of them from one neighbour to the router in one call
+// (the router injects them into the bridge, relays them, or passes them on along a spanning
+// tree) while routineReceive already reads and opens the next batch into the other of two
+// buffer sets: the TAP write, which carries the containers' own network stack, overlaps
+// with the socket read and the decryption. A small batch (an idle path: a ping) is delivered
+// by routineReceive itself when routineDeliver has nothing pending, to spare a goroutine
+// wake-up of latency. Buffers are reused only once the router returned.
 
 import (
 	"encoding/binary"
@@ -26,7 +30,13 @@ type reader struct {
 	eps     []netip.AddrPort
 	scratch [][]byte // secretbox plaintexts
 	frames  []overlay.Frame
+	runs    []run // frames[runs[k-1].end:runs[k].end] came from runs[k].from
 	now     int64
+}
+
+type run struct {
+	from mesh.PeerName
+	end  int
 }
 
 const readBatch = 64
@@ -43,12 +53,24 @@ func newReader(s *Sleeve, bufSize int) *reader {
 	return r
 }
 
+// inlineBatch: batches of at most this many datagrams are delivered by the reader itself
+// when nothing is pending.
+const inlineBatch = 4
+
 func (s *Sleeve) routineReceive() {
 	defer s.wg.Done()
-	r := newReader(s, maxDatagram)
+	free := make(chan *reader, 2) // never blocks: there are two readers
+	work := make(chan *reader, 1)
+	free <- newReader(s, maxDatagram)
+	free <- newReader(s, maxDatagram)
+	s.wg.Add(1)
+	go s.routineDeliver(work, free)
+	defer close(work)
 	for {
+		r := <-free
 		n, err := s.bind.ReadBatch(r.bufs, r.sizes, r.eps)
 		if err != nil {
+			free <- r
 			if isClosed(err) {
 				return
 			}
@@ -62,6 +84,21 @@ func (s *Sleeve) routineReceive() {
 			continue
 		}
 		r.handle(n)
+		if n <= inlineBatch && len(free) == 1 { // the other buffer set is idle: nothing pending
+			r.deliverAll()
+			free <- r
+			continue
+		}
+		work <- r
+	}
+}
+
+// routineDeliver hands what routineReceive opened to the router, in order.
+func (s *Sleeve) routineDeliver(work <-chan *reader, free chan<- *reader) {
+	defer s.wg.Done()
+	for r := range work {
+		r.deliverAll()
+		free <- r
 	}
 }
 
@@ -71,6 +108,7 @@ func (r *reader) handle(n int) {
 	r.now = time.Now().UnixNano()
 	peers := *s.peers.Load()
 	r.frames = r.frames[:0]
+	r.runs = r.runs[:0]
 	var from mesh.PeerName
 	var frames, bytes uint64
 	for i := range n {
@@ -86,7 +124,7 @@ func (r *reader) handle(n int) {
 			continue
 		}
 		if sender != from && len(r.frames) > 0 {
-			r.deliver(from)
+			r.runs = append(r.runs, run{from, len(r.frames)})
 		}
 		from = sender
 		before := len(r.frames)
@@ -96,19 +134,27 @@ func (r *reader) handle(n int) {
 		}
 		frames += uint64(len(r.frames) - before)
 	}
-	if len(r.frames) > 0 {
-		r.deliver(from)
+	if len(r.frames) > 0 && (len(r.runs) == 0 || r.runs[len(r.runs)-1].end < len(r.frames)) {
+		r.runs = append(r.runs, run{from, len(r.frames)})
 	}
 	s.stats.datagrams.Add(uint64(n))
 	s.stats.AddIn(frames, bytes, 0)
 }
 
-func (r *reader) deliver(from mesh.PeerName) {
-	if box := r.s.recv.Load(); box != nil && box.r != nil {
-		box.r.Receive(from, r.frames)
+// deliverAll hands the frames of the last handled batch to the router, one call per run of
+// frames from one neighbour.
+func (r *reader) deliverAll() {
+	box := r.s.recv.Load()
+	start := 0
+	for _, ru := range r.runs {
+		if box != nil && box.r != nil && ru.end > start {
+			box.r.Receive(ru.from, r.frames[start:ru.end])
+		}
+		start = ru.end
 	}
 	clear(r.frames) // drop references into the buffers
 	r.frames = r.frames[:0]
+	r.runs = r.runs[:0]
 }
 
 // datagram opens one datagram from nb and appends its data records to r.frames.
