@@ -293,6 +293,37 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 			t.Fatalf("broadcast from %s: received %v, want %v", hosts[src].c.Name, got, want)
 		}
 	}
+	// h1 quarantines its tunnel to h3 (the pair left fastdp): nothing flows between c1 and
+	// c3 either way, not even VLAN-tagged (a packet socket sees untagged inner frames too),
+	// and h2 does not relay; reactivated, both directions flow again.
+	if err := a.b.SetPeerActive(names[2], false); err != nil {
+		t.Fatal(err)
+	}
+	quiet := map[string]int{hosts[1].c.Name: n, hosts[2].c.Name: 0}
+	testutil.Eventually(t, 10*time.Second, "h1-h3 quarantined", func() error {
+		if got := burst(t, packetSocket(t, a.c.Netns(), "eth0"), 0, n, rx(0)); fmt.Sprint(got) != fmt.Sprint(quiet) {
+			return fmt.Errorf("broadcast from h1 with h3 inactive: received %v, want %v", got, quiet)
+		}
+		return nil
+	})
+	quiet = map[string]int{hosts[0].c.Name: 0, hosts[1].c.Name: n}
+	if got := burst(t, packetSocket(t, hosts[2].c.Netns(), "eth0"), 2, n, rx(2)); fmt.Sprint(got) != fmt.Sprint(quiet) {
+		t.Fatalf("broadcast from h3 with h1's port to it inactive: received %v, want %v", got, quiet)
+	}
+	if err := a.b.SetPeerActive(names[2], true); err != nil {
+		t.Fatal(err)
+	}
+	all := map[string]int{hosts[1].c.Name: n, hosts[2].c.Name: n}
+	testutil.Eventually(t, 10*time.Second, "h1-h3 active again", func() error {
+		if got := burst(t, packetSocket(t, a.c.Netns(), "eth0"), 0, n, rx(0)); fmt.Sprint(got) != fmt.Sprint(all) {
+			return fmt.Errorf("broadcast from h1 with h3 active again: received %v, want %v", got, all)
+		}
+		return nil
+	})
+	if out, err := hosts[2].c.Run(ctx, "ping", "-c", "1", "-W", "2", a.addr.String()); err != nil {
+		t.Fatalf("ping h3 -> h1 after reactivation: %v\n%s", err, out)
+	}
+
 	// h1 drops its tunnel to h3: h3 no longer hears h1's broadcasts, and h2 does not relay them.
 	if err := a.b.RemovePeer(names[2]); err != nil {
 		t.Fatal(err)

@@ -41,7 +41,15 @@ const (
 	keyOwnedLink = "weave-owned-link"
 
 	tunnelPrefix = "wvx"
+
+	// QuarantineVLAN holds the tunnel ports of inactive peers (SetPeerActive): an access
+	// port of a VLAN no other port carries, so NORMAL forwards nothing to or from it.
+	QuarantineVLAN = 4094
 )
+
+// untaggedOnly is the trunks value of every other port of ours: a port without a tag and
+// without trunks would carry every VLAN, quarantined frames included (tagged).
+var untaggedOnly = []int{0}
 
 // Links is the OS boundary for the Linux devices behind local ports. NetlinkLinks is the
 // real one.
@@ -287,7 +295,7 @@ func (b *Backend) EnsureBridge() error {
 		return err
 	}
 	iface := &vswitch.Interface{UUID: "iface", Name: name, Type: "internal", ExternalIDs: b.ids(roleBridge)}
-	port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, ExternalIDs: b.ids(roleBridge)}
+	port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, Trunks: untaggedOnly, ExternalIDs: b.ids(roleBridge)}
 	br := &vswitch.Bridge{UUID: "bridge", Name: name, DatapathType: b.cfg.DatapathType,
 		Ports: []string{port.UUID}, ExternalIDs: b.ids(roleBridge)}
 	ops, err := b.ovs.Create(iface, port, br)
@@ -309,6 +317,11 @@ func (b *Backend) EnsureBridge() error {
 // addPort adds a port with one interface to our bridge, or updates the interface's type and
 // options when the port is already there and ours.
 func (b *Backend) addPort(ctx context.Context, name, typ string, options map[string]string, protected bool, ids map[string]string) error {
+	return b.addPortTagged(ctx, name, typ, options, protected, nil, ids)
+}
+
+// addPortTagged is addPort with the port's VLAN tag (nil: untagged frames only).
+func (b *Backend) addPortTagged(ctx context.Context, name, typ string, options map[string]string, protected bool, tag *int, ids map[string]string) error {
 	br := b.bridge(b.cfg.Bridge)
 	if br == nil || !b.ours(br.ExternalIDs) {
 		return fmt.Errorf("ovs: add port %s: bridge %s missing or not ours (EnsureBridge first)", name, b.cfg.Bridge)
@@ -336,7 +349,8 @@ func (b *Backend) addPort(ctx context.Context, name, typ string, options map[str
 		}, ops...)
 	}
 	iface := &vswitch.Interface{UUID: "iface", Name: name, Type: typ, Options: options, ExternalIDs: ids}
-	port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, Protected: protected, ExternalIDs: ids}
+	port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, Protected: protected,
+		Tag: tag, Trunks: untaggedOnly, ExternalIDs: ids}
 	ops, err := b.ovs.Create(iface, port)
 	if err != nil {
 		return fmt.Errorf("ovs: create port %s: %w", name, err)
@@ -407,6 +421,56 @@ func (b *Backend) AddPeer(peer string, remote netip.Addr) error {
 	}
 	b.log.Debug("peer tunnel", "peer", peer, "port", name, "remote", remote)
 	return nil
+}
+
+// SetPeerActive lets frames flow through peer's tunnel port (active) or quarantines the port
+// in QuarantineVLAN, where NORMAL neither floods to it nor delivers what arrives through it,
+// while the port, its ofport and its tunnel stay (the switch-over the Linux backend does
+// with its flood entries). Ports start active. OVS flushes the MACs learned on a port whose
+// VLAN changes, so nothing stale points at it either way.
+func (b *Backend) SetPeerActive(peer string, active bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ctx, cancel, err := b.op()
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	name := TunnelName(peer)
+	p := b.port(name)
+	if p == nil {
+		return fmt.Errorf("ovs: set peer %s active: no tunnel port %s", peer, name)
+	}
+	if !b.ours(p.ExternalIDs) {
+		return fmt.Errorf("ovs: port %s: %w", name, ErrNotOurs)
+	}
+	var tag *int
+	if !active {
+		q := QuarantineVLAN
+		tag = &q
+	}
+	if (p.Tag == nil) == (tag == nil) {
+		return nil
+	}
+	upd := *p
+	upd.Tag = tag
+	ops, err := b.ovs.Where(&upd).Update(&upd, &upd.Tag)
+	if err != nil {
+		return fmt.Errorf("ovs: set peer %s active=%v: %w", peer, active, err)
+	}
+	return b.transact(ctx, "set tag of "+name, func() bool {
+		p := b.port(name)
+		return p != nil && (p.Tag == nil) == active
+	}, ops...)
+}
+
+// PeerActive reports whether peer has a tunnel port of ours and whether it is active.
+func (b *Backend) PeerActive(peer string) (exists, active bool) {
+	p := b.port(TunnelName(peer))
+	if p == nil || !b.ours(p.ExternalIDs) {
+		return false, false
+	}
+	return true, p.Tag == nil
 }
 
 // RemovePeer removes peer's VXLAN port; a peer without one is not an error.

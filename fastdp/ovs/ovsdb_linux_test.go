@@ -169,6 +169,34 @@ func TestBackendAgainstOVSDB(t *testing.T) {
 		t.Errorf("interface of removed peer still in the database:\n%s", out)
 	}
 
+	// Quarantine and back.
+	if err := b.SetPeerActive(peer1, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := vsctl(sock, "get", "Port", "wvxaabbccddee01", "tag"); got != "4094" {
+		t.Errorf("inactive peer's port tag = %q, want 4094", got)
+	}
+	if exists, active := b.PeerActive(peer1); !exists || active {
+		t.Errorf("PeerActive after deactivation = %v, %v", exists, active)
+	}
+	if err := b.SetPeerActive(peer1, true); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := vsctl(sock, "get", "Port", "wvxaabbccddee01", "tag"); got != "[]" {
+		t.Errorf("active peer's port tag = %q, want []", got)
+	}
+	if exists, active := b.PeerActive(peer1); !exists || !active {
+		t.Errorf("PeerActive after activation = %v, %v", exists, active)
+	}
+	if err := b.SetPeerActive("no such peer", true); err == nil {
+		t.Error("SetPeerActive of an unknown peer succeeded")
+	}
+	for _, port := range []string{"vethwe-ovs", "wvxaabbccddee01", "weave-ovs"} {
+		if got, _ := vsctl(sock, "get", "Port", port, "trunks"); got != "[0]" {
+			t.Errorf("port %s trunks = %q, want [0] (untagged only: quarantined frames never leak tagged)", port, got)
+		}
+	}
+
 	// A second backend of another owner refuses our bridge and cannot touch our ports.
 	other := newBackend(t, Config{Socket: sock, Bridge: "weave-ovs", Owner: "intruder"})
 	if err := other.EnsureBridge(); !errors.Is(err, ErrNotOurs) {
