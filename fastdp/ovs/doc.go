@@ -14,14 +14,25 @@
 // broadcast from one peer would be flooded to every other peer, and with three hosts in a
 // full mesh it would loop forever.
 //
-// Local traffic enters through ordinary system ports (AddLocalPort): the daemon adds one
-// end of a veth pair whose other end is a port of the weave Linux bridge, so containers,
-// weavectl attach, the CNI plugin and the router's TAP stay on the Linux bridge exactly as
-// with the other datapaths; the tests also attach container veths directly. With the
-// userspace datapath the kernel never fills in checksums of frames read from a veth, so
-// those veths need TX checksum offload off (ethtool -K IF tx off) on both ends, and the
-// underlay address must sit on an OVS netdev bridge that owns the physical port (OVS's
-// userspace tunnels route and ARP only through its own bridges); the kernel datapath has
+// A pair that leaves fastdp (SetPeerActive false) keeps its port, which moves into the
+// otherwise unused VLAN 4094: NORMAL then neither floods to it nor delivers what arrives
+// through it, and OVS flushes the MACs learned on it. Every other port of ours carries
+// untagged frames only (trunks [0]); a port without one would carry all VLANs, so the
+// quarantined frames would leak to it 802.1Q-tagged. (Containers' own VLAN-tagged frames
+// are therefore not carried.)
+//
+// Local traffic enters through ordinary system ports. AttachLinuxBridge joins the weave
+// Linux bridge with an owned veth pair (vethwe-ovs in OVS, vethwe-ovsbr an isolated port
+// of the Linux bridge, like fastdp's VXLAN device), so containers, weavectl attach, the
+// CNI plugin and the router's TAP stay on the Linux bridge exactly as with the other
+// datapaths; AddLocalPort adds any other existing device (the tests also attach container
+// veths directly). With the userspace datapath ovs-vswitchd reads frames from a veth as
+// they are and never completes a partial checksum, so the veth ends it reads need TX
+// checksum offload off (AttachLinuxBridge does it: the kernel then finishes checksums as
+// frames cross the pair, and containers on the Linux bridge keep their offloads; a
+// container attached directly to OVS needs `ethtool -K eth0 tx off` itself). Also, the
+// underlay address must sit on an OVS netdev bridge that owns the physical port: OVS's
+// userspace tunnels route and ARP only through its own bridges. The kernel datapath has
 // neither constraint.
 //
 // # Ownership
@@ -31,6 +42,18 @@
 // OVS configuration is never touched. Cleanup removes our bridge, its ports (OVSDB's
 // garbage collection drops ports and interfaces no longer referenced) and the Linux
 // devices handed to AddLocalPort with Owned set.
+//
+// # Use
+//
+//	links, _ := ovs.NewNetlinkLinks("")
+//	b, err := ovs.New(ctx, ovs.Config{Socket: "/run/openvswitch/db.sock", DatapathType: "system",
+//		Port: port + 1, VNI: fastdp.VNIFor(id), Links: links, Logger: log})
+//	err = b.EnsureBridge()
+//	err = b.AttachLinuxBridge("weave", fastdp.MTUFor(underlayMTU, false))
+//	err = b.AddPeer(peerName, peerUnderlayAddr) // on connection up; RemovePeer on down
+//	err = b.SetPeerActive(peerName, healthy)    // fastdp <-> sleeve switch-over
+//	b.Close()                                   // weavectl stop: configuration stays
+//	b.Cleanup()                                 // weavectl reset: bridge, ports, veth go
 //
 // Health (heartbeats, fallback to sleeve) stays in package fastdp; this package is only
 // the programming of the datapath.
