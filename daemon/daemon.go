@@ -23,14 +23,15 @@ import (
 	"github.com/weavemesh/weave/internal/netdev"
 	"github.com/weavemesh/weave/ipam"
 	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/sleeve"
 )
 
-// Overheads of the encapsulations, used to derive the default container MTU from the
-// underlay: the sleeve's is the larger (Weave quoted 62 plain, 86 sealed for 1500 → 1438/1414),
-// VXLAN's is 50.
+// The default container MTU is the underlay's minus the sleeve's overhead and the inner
+// Ethernet header (Weave's 62 plain, 86 sealed: 1500 gives 1438 or 1414); the sleeve's is
+// larger than VXLAN's 50, so one MTU fits every overlay.
 const (
-	sleeveOverheadPlain  = 62
-	sleeveOverheadSealed = 86
+	sleeveOverheadPlain  = sleeve.OverheadPlain + 14
+	sleeveOverheadSealed = sleeve.OverheadSealed + 14
 	fallbackUnderlayMTU  = 1500
 )
 
