@@ -199,7 +199,8 @@ func printConnections(w io.Writer, r api.Report) {
 				info = append(info, fmt.Sprintf("mtu=%d", c.MTU))
 			}
 		}
-		if c.Info != "" {
+		// Once an overlay carries the connection, the mesh's own words about it add nothing.
+		if c.Info != "" && !(c.State == api.StateEstablished && c.Overlay != "") {
 			info = append(info, c.Info)
 		}
 		if c.NextRetry != nil {
