@@ -199,8 +199,7 @@ func printConnections(w io.Writer, r api.Report) {
 				info = append(info, fmt.Sprintf("mtu=%d", c.MTU))
 			}
 		}
-		// Once an overlay carries the connection, the mesh's own words about it add nothing.
-		if c.Info != "" && !(c.State == api.StateEstablished && c.Overlay != "") {
+		if c.Info != "" {
 			info = append(info, c.Info)
 		}
 		if c.NextRetry != nil {
