@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -179,7 +180,8 @@ func (e *env) mustCRI(ctx context.Context, args ...string) string {
 	return strings.TrimSpace(out)
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv runs a router (launched with peers) and containerd in host h.
+func newEnv(t *testing.T, h *netlab.Host, peers ...string) *env {
 	testutil.RequireRoot(t)
 	testutil.RequireCommands(t, "containerd", "ctr", "runc", "containerd-shim-runc-v2", "nsenter")
 	for _, p := range []string{"/usr/lib/cni/portmap", "/usr/lib/cni/loopback", "/bin/busybox"} {
@@ -191,8 +193,6 @@ func newEnv(t *testing.T) *env {
 	weavectl := testutil.Binary(t, "weavectl")
 	plugin := testutil.Binary(t, "weave-cni")
 
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
 	dir := t.TempDir()
 	e := &env{t: t, host: h, dir: dir, sock: filepath.Join(dir, "containerd.sock"), crictl: crictl,
 		weave: filepath.Join(dir, "weave.sock"), cniLog: filepath.Join(dir, "cni-calls.log"), podDir: filepath.Join(dir, "pods")}
@@ -209,7 +209,7 @@ func newEnv(t *testing.T) *env {
 		defer scancel()
 		h.Run(sctx, weavectl, "--state-dir", filepath.Join(dir, "state"), "--socket", e.weave, "stop")
 	})
-	if out, err := ctl("launch", "--nickname", "cri"); err != nil {
+	if out, err := ctl(append([]string{"launch", "--nickname", "cri" + strconv.Itoa(h.Index+1), "--ipalloc-init", "consensus=2"}, peers...)...); err != nil {
 		t.Fatalf("launch router: %v\n%s", err, out)
 	}
 
@@ -429,11 +429,14 @@ func (e *env) calls() []string {
 	return strings.Split(strings.TrimSpace(string(b)), "\n")
 }
 
-// TestCRIPods runs pods through containerd's CRI: they get addresses from the router, reach
+// TestCRIPods runs pods through containerd's CRI on two hosts: they get addresses from the routers, reach
 // each other and the gateway, and removing them releases the addresses, although
 // containerd never calls CHECK and calls DEL twice (the second time without a netns).
 func TestCRIPods(t *testing.T) {
-	e := newEnv(t)
+	testutil.RequireRoot(t)
+	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	e := newEnv(t, lab.Hosts[0])
+	e2 := newEnv(t, lab.Hosts[1], lab.Hosts[0].Addr.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	if out := e.mustCRI(ctx, "info"); !strings.Contains(out, `"NetworkReady"`) {
@@ -461,6 +464,19 @@ func TestCRIPods(t *testing.T) {
 	if out, err := e.cri(ctx, "exec", "-s", p1.ctr, "/bin/busybox", "ping", "-c", "1", "-W", "2", p2.ip.String()); err != nil {
 		t.Fatalf("pod to pod: %v\n%s", err, out)
 	}
+	// A pod on the second host, through its own containerd and router: a unique address, and
+	// it reaches the first host's pods over the overlay.
+	p3 := e2.runPod(ctx, "p3")
+	if p3.ip == p1.ip || p3.ip == p2.ip || !e2.holds(p3.id) {
+		t.Fatalf("pod on host 2 got %v (host 1's pods: %v, %v); held: %v", p3.ip, p1.ip, p2.ip, e2.holds(p3.id))
+	}
+	testutil.Eventually(t, 30*time.Second, "pod on host 2 reaches a pod on host 1", func() error {
+		out, err := e2.cri(ctx, "exec", "-s", p3.ctr, "/bin/busybox", "ping", "-c", "1", "-W", "1", p1.ip.String())
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 	route := e.mustCRI(ctx, "exec", "-s", p2.ctr, "/bin/busybox", "ip", "route")
 	gw := ""
 	if f := strings.Fields(route); len(f) > 2 && f[0] == "default" {
