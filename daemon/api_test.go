@@ -1,0 +1,167 @@
+package daemon
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/internal/logx"
+	"github.com/weavemesh/weave/internal/netdev"
+	"github.com/weavemesh/weave/internal/testutil"
+	"github.com/weavemesh/weave/mesh"
+)
+
+// newTestDaemon assembles a daemon around an in-memory mesh, a fake host and a memory-only
+// allocator: the API handlers run as in production, without root or sockets.
+func newTestDaemon(t testing.TB) *Daemon {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.StateDir = t.TempDir()
+	cfg.Logger = logx.Discard()
+	cfg.Links = netdev.NewFake()
+	cfg.NickName = "test"
+	name := mesh.PeerName(0x0200000000aa)
+	m, err := mesh.New(mesh.Config{Name: name, NickName: "test", ListenAddr: "10.0.0.1:6783",
+		Transport: mesh.NewMemNetwork().Transport("10.0.0.1"), NoMemberlist: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := loadEndpoints(cfg.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, links: cfg.Links, name: name, uid: 1, mtu: 1414,
+		endpoints: eps, mesh: m, ready: make(chan struct{}), done: make(chan struct{}), stopReq: make(chan struct{})}
+	if err := d.newIPAM(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.links.EnsureBridge(cfg.Bridge, nil, d.mtu); err != nil {
+		t.Fatal(err)
+	}
+	close(d.ready)
+	t.Cleanup(func() {
+		d.ipam.Close()
+		m.Close()
+	})
+	return d
+}
+
+func call(t testing.TB, h http.Handler, method, path, body string) (int, []byte) {
+	t.Helper()
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return w.Code, w.Body.Bytes()
+}
+
+func TestAPIRefusesBadRequestsWithStableCodes(t *testing.T) {
+	d := newTestDaemon(t)
+	h := d.apiHandler()
+	for _, tc := range []struct {
+		method, path, body string
+		status             int
+		code               api.ErrorCode
+		msg                string
+	}{
+		{"GET", "/v1/nothing", "", 404, api.CodeNotFound, "no such API path"},
+		{"POST", api.PathConnect, `{"peers":["a"],"bogus":1}`, 400, api.CodeBadRequest, "unknown field"},
+		{"POST", api.PathConnect, `{"peers":["a b"]}`, 400, api.CodeBadRequest, "bad peer address"},
+		{"POST", api.PathConnect, `{"peers":["a"]} {}`, 400, api.CodeBadRequest, "trailing data"},
+		{"POST", api.PathForget, `{"peers":[]}`, 400, api.CodeBadRequest, "no peers"},
+		{"POST", api.PathAttach, `{"target":"../etc"}`, 400, api.CodeBadRequest, "bad target"},
+		{"POST", api.PathAttach, `{"target":"/nonexistent/ns"}`, 404, api.CodeNotFound, "no network namespace"},
+		{"POST", api.PathAttach, `{"target":"999999999"}`, 404, api.CodeNotFound, "no process"},
+		{"POST", api.PathExpose, `{"cidrs":["10.32.0.0/12"]}`, 400, api.CodeBadRequest, "network or broadcast"},
+		{"POST", api.PathExpose, `{"cidrs":["fd00::1/64"]}`, 400, api.CodeBadRequest, "only IPv4"},
+		{"POST", api.PathHide, `{}`, 404, api.CodeNotFound, "not exposed"},
+		{"POST", api.PathIPAMClaim, `{"id":"x","iface":"e"}`, 400, api.CodeBadRequest, "needs a cidr"},
+		{"POST", api.PathIPAMAllocate, `{"id":"x","iface":"e","subnet":"nonsense"}`, 400, api.CodeBadRequest, "bad subnet"},
+		{"POST", api.PathRmpeer, `{"peer":"nobody"}`, 404, api.CodeNotFound, "no such peer"},
+	} {
+		status, body := call(t, h, tc.method, tc.path, tc.body)
+		var e api.Error
+		if err := json.Unmarshal(body, &e); err != nil || status != tc.status || e.Code != tc.code || !strings.Contains(e.Message, tc.msg) {
+			t.Errorf("%s %s %s: %d %s, want %d code %d %q", tc.method, tc.path, tc.body, status, body, tc.status, tc.code, tc.msg)
+		}
+	}
+}
+
+func TestAPIExposeAllocatesOnceAndReportShowsIt(t *testing.T) {
+	d := newTestDaemon(t)
+	d.ipam.Prime()
+	h := d.apiHandler()
+	var first api.Endpoint
+	// The one-peer ring forms asynchronously.
+	testutil.Eventually(t, 10*time.Second, "expose allocates", func() error {
+		status, body := call(t, h, "POST", api.PathExpose, `{}`)
+		if status != 200 {
+			return fmt.Errorf("%d %s", status, body)
+		}
+		return json.Unmarshal(body, &first)
+	})
+	if len(first.CIDRs) != 1 || !netip.MustParsePrefix("10.32.0.0/12").Contains(netip.MustParsePrefix(first.CIDRs[0]).Addr()) {
+		t.Fatalf("expose gave %+v", first)
+	}
+	_, body := call(t, h, "POST", api.PathExpose, `{}`)
+	var again api.Endpoint
+	json.Unmarshal(body, &again)
+	if again.CIDRs[0] != first.CIDRs[0] {
+		t.Errorf("second expose allocated again: %v then %v", first.CIDRs, again.CIDRs)
+	}
+	if l, _ := d.links.(*netdev.Fake).Link("weave"); len(l.Addrs) != 1 {
+		t.Errorf("bridge addresses %v", l.Addrs)
+	}
+	_, body = call(t, h, "GET", api.PathReport, "")
+	var rep api.Report
+	if err := json.Unmarshal(body, &rep); err != nil || rep.IPAM == nil || rep.IPAM.ActiveIPs != 1 || len(rep.Endpoints) != 1 || rep.Endpoints[0].ID != api.ExposeID {
+		t.Errorf("report: %v %+v", err, rep)
+	}
+}
+
+// FuzzAPI feeds arbitrary requests to every handler: nothing panics, and every refusal is a
+// well-formed error with a stable code.
+func FuzzAPI(f *testing.F) {
+	for _, p := range []string{api.PathConnect, api.PathForget, api.PathAttach, api.PathDetach, api.PathExpose,
+		api.PathHide, api.PathRmpeer, api.PathIPAMAllocate, api.PathIPAMClaim, api.PathIPAMRelease} {
+		f.Add(p, `{}`)
+		f.Add(p, `{"peers":["x:1"],"cidrs":["10.32.1.1/12"],"target":"x","id":"a","iface":"b","cidr":"10.32.1.1/12"}`)
+	}
+	f.Add(api.PathAttach, `{"target":"1","cidrs":["1.2.3.4/0"]}`)
+	f.Add("/v1/../v1/report", "")
+	d := newTestDaemon(f)
+	h := d.apiHandler()
+	f.Fuzz(func(t *testing.T, path, body string) {
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \r\n\t?#") || strings.Contains(path, "stop") || strings.Contains(path, "reset") {
+			return // not a request line an HTTP client can send; stop/reset end the daemon
+		}
+		if _, err := url.ParseRequestURI(path); err != nil {
+			return // the HTTP server refuses it before any handler runs
+		}
+		for _, method := range []string{"GET", "POST"} {
+			req := httptest.NewRequest(method, path, bytes.NewReader([]byte(body)))
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code/100 == 2 {
+				continue
+			}
+			if w.Code/100 == 3 {
+				continue // the mux cleans paths with a redirect
+			}
+			var e api.Error
+			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Code == 0 || e.Message == "" {
+				t.Fatalf("%s %q %q: %d with body %q", method, path, body, w.Code, w.Body.Bytes())
+			}
+		}
+	})
+}
