@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/router"
@@ -24,14 +26,25 @@ const envSleeveCiphers = "WEAVE_SLEEVE_CIPHERS"
 // start to close (for `go tool pprof`); a debug knob, kept off any network port.
 const envCPUProfile = "WEAVE_CPUPROFILE"
 
-// dataPlane wires the router (MAC learning) and the sleeve overlay between the TAP on the
-// bridge and the UDP socket on --port. Connections become established for data only once
-// the sleeve's heartbeats pass both ways (mesh.Config.OverlayConfirms).
+// dataPlane wires the router (MAC learning) and two overlays: the sleeve (userspace, UDP
+// --port, every pair) between the TAP on the bridge and the socket, and fastdp (kernel
+// VXLAN on --port+1, a port of the same bridge) for the pairs whose VXLAN heartbeats pass.
+// The overlay.Switch tells the router per neighbour whether the kernel already carried what
+// our bridge sent; fastdp flips it (OnChange).
+//
+// Connections become established for data once the sleeve's heartbeats pass both ways
+// (mesh.Config.OverlayConfirms), and only the sleeve calls SetEstablished: every pair
+// needs a working sleeve anyway (broadcasts a fastdp neighbour passes on, relayed frames,
+// the fallback), and a pair whose sleeve fails but whose VXLAN works is rare enough
+// (UDP --port filtered, --port+1 open) not to be worth a second path to "established".
 type dataPlane struct {
 	d      *Daemon
 	dev    tap.Device
 	bind   udp.Bind
 	sleeve *sleeve.Sleeve
+	sw     *overlay.Switch
+	fdp    *fastdp.FastDP    // nil: sleeve only, for the reason in noFdp
+	noFdp  fastdp.PeerStatus // why every pair is on sleeve when fdp is nil
 	router *router.Router
 	prof   *os.File // CPU profile being written, if asked for
 }
@@ -62,14 +75,26 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 		dev.Close()
 		return nil, err
 	}
-	r, err := router.New(router.Config{Name: d.name, TAP: dev, Forwarder: s,
-		Logger: d.log.With("component", "router")})
-	if err != nil {
+	dp := &dataPlane{d: d, dev: dev, bind: bind, sleeve: s, sw: overlay.NewSwitch(s)}
+	if err := dp.newFastDP(); err != nil {
 		s.Close()
 		dev.Close()
 		return nil, err
 	}
-	dp := &dataPlane{d: d, dev: dev, bind: bind, sleeve: s, router: r}
+	rcfg := router.Config{Name: d.name, TAP: dev, Forwarder: dp.sw, Logger: d.log.With("component", "router")}
+	if dp.fdp != nil {
+		rcfg.Learner = dp.fdp
+	}
+	r, err := router.New(rcfg)
+	if err != nil {
+		if dp.fdp != nil {
+			dp.fdp.Close()
+		}
+		s.Close()
+		dev.Close()
+		return nil, err
+	}
+	dp.router = r
 	if path := os.Getenv(envCPUProfile); path != "" {
 		if f, err := os.Create(path); err != nil {
 			d.log.Warn("cannot write the CPU profile", "path", path, "err", err)
@@ -83,9 +108,54 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 	return dp, nil
 }
 
+// newFastDP creates the kernel path unless --no-fastdp; a kernel without VXLAN leaves the
+// daemon on sleeve only, with the reason in status. The TAP is a port of the bridge by now:
+// it is isolated from the VXLAN port.
+func (dp *dataPlane) newFastDP() error {
+	d := dp.d
+	if d.cfg.NoFastDP {
+		dp.noFdp = fastdp.Unavailable(fastdp.ReasonDisabled, nil)
+		return nil
+	}
+	fdp, err := fastdp.New(fastdp.Config{
+		Name: d.name, Bridge: d.cfg.Bridge, Port: d.cfg.Port + 1,
+		// The VNI keeps meshes that share a host or an underlay apart; it travels in clear,
+		// so it comes from the (public) allocation range, never the password.
+		VNI:     fastdp.VNIFor(d.cfg.IPAllocRange.String()),
+		MTU:     d.mtu, // as the sleeve's: a pair changing overlay keeps its MTU
+		Isolate: []string{d.cfg.TAP},
+		Logger:  d.log.With("component", "fastdp"),
+		// Called after the kernel is programmed when a pair goes to fastdp, and before its
+		// entries go when it leaves: frames may be lost at a flip, never duplicated.
+		OnChange: dp.fastdpChanged,
+	})
+	if errors.Is(err, fastdp.ErrNoKernelSupport) {
+		d.log.Warn("no kernel VXLAN: every connection uses the sleeve", "err", err)
+		dp.noFdp = fastdp.Unavailable(fastdp.ReasonNoKernel, err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fastdp: %w", err)
+	}
+	dp.fdp = fdp
+	return nil
+}
+
+func (dp *dataPlane) fastdpChanged(st fastdp.PeerStatus) {
+	peer, err := mesh.ParsePeerName(st.Peer)
+	if err != nil {
+		return
+	}
+	maxFrame := 0
+	if st.Active {
+		maxFrame = dp.fdp.MTU() + 14
+	}
+	dp.sw.SetKernel(peer, maxFrame)
+}
+
 // configureMesh lets the data plane hook into connection setup before the mesh starts.
 func (dp *dataPlane) configureMesh(c *mesh.Config) {
-	c.Overlay = dp.sleeve
+	c.Overlay = overlayHooks{dp}
 	c.OverlayConfirms = true
 	if c.Features == nil {
 		c.Features = map[string]string{}
@@ -94,6 +164,48 @@ func (dp *dataPlane) configureMesh(c *mesh.Config) {
 		c.Features[k] = v
 	}
 	c.Features["overlays"] = "sleeve"
+	if dp.fdp != nil {
+		for k, v := range dp.fdp.Features() {
+			c.Features[k] = v
+		}
+		c.Features["overlays"] = "fastdp sleeve"
+	}
+}
+
+// overlayHooks fans the mesh's connection events out to both overlays, and each overlay
+// control message to the overlay it is for.
+type overlayHooks struct{ dp *dataPlane }
+
+func (h overlayHooks) ConnectionUp(ci mesh.ConnInfo) {
+	h.dp.sleeve.ConnectionUp(ci)
+	if f := h.dp.fdp; f != nil {
+		f.ConnectionUp(ci)
+		h.syncKernel(ci.Peer)
+	}
+}
+
+func (h overlayHooks) ConnectionDown(peer mesh.PeerName, connID uint64) {
+	h.dp.sleeve.ConnectionDown(peer, connID)
+	if f := h.dp.fdp; f != nil {
+		f.ConnectionDown(peer, connID)
+		h.syncKernel(peer)
+	}
+}
+
+// syncKernel turns the switch off for peer when fastdp dropped the pair without an
+// OnChange (a connection gone or replaced); turning it on is left to OnChange alone.
+func (h overlayHooks) syncKernel(peer mesh.PeerName) {
+	if !h.dp.fdp.Active(peer) {
+		h.dp.sw.SetKernel(peer, 0)
+	}
+}
+
+func (h overlayHooks) OverlayControl(peer mesh.PeerName, connID uint64, msg []byte) {
+	if f := h.dp.fdp; f != nil && fastdp.IsControl(msg) {
+		f.OverlayControl(peer, connID, msg)
+		return
+	}
+	h.dp.sleeve.OverlayControl(peer, connID, msg)
 }
 
 // start runs the data plane on top of the started mesh.
@@ -102,15 +214,24 @@ func (dp *dataPlane) start(m *mesh.Router) error {
 	m.OnPeerGC(dp.router.PeerGone)
 	dp.router.Start(m)
 	dp.sleeve.Start(m, dp.router)
+	if dp.fdp != nil {
+		dp.fdp.Start(m)
+	}
 	return nil
 }
 
-// close stops the data plane; idempotent. The TAP stays (persistent) for the next start.
+// close stops the data plane; idempotent. The TAP stays (persistent) for the next start,
+// and so does the VXLAN device with its entries (reset removes both).
 func (dp *dataPlane) close() error {
 	dp.logStats()
 	err := dp.router.Close() // closes the TAP
 	if e := dp.sleeve.Close(); err == nil {
 		err = e
+	}
+	if dp.fdp != nil {
+		if e := dp.fdp.Close(); err == nil {
+			err = e
+		}
 	}
 	if dp.prof != nil {
 		pprof.StopCPUProfile()
@@ -120,18 +241,39 @@ func (dp *dataPlane) close() error {
 	return err
 }
 
-// connOverlay tells the report which overlay carries data to peer, and its MTU.
-func (dp *dataPlane) connOverlay(peer mesh.PeerName) (overlayName string, mtu int, ok bool) {
+// connOverlay tells the report which overlay carries data to peer, its MTU, and why it is
+// not fastdp (empty when it is).
+func (dp *dataPlane) connOverlay(peer mesh.PeerName) (overlayName string, mtu int, why string, ok bool) {
 	info, ok := dp.sleeve.PeerInfo(peer)
 	if !ok || !info.Established {
-		return "", 0, false
+		return "", 0, "", false
 	}
-	return "sleeve", info.MTU, true
+	if dp.fdp == nil {
+		return "sleeve", info.MTU, dp.noFdp.Info(), true
+	}
+	st, known := dp.fdp.Status(peer)
+	if known && st.Active && dp.sw.KernelCarries(peer) {
+		return "fastdp", dp.fdp.MTU(), "", true
+	}
+	if !known {
+		return "sleeve", info.MTU, "sleeve: fastdp does not know the connection", true
+	}
+	return "sleeve", info.MTU, st.Info(), true
 }
 
-// stats returns the counters per overlay.
+// stats returns the counters per overlay. The kernel's frames never pass through the
+// daemon, so fastdp's entry counts what does: heartbeats in and out, refused input (drops
+// in) and kernel programming errors (drops out).
 func (dp *dataPlane) stats() map[string]OverlayStats {
-	return map[string]OverlayStats{"sleeve": dp.sleeve.Stats().Stats}
+	m := map[string]OverlayStats{"sleeve": dp.sleeve.Stats().Stats}
+	if dp.fdp != nil {
+		st := dp.fdp.Stats()
+		m["fastdp"] = OverlayStats{
+			FramesIn: st.BeatsReceived, FramesOut: st.BeatsSent,
+			DropsIn: st.BadFrames + st.BadControl + st.Unknown, DropsOut: st.KernelErrors,
+		}
+	}
+	return m
 }
 
 // annotateConnections fills in which overlay carries each established connection and its
@@ -142,8 +284,11 @@ func (dp *dataPlane) annotateConnections(conns []api.Connection) {
 		if err != nil {
 			continue
 		}
-		if ov, mtu, ok := dp.connOverlay(peer); ok {
+		if ov, mtu, why, ok := dp.connOverlay(peer); ok {
 			conns[i].Overlay, conns[i].MTU = ov, mtu
+			if why != "" {
+				conns[i].Info = strings.TrimPrefix(conns[i].Info+", "+why, ", ")
+			}
 		}
 	}
 }
@@ -151,6 +296,9 @@ func (dp *dataPlane) annotateConnections(conns []api.Connection) {
 // logStats logs what the data plane carried and how well the offloads batched it.
 func (dp *dataPlane) logStats() {
 	args := []any{"sleeve", dp.sleeve.Stats(), "router", dp.router.Stats()}
+	if dp.fdp != nil {
+		args = append(args, "fastdp", dp.fdp.Stats())
+	}
 	if sr, ok := dp.dev.(tap.StatsReporter); ok {
 		args = append(args, "tap", sr.Stats())
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/internal/netdev"
 )
 
@@ -39,6 +40,9 @@ func cleanupHost(cfg Config) error {
 		errs = append(errs, err)
 	}
 	if err := cfg.Links.Delete(cfg.TAP); err != nil {
+		errs = append(errs, err)
+	}
+	if err := fastdp.Cleanup("", fastdp.DefaultDevice(cfg.Port+1)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -326,10 +326,15 @@ func (f *FastDP) AddPeer(p Peer) error {
 }
 
 // RemovePeer forgets the peer's connection connID (a newer connection is left alone) and
-// removes its kernel entries. No OnChange call follows: the connection is gone.
+// removes its kernel entries. No OnChange call follows: the connection is gone. After Close
+// it does nothing: the entries stay with the device (see Close), and the mesh closing after
+// us must not spend its shutdown on netlink.
 func (f *FastDP) RemovePeer(name mesh.PeerName, connID uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
 	if p := f.peers[name]; p != nil && p.ConnID == connID {
 		f.removeLocked(p)
 	}

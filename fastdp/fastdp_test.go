@@ -191,6 +191,11 @@ func TestBlockedPathFallsBackAndReturns(t *testing.T) {
 	}
 	want := []string{"probing/probing/false", "healthy//true", "unhealthy/udp-blocked/false",
 		"unhealthy/recovering/false", "healthy//true"}
+	// The first report may come after the small heartbeats passed and before the full-size
+	// ones did (a loaded machine): probing with reason mtu is the same state.
+	if len(states) > 0 && states[0] == "probing/mtu/false" {
+		states[0] = want[0]
+	}
 	if fmt.Sprint(states) != fmt.Sprint(want) {
 		t.Fatalf("OnChange %v, want %v", states, want)
 	}

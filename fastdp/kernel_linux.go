@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -34,6 +35,10 @@ type vxlanKernel struct {
 	drop   netip.Addr // FDB destination that makes the device drop the frame
 	sock   *os.File
 
+	// reading is held (read side) by ReadFrame for the duration of a read, and taken by
+	// the goroutine that releases the socket, so that the release never falls on the reader.
+	reading   sync.RWMutex
+	released  bool // under reading (write side)
 	closeOnce sync.Once
 }
 
@@ -431,12 +436,30 @@ func (k *vxlanKernel) WriteFrame(frame []byte) error {
 	return err
 }
 
-func (k *vxlanKernel) ReadFrame(buf []byte) (int, error) { return k.sock.Read(buf) }
+func (k *vxlanKernel) ReadFrame(buf []byte) (int, error) {
+	k.reading.RLock()
+	defer k.reading.RUnlock()
+	if k.released {
+		return 0, os.ErrClosed
+	}
+	return k.sock.Read(buf)
+}
 
 func (k *vxlanKernel) Close() error {
 	k.closeOnce.Do(func() {
 		if k.sock != nil {
-			k.sock.Close()
+			// The deadline wakes the reader at once. Releasing a packet socket waits for
+			// an RCU grace period in the kernel (synchronize_net: 10-15 ms), which must not
+			// lengthen the daemon's shutdown (nor fall on the reader, which would perform
+			// the release if it held the last reference), so the descriptor is closed by a
+			// goroutine that waits for the reader to leave and ends when the kernel returns.
+			_ = k.sock.SetReadDeadline(time.Unix(1, 0))
+			go func() {
+				k.reading.Lock()
+				defer k.reading.Unlock()
+				k.released = true
+				k.sock.Close()
+			}()
 		}
 		if k.h != nil {
 			k.h.Close()

@@ -21,6 +21,12 @@ type Frame struct {
 	// place, with the TAP's header in front and room to coalesce behind, instead of copying.
 	Buf []byte
 	Off int
+	// Delivered: the kernel path (fastdp) already carried this frame from Src to Dst's
+	// bridge, so Dst must not deliver it again, only pass it on along Src's broadcast tree
+	// to the peers the kernel copy cannot reach (a fastdp neighbour never sees the kernel
+	// copy in its router). Only a frame captured by Src and sent to its neighbour Dst
+	// carries it.
+	Delivered bool
 }
 
 // Forwarder is the sending side of an overlay.
@@ -34,6 +40,14 @@ type Forwarder interface {
 	// MaxFrame is the largest Ethernet frame Forward can carry to hop in one piece (the
 	// path MTU minus the encapsulation), or 0 if hop is not reachable through this overlay.
 	MaxFrame(hop mesh.PeerName) int
+}
+
+// KernelCarrier is implemented by a Forwarder when a kernel path may carry the traffic
+// captured from our own bridge to some neighbours: the bridge hands such frames to the
+// kernel's port and to the router alike, and the router must then not send them again.
+type KernelCarrier interface {
+	// KernelCarries reports whether the kernel carries frames from our bridge to hop.
+	KernelCarries(hop mesh.PeerName) bool
 }
 
 // Receiver is what an overlay hands received frames to: the router.

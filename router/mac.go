@@ -73,32 +73,34 @@ func (c *macCache) learn(mac frame.MAC, peer mesh.PeerName, now int64) (moved bo
 	return false, 0
 }
 
-// expire forgets entries not seen for maxAge; it returns how many.
-func (c *macCache) expire(now int64) int {
+// expire forgets entries not seen for maxAge; it returns those that were not us (remote).
+func (c *macCache) expire(now int64, us mesh.PeerName) []frame.MAC {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := 0
+	var gone []frame.MAC
 	for mac, e := range c.m {
 		if now-e.seen.Load() > int64(c.maxAge) {
 			delete(c.m, mac)
-			n++
+			if e.peer != us {
+				gone = append(gone, mac)
+			}
 		}
 	}
-	return n
+	return gone
 }
 
-// forgetPeer drops every MAC of peer; it returns how many.
-func (c *macCache) forgetPeer(peer mesh.PeerName) int {
+// forgetPeer drops every MAC of peer and returns them.
+func (c *macCache) forgetPeer(peer mesh.PeerName) []frame.MAC {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := 0
+	var gone []frame.MAC
 	for mac, e := range c.m {
 		if e.peer == peer {
 			delete(c.m, mac)
-			n++
+			gone = append(gone, mac)
 		}
 	}
-	return n
+	return gone
 }
 
 func (c *macCache) get(mac frame.MAC) (mesh.PeerName, bool) {

@@ -43,8 +43,21 @@ type Config struct {
 	Forwarder overlay.Forwarder
 	// MACMaxAge: default DefaultMACMaxAge.
 	MACMaxAge time.Duration
+	// Learner, if set, hears which remote peer each MAC lives behind, so that a kernel path
+	// (fastdp) can send unicast to the right peer; *fastdp.FastDP implements it.
+	Learner Learner
 	// Logger: nil discards.
 	Logger *slog.Logger
+}
+
+// Learner follows the router's MAC learning for remote MACs. Its methods are called from
+// the forwarding goroutines and housekeeping, without the router's locks held; a MAC is
+// learned again only when it is new or moved, so calls are rare.
+type Learner interface {
+	// Learn: mac lives behind the remote peer.
+	Learn(mac net.HardwareAddr, peer mesh.PeerName)
+	// Forget: mac expired, moved to our own bridge, or its peer is gone.
+	Forget(mac net.HardwareAddr)
 }
 
 // Stats counts what the router did. Counters only grow.
@@ -58,6 +71,10 @@ type Stats struct {
 	Malformed                 uint64 // frames too short for an Ethernet header
 	MACMoves                  uint64 // MACs that moved between peers
 	TAPWriteErrors            uint64
+	// KernelCarried counts frames from our bridge that the router did not send because
+	// the kernel path (overlay.KernelCarrier) carried them already; KernelRelayOnly counts
+	// broadcasts sent over userspace to such a neighbour only for it to pass them on.
+	KernelCarried, KernelRelayOnly uint64
 }
 
 // Router is the L2 forwarding core between one TAP and the overlays.
@@ -70,6 +87,7 @@ type Router struct {
 	routes Routes
 	log    *slog.Logger
 	macs   *macCache
+	learnr Learner // nil: nobody follows learning
 
 	fwd    atomic.Pointer[fwdBox]
 	table  atomic.Pointer[routeTable] // immutable snapshot, replaced on route changes
@@ -86,6 +104,7 @@ type fwdBox struct{ f overlay.Forwarder }
 
 type counters struct {
 	tapIn, tapOut, relayed, noRoute, oversize, icmp, frag, malformed, moves, tapErr atomic.Uint64
+	kernel, relayOnly                                                               atomic.Uint64
 }
 
 // routeTable is a snapshot of the mesh's routes, so that the per-frame path takes no lock.
@@ -110,6 +129,7 @@ func New(cfg Config) (*Router, error) {
 		tap:    cfg.TAP,
 		log:    cfg.Logger,
 		macs:   newMACCache(cfg.MACMaxAge),
+		learnr: cfg.Learner,
 		dirty:  make(chan struct{}, 1),
 		closed: make(chan struct{}),
 	}
@@ -165,8 +185,9 @@ func (r *Router) RoutesChanged() {
 
 // PeerGone forgets every MAC learned from peer (the mesh garbage-collected it).
 func (r *Router) PeerGone(peer mesh.PeerName) {
-	if n := r.macs.forgetPeer(peer); n > 0 {
-		r.log.Debug("forgot MACs of a removed peer", "remote", peer.String(), "macs", n)
+	if gone := r.macs.forgetPeer(peer); len(gone) > 0 {
+		r.forget(gone)
+		r.log.Debug("forgot MACs of a removed peer", "remote", peer.String(), "macs", len(gone))
 	}
 	r.RoutesChanged()
 }
@@ -196,7 +217,7 @@ func (r *Router) Stats() Stats {
 		TAPFramesIn: c.tapIn.Load(), TAPFramesOut: c.tapOut.Load(), Relayed: c.relayed.Load(),
 		NoRoute: c.noRoute.Load(), Oversize: c.oversize.Load(), ICMPSent: c.icmp.Load(),
 		Fragmented: c.frag.Load(), Malformed: c.malformed.Load(), MACMoves: c.moves.Load(),
-		TAPWriteErrors: c.tapErr.Load(),
+		TAPWriteErrors: c.tapErr.Load(), KernelCarried: c.kernel.Load(), KernelRelayOnly: c.relayOnly.Load(),
 	}
 }
 
@@ -282,11 +303,22 @@ func (r *Router) routineHousekeeping() {
 			}
 			if now.Sub(lastExpiry) > r.macs.maxAge/10 {
 				lastExpiry = now
-				if n := r.macs.expire(now.UnixNano()); n > 0 {
-					r.log.Debug("expired MACs", "macs", n)
+				if gone := r.macs.expire(now.UnixNano(), r.name); len(gone) > 0 {
+					r.forget(gone)
+					r.log.Debug("expired MACs", "macs", len(gone))
 				}
 			}
 		}
+	}
+}
+
+// forget tells the Learner that remote MACs are gone.
+func (r *Router) forget(macs []frame.MAC) {
+	if r.learnr == nil {
+		return
+	}
+	for _, m := range macs {
+		r.learnr.Forget(net.HardwareAddr(m[:]))
 	}
 }
 

@@ -56,7 +56,7 @@ func (f *fakeForwarder) Forward(hop mesh.PeerName, frames []overlay.Frame) {
 		return
 	}
 	for _, fr := range frames {
-		f.sent = append(f.sent, overlay.Frame{Src: fr.Src, Dst: fr.Dst, Data: bytes.Clone(fr.Data)})
+		f.sent = append(f.sent, overlay.Frame{Src: fr.Src, Dst: fr.Dst, Data: bytes.Clone(fr.Data), Delivered: fr.Delivered})
 	}
 }
 

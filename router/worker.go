@@ -1,6 +1,7 @@
 package router
 
 import (
+	"net"
 	"time"
 
 	"github.com/weavemesh/weave/mesh"
@@ -42,7 +43,8 @@ type worker struct {
 
 type group struct {
 	hop    mesh.PeerName
-	max    int // largest frame the hop takes; 0: unreachable
+	max    int  // largest frame the hop takes; 0: unreachable
+	kernel bool // the kernel carries our bridge's frames to hop (overlay.KernelCarrier)
 	frames []overlay.Frame
 }
 
@@ -82,7 +84,7 @@ func (w *worker) handleCaptured(n int) {
 	r := w.r
 	w.begin()
 	us := r.name
-	var malformed uint64
+	var malformed, kernel uint64
 	// Segments of one super-frame share their MACs: look each pair up once per run.
 	var prevSrc, prevDst frame.MAC
 	var prevOwner mesh.PeerName
@@ -120,6 +122,11 @@ func (w *worker) handleCaptured(n int) {
 			// Both ends are on our bridge, which delivered it already.
 		default:
 			if hop, ok := r.unicastHop(w.table, owner); ok {
+				if hop == owner && w.group(hop).kernel {
+					// The bridge gave it to the kernel's port too, which sent it to owner.
+					kernel++
+					continue
+				}
 				fr.Dst = owner
 				w.add(hop, fr)
 			} else {
@@ -131,6 +138,9 @@ func (w *worker) handleCaptured(n int) {
 	r.stats.tapIn.Add(uint64(n))
 	if malformed > 0 {
 		r.stats.malformed.Add(malformed)
+	}
+	if kernel > 0 {
+		r.stats.kernel.Add(kernel)
 	}
 	w.finish()
 }
@@ -160,7 +170,9 @@ func (w *worker) handleForwarded(frames []overlay.Frame) {
 		if !src.IsMulticast() && r.macs.needsLearnLocked(src, fr.Src, w.now) {
 			w.learns = append(w.learns, learnOp{src, fr.Src})
 		}
-		w.injectFrame(fr)
+		if !fr.Delivered { // else the neighbour's kernel path delivered it to our bridge
+			w.injectFrame(fr)
+		}
 		// A frame for a MAC that is not on our bridge is a broadcast or an unknown unicast
 		// of fr.Src: it continues along fr.Src's tree (Weave's rule).
 		if owner, ok := r.macs.lookupLocked(dst); dst.IsMulticast() || !ok || owner != us {
@@ -181,10 +193,21 @@ func (w *worker) handleForwarded(frames []overlay.Frame) {
 }
 
 // flood sends fr to the next hops of its origin's (fr.Src) spanning tree, each tagged for
-// that hop.
+// that hop. A neighbour that the kernel path already gave our own frame to gets it marked
+// Delivered: it only passes it on to its part of the tree, which the kernel copy (isolated
+// from its router) cannot reach.
 func (w *worker) flood(fr overlay.Frame) {
+	own := fr.Src == w.r.name
+	fr.Delivered = false
 	for _, hop := range w.r.broadcastHops(w.table, fr.Src) {
 		fr.Dst = hop
+		if own && w.group(hop).kernel {
+			fr.Delivered = true
+			w.r.stats.relayOnly.Add(1)
+			w.add(hop, fr)
+			fr.Delivered = false
+			continue
+		}
 		w.add(hop, fr)
 	}
 }
@@ -194,6 +217,11 @@ func (w *worker) add(hop mesh.PeerName, fr overlay.Frame) {
 	g := w.group(hop)
 	if len(fr.Data) <= g.max {
 		g.frames = append(g.frames, fr)
+		return
+	}
+	if fr.Delivered {
+		// Its sender has it already (through the kernel): no ICMP, no fragments.
+		w.r.stats.oversize.Add(1)
 		return
 	}
 	w.oversize(g, fr)
@@ -212,7 +240,12 @@ func (w *worker) group(hop mesh.PeerName) *group {
 	}
 	g := &w.groups[len(w.groups)-1]
 	g.hop = hop
-	g.max = w.r.fwd.Load().f.MaxFrame(hop)
+	f := w.r.fwd.Load().f
+	g.max = f.MaxFrame(hop)
+	g.kernel = false
+	if kc, ok := f.(overlay.KernelCarrier); ok {
+		g.kernel = kc.KernelCarries(hop)
+	}
 	g.frames = g.frames[:0]
 	return g
 }
@@ -259,9 +292,18 @@ func (w *worker) alloc(n int) []byte {
 func (w *worker) finish() {
 	r := w.r
 	for _, l := range w.learns {
-		if moved, from := r.macs.learn(l.mac, l.peer, w.now); moved {
+		moved, from := r.macs.learn(l.mac, l.peer, w.now)
+		if moved {
 			r.stats.moves.Add(1)
 			r.log.Debug("MAC moved", "mac", l.mac.String(), "from", from.String(), "to", l.peer.String())
+		}
+		if r.learnr != nil {
+			switch {
+			case l.peer != r.name:
+				r.learnr.Learn(net.HardwareAddr(l.mac[:]), l.peer)
+			case moved:
+				r.learnr.Forget(net.HardwareAddr(l.mac[:])) // it came home to our bridge
+			}
 		}
 	}
 	w.flush()

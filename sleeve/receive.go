@@ -202,11 +202,16 @@ func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 			r.control(nb, payload, ep)
 			continue
 		}
+		delivered := false
+		if dst == mesh.UnknownPeerName && src == nb.name {
+			// The neighbour's kernel path delivered this frame to us already: pass it on only.
+			dst, delivered = s.cfg.Name, true
+		}
 		if src == mesh.UnknownPeerName || dst == mesh.UnknownPeerName {
 			s.stats.malformed.Add(1)
 			continue
 		}
-		r.frames = append(r.frames, overlay.Frame{Src: src, Dst: dst, Data: payload, Off: payloadAt})
+		r.frames = append(r.frames, overlay.Frame{Src: src, Dst: dst, Data: payload, Off: payloadAt, Delivered: delivered})
 	}
 	// Nothing follows the last frame in its buffer: the router may write it to the TAP in
 	// place and coalesce into the rest of the buffer.

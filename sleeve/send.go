@@ -254,6 +254,10 @@ func (n *neighbour) pack(frames []overlay.Frame, locked bool) {
 	b := n.getBatch(limit)
 	for _, fr := range frames {
 		need := recordHeaderLen + len(fr.Data)
+		dst := fr.Dst
+		if fr.Delivered {
+			dst = mesh.UnknownPeerName // see wire.go: delivered already, pass on only
+		}
 		if need > limit || len(fr.Data) > 0xffff {
 			drops++ // the router sizes frames with MaxFrame; the path may just have shrunk
 			continue
@@ -271,11 +275,11 @@ func (n *neighbour) pack(frames []overlay.Frame, locked bool) {
 		i := b.n - 1
 		if lend {
 			start := fr.Off - recordHeaderLen
-			putRecord(fr.Buf[start:], fr.Src, fr.Dst, len(fr.Data)) // the frame is already there
+			putRecord(fr.Buf[start:], fr.Src, dst, len(fr.Data)) // the frame is already there
 			b.lentBuf[i], b.lentOff[i], b.lens[i] = fr.Buf, start, need
 		} else {
 			off := sealedHeaderLen + b.lens[i]
-			copy(putRecord(b.bufs[i][off:], fr.Src, fr.Dst, len(fr.Data)), fr.Data)
+			copy(putRecord(b.bufs[i][off:], fr.Src, dst, len(fr.Data)), fr.Data)
 			b.lens[i] += need
 		}
 		b.frames++

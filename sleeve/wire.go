@@ -17,7 +17,10 @@ import (
 // The sender is the neighbour that sent the datagram (it selects the connection and its
 // keys); src and dst are the peers that captured the frame and that it is for, so a relay
 // forwards records unchanged. A record with src = dst = 0 is a control message between the
-// two neighbours (heartbeat, MTU probe, probe ack), never relayed.
+// two neighbours (heartbeat, MTU probe, probe ack), never relayed. A record with dst = 0
+// and src = sender is a frame the sender's kernel path (fastdp) already delivered to us: we
+// pass it on along src's broadcast tree without delivering it again (overlay.Frame's
+// Delivered); a receiver that does not know this drops it as malformed.
 const (
 	nameLen         = 6
 	seqLen          = 8
