@@ -91,7 +91,9 @@ func New(cfg Config) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	lock, err := lockStateDir(cfg.StateDir, 0)
+	// A router that was just stopped may still be closing its devices after its socket is
+	// gone (weavectl stop returns then): wait a little for its lock rather than failing.
+	lock, err := lockStateDir(cfg.StateDir, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
