@@ -2,7 +2,6 @@ package fastdp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/weavemesh/weave/internal/netlab"
 	"github.com/weavemesh/weave/internal/testutil"
@@ -332,46 +330,23 @@ const testEtherType = 0x88b6
 // packetSocket opens an AF_PACKET socket for testEtherType on link in namespace ns.
 func packetSocket(t *testing.T, ns, link string) *os.File {
 	t.Helper()
-	var f *os.File
-	err := inNetns(ns, func() error {
-		ifi, err := net.InterfaceByName(link)
-		if err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(htons(testEtherType)))
-		if err != nil {
-			return err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(testEtherType), Ifindex: ifi.Index}); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		f = os.NewFile(uintptr(fd), link)
-		return nil
-	})
+	f, err := netlab.PacketSocket(ns, link, testEtherType)
 	if err != nil {
-		t.Fatalf("packet socket on %s in %s: %v", link, ns, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
 }
 
-// countFrames reads what arrived on s until it stays quiet for a moment (only incoming
-// frames: a packet socket of one EtherType never sees its own sends).
+// countFrames counts the frames that arrive on s until it stays quiet for 300 ms (a packet
+// socket of one EtherType never sees its own sends).
 func countFrames(t *testing.T, s *os.File) int {
 	t.Helper()
-	buf := make([]byte, 2048)
-	n := 0
-	for {
-		s.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		if _, err := s.Read(buf); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return n
-			}
-			t.Fatalf("read: %v", err)
-		}
-		n++
+	n, err := netlab.CountFrames(s, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return n
 }
 
 // Broadcasts from a container reach every fastdp peer's containers exactly once through

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"time"
 )
 
 func checkPlatform() error {
@@ -19,3 +21,9 @@ func listenIn(string, string, string) (net.Listener, error) { return nil, checkP
 func listenPacketIn(string, string, string) (net.PacketConn, error) { return nil, checkPlatform() }
 
 func dialIn(context.Context, string, string, string) (net.Conn, error) { return nil, checkPlatform() }
+
+// PacketSocket needs Linux.
+func PacketSocket(string, string, uint16) (*os.File, error) { return nil, checkPlatform() }
+
+// CountFrames needs Linux.
+func CountFrames(*os.File, time.Duration) (int, error) { return 0, checkPlatform() }

@@ -1,0 +1,56 @@
+package netlab
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// PacketSocket opens a raw AF_PACKET socket for one EtherType on link inside namespace ns: tests
+// use it to send hand-made frames and to count exactly which copies of a frame arrived where.
+// The socket never sees its own sends.
+func PacketSocket(ns, link string, etherType uint16) (*os.File, error) {
+	proto := etherType<<8 | etherType>>8 // network byte order
+	var f *os.File
+	err := inNetns(ns, func() error {
+		ifi, err := net.InterfaceByName(link)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(proto))
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: ifi.Index}); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		f = os.NewFile(uintptr(fd), link)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netlab: packet socket on %s in %s: %w", link, ns, err)
+	}
+	return f, nil
+}
+
+// CountFrames reads what arrives on s until nothing has come for quiet, and returns how many
+// frames came: the window in which a forwarding loop would show up as extra copies.
+func CountFrames(s *os.File, quiet time.Duration) (int, error) {
+	buf := make([]byte, 65536)
+	n := 0
+	for {
+		s.SetReadDeadline(time.Now().Add(quiet))
+		if _, err := s.Read(buf); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return n, nil
+			}
+			return n, fmt.Errorf("netlab: read frames: %w", err)
+		}
+		n++
+	}
+}
