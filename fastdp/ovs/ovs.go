@@ -227,26 +227,21 @@ func (b *Backend) transact(ctx context.Context, what string, done func() bool, o
 }
 
 func (b *Backend) bridge(name string) *vswitch.Bridge {
-	var found []vswitch.Bridge
-	_ = b.ovs.WhereCache(func(br *vswitch.Bridge) bool { return br.Name == name }).List(context.Background(), &found)
-	if len(found) == 0 {
-		return nil
-	}
-	return &found[0]
+	return cached(b, func(br *vswitch.Bridge) bool { return br.Name == name })
 }
 
 func (b *Backend) port(name string) *vswitch.Port {
-	var found []vswitch.Port
-	_ = b.ovs.WhereCache(func(p *vswitch.Port) bool { return p.Name == name }).List(context.Background(), &found)
-	if len(found) == 0 {
-		return nil
-	}
-	return &found[0]
+	return cached(b, func(p *vswitch.Port) bool { return p.Name == name })
 }
 
 func (b *Backend) iface(name string) *vswitch.Interface {
-	var found []vswitch.Interface
-	_ = b.ovs.WhereCache(func(i *vswitch.Interface) bool { return i.Name == name }).List(context.Background(), &found)
+	return cached(b, func(i *vswitch.Interface) bool { return i.Name == name })
+}
+
+// cached returns the first row of the local cache that match accepts, or nil.
+func cached[T any](b *Backend, match func(*T) bool) *T {
+	var found []T
+	_ = b.ovs.WhereCache(match).List(context.Background(), &found)
 	if len(found) == 0 {
 		return nil
 	}
