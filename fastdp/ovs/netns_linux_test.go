@@ -2,7 +2,6 @@ package ovs
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -370,37 +368,9 @@ func TestOVSPingIperfAndCleanup(t *testing.T) {
 // to a's) and returns the received rate in Gbit/s.
 func iperf(t *testing.T, a, b *ovsHost, secs int, extra ...string) float64 {
 	t.Helper()
-	srv, err := b.c.Start("iperf3-server", nil, "iperf3", "-s", "-1", "--forceflush")
+	gbps, err := netlab.Iperf(context.Background(), a.c, b.c, b.addr, secs, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Signal(syscall.SIGKILL)
-	testutil.Eventually(t, 10*time.Second, "iperf3 server listening", func() error {
-		if !strings.Contains(srv.Log(), "Server listening") {
-			return fmt.Errorf("server log: %q", srv.Log())
-		}
-		return nil
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+20)*time.Second)
-	defer cancel()
-	out, err := a.c.Run(ctx, append([]string{"iperf3", "-J", "-c", b.addr.String(), "-t", strconv.Itoa(secs)}, extra...)...)
-	if err != nil {
-		t.Fatalf("iperf3: %v\n%.500s", err, out)
-	}
-	var res struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				Bytes         float64 `json:"bytes"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("iperf3 output: %v\n%.500s", err, out)
-	}
-	if res.Error != "" {
-		t.Fatalf("iperf3: %s", res.Error)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9
+	return gbps
 }

@@ -3,7 +3,6 @@ package netns
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -103,45 +102,11 @@ func pingOK(t *testing.T, from *dpNode, to netip.Addr, size int, extra ...string
 // received rate in Gbit/s.
 func iperf(t *testing.T, a, b *dpNode, secs int) float64 {
 	t.Helper()
-	srv, err := b.c.Start("iperf3-server", nil, "iperf3", "-s", "-1", "--forceflush")
+	gbps, err := netlab.Iperf(context.Background(), a.c, b.c, b.addr, secs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Signal(syscall.SIGKILL)
-	testutil.Eventually(t, 10*time.Second, "iperf3 server listening", func() error {
-		if !strings.Contains(srv.Log(), "Server listening") {
-			return fmt.Errorf("server log: %q", srv.Log())
-		}
-		return nil
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+20)*time.Second)
-	defer cancel()
-	var out []byte
-	testutil.Eventually(t, 10*time.Second, "iperf3 client connects", func() error {
-		out, err = a.c.Run(ctx, "iperf3", "-J", "-c", b.addr.String(), "-t", fmt.Sprint(secs))
-		if err != nil {
-			return fmt.Errorf("%v: %.300s", err, out)
-		}
-		return nil
-	})
-	var res struct {
-		Error string `json:"error"`
-		End   struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("iperf3 output: %v\n%.500s", err, out)
-	}
-	if res.Error != "" {
-		t.Fatalf("iperf3: %s", res.Error)
-	}
-	if res.End.SumReceived.BitsPerSecond <= 0 {
-		t.Logf("iperf3 output:\n%.3000s\nserver:\n%s", out, srv.Log())
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9
+	return gbps
 }
 
 // capture records the sleeve's UDP on h's underlay link while fn runs, and returns the pcap.
