@@ -3,6 +3,8 @@ package ovs
 import (
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -105,6 +107,110 @@ func (l *NetlinkLinks) Uplink(bridge, ovsEnd, bridgeEnd string, mtu int) error {
 		}
 	}
 	return nil
+}
+
+// Pair creates (or completes) the veth pair ovsEnd <-> hostEnd, both ends with mtu and up.
+// IPv6 is off on hostEnd, so the kernel sends nothing of its own (router solicitations)
+// through it.
+func (l *NetlinkLinks) Pair(ovsEnd, hostEnd string, mtu int) error {
+	if _, err := l.h.LinkByName(ovsEnd); err != nil {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ovsEnd, MTU: mtu}, PeerName: hostEnd, PeerMTU: uint32(mtu)}
+		if err := l.h.LinkAdd(v); err != nil {
+			return fmt.Errorf("ovs: add veth %s/%s: %w", ovsEnd, hostEnd, err)
+		}
+	}
+	_ = l.inNetns(func() error {
+		return os.WriteFile(filepath.Join("/proc/sys/net/ipv6/conf", hostEnd, "disable_ipv6"), []byte("1"), 0o644)
+	})
+	for _, name := range []string{ovsEnd, hostEnd} {
+		link, err := l.h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("ovs: %s: %w", name, err)
+		}
+		if link.Attrs().MTU != mtu {
+			if err := l.h.LinkSetMTU(link, mtu); err != nil {
+				return fmt.Errorf("ovs: mtu of %s: %w", name, err)
+			}
+		}
+		if err := l.h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("ovs: up %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Isolate makes dev an isolated port of its bridge.
+func (l *NetlinkLinks) Isolate(dev string) error {
+	link, err := l.h.LinkByName(dev)
+	if err != nil {
+		return fmt.Errorf("ovs: isolate %s: %w", dev, err)
+	}
+	if err := l.h.LinkSetIsolated(link, true); err != nil {
+		return fmt.Errorf("ovs: isolate %s: %w", dev, err)
+	}
+	return nil
+}
+
+// FlushLearned removes the dynamically learned FDB entries of every port of bridge.
+func (l *NetlinkLinks) FlushLearned(bridge string) error {
+	br, err := l.h.LinkByName(bridge)
+	if err != nil {
+		return fmt.Errorf("ovs: flush %s: %w", bridge, err)
+	}
+	ns, err := l.h.NeighList(0, unix.AF_BRIDGE)
+	if err != nil {
+		return fmt.Errorf("ovs: list fdb of %s: %w", bridge, err)
+	}
+	for i := range ns {
+		n := ns[i]
+		if n.MasterIndex != br.Attrs().Index || n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+			continue
+		}
+		n.Flags = netlink.NTF_MASTER
+		if err := l.h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("ovs: flush fdb of %s: %w", bridge, err)
+		}
+	}
+	return nil
+}
+
+// HardwareAddr returns dev's MAC.
+func (l *NetlinkLinks) HardwareAddr(dev string) ([6]byte, error) {
+	link, err := l.h.LinkByName(dev)
+	if err != nil {
+		return [6]byte{}, fmt.Errorf("ovs: %s: %w", dev, err)
+	}
+	if len(link.Attrs().HardwareAddr) != 6 {
+		return [6]byte{}, fmt.Errorf("ovs: %s has no Ethernet address", dev)
+	}
+	return [6]byte(link.Attrs().HardwareAddr), nil
+}
+
+// OpenPacket opens an AF_PACKET socket on dev bound to HeartbeatEtherType.
+func (l *NetlinkLinks) OpenPacket(dev string) (io.ReadWriteCloser, error) {
+	link, err := l.h.LinkByName(dev)
+	if err != nil {
+		return nil, fmt.Errorf("ovs: %s: %w", dev, err)
+	}
+	proto := uint16(HeartbeatEtherType)
+	proto = proto<<8 | proto>>8 // network byte order
+	var f *os.File
+	err = l.inNetns(func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(proto))
+		if err != nil {
+			return fmt.Errorf("ovs: packet socket: %w", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: link.Attrs().Index}); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("ovs: bind packet socket to %s: %w", dev, err)
+		}
+		f = os.NewFile(uintptr(fd), "ovs-heartbeat-"+dev)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // Close releases the netlink socket.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -41,6 +42,11 @@ const (
 	keyOwnedLink = "weave-owned-link"
 
 	tunnelPrefix = "wvx"
+
+	// forwardBPDU lets NORMAL forward frames to reserved group addresses (01:80:c2:00:00:0x),
+	// which it drops by default: fastdp's heartbeats go to 01:80:c2:00:00:0e, chosen because a
+	// Linux bridge never forwards that group to containers.
+	forwardBPDU = "forward-bpdu"
 
 	// QuarantineVLAN holds the tunnel ports of inactive peers (SetPeerActive): an access
 	// port of a VLAN no other port carries, so NORMAL forwards nothing to or from it.
@@ -274,14 +280,22 @@ func (b *Backend) EnsureBridge() error {
 		if !b.ours(br.ExternalIDs) {
 			return fmt.Errorf("ovs: bridge %s: %w", name, ErrNotOurs)
 		}
-		if br.DatapathType != b.cfg.DatapathType {
+		if br.DatapathType != b.cfg.DatapathType || br.OtherConfig[forwardBPDU] != "true" {
 			upd := *br
 			upd.DatapathType = b.cfg.DatapathType
-			ops, err := b.ovs.Where(&upd).Update(&upd, &upd.DatapathType)
+			upd.OtherConfig = maps.Clone(br.OtherConfig)
+			if upd.OtherConfig == nil {
+				upd.OtherConfig = map[string]string{}
+			}
+			upd.OtherConfig[forwardBPDU] = "true"
+			ops, err := b.ovs.Where(&upd).Update(&upd, &upd.DatapathType, &upd.OtherConfig)
 			if err != nil {
 				return fmt.Errorf("ovs: update bridge %s: %w", name, err)
 			}
-			return b.transact(ctx, "set datapath_type of "+name, nil, ops...)
+			return b.transact(ctx, "update bridge "+name, func() bool {
+				br := b.bridge(name)
+				return br != nil && br.OtherConfig[forwardBPDU] == "true" && br.DatapathType == b.cfg.DatapathType
+			}, ops...)
 		}
 		return nil
 	}
@@ -292,7 +306,8 @@ func (b *Backend) EnsureBridge() error {
 	iface := &vswitch.Interface{UUID: "iface", Name: name, Type: "internal", ExternalIDs: b.ids(roleBridge)}
 	port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, Trunks: untaggedOnly, ExternalIDs: b.ids(roleBridge)}
 	br := &vswitch.Bridge{UUID: "bridge", Name: name, DatapathType: b.cfg.DatapathType,
-		Ports: []string{port.UUID}, ExternalIDs: b.ids(roleBridge)}
+		Ports: []string{port.UUID}, ExternalIDs: b.ids(roleBridge),
+		OtherConfig: map[string]string{forwardBPDU: "true"}}
 	ops, err := b.ovs.Create(iface, port, br)
 	if err != nil {
 		return fmt.Errorf("ovs: create bridge %s: %w", name, err)
@@ -309,13 +324,9 @@ func (b *Backend) EnsureBridge() error {
 	return nil
 }
 
-// addPort adds a port with one interface to our bridge, or updates the interface's type and
-// options when the port is already there and ours.
-func (b *Backend) addPort(ctx context.Context, name, typ string, options map[string]string, protected bool, ids map[string]string) error {
-	return b.addPortTagged(ctx, name, typ, options, protected, nil, ids)
-}
-
-// addPortTagged is addPort with the port's VLAN tag (nil: untagged frames only).
+// addPortTagged adds a port with one interface to our bridge, in VLAN tag (nil: untagged
+// frames only), or updates the interface's type and options when the port is already there
+// and ours (its tag stays).
 func (b *Backend) addPortTagged(ctx context.Context, name, typ string, options map[string]string, protected bool, tag *int, ids map[string]string) error {
 	br := b.bridge(b.cfg.Bridge)
 	if br == nil || !b.ours(br.ExternalIDs) {
@@ -393,8 +404,13 @@ func (b *Backend) removePort(ctx context.Context, name string) error {
 	return b.transact(ctx, "remove port "+name, func() bool { return b.port(name) == nil }, ops...)
 }
 
-// AddPeer adds (or retargets) the VXLAN port to peer at its underlay address.
-func (b *Backend) AddPeer(peer string, remote netip.Addr) error {
+// AddPeer adds (or retargets) the VXLAN port to peer at its underlay address; a new port
+// starts active (SetPeerActive).
+func (b *Backend) AddPeer(peer string, remote netip.Addr) error { return b.addPeer(peer, remote, true) }
+
+// addPeer is AddPeer; a port it creates starts quarantined unless active. A port that exists
+// keeps its state.
+func (b *Backend) addPeer(peer string, remote netip.Addr, active bool) error {
 	if !remote.IsValid() || remote.IsUnspecified() || remote.IsMulticast() {
 		return fmt.Errorf("ovs: add peer %s: bad remote address %v", peer, remote)
 	}
@@ -411,7 +427,12 @@ func (b *Backend) AddPeer(peer string, remote netip.Addr) error {
 		"dst_port":  strconv.Itoa(b.cfg.Port),
 		"key":       strconv.FormatUint(uint64(b.cfg.VNI), 10),
 	}
-	if err := b.addPort(ctx, name, "vxlan", opts, true, b.ids(roleTunnel, KeyPeer, peer)); err != nil {
+	var tag *int
+	if !active {
+		q := QuarantineVLAN
+		tag = &q
+	}
+	if err := b.addPortTagged(ctx, name, "vxlan", opts, true, tag, b.ids(roleTunnel, KeyPeer, peer)); err != nil {
 		return err
 	}
 	b.log.Debug("peer tunnel", "peer", peer, "port", name, "remote", remote)
@@ -480,6 +501,28 @@ func (b *Backend) RemovePeer(peer string) error {
 	return b.removePort(ctx, TunnelName(peer))
 }
 
+// RemoveAllPeers removes every tunnel port of ours: what an earlier run left, before the
+// peers come back one by one.
+func (b *Backend) RemoveAllPeers() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ctx, cancel, err := b.op()
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	var ports []vswitch.Port
+	_ = b.ovs.WhereCache(func(p *vswitch.Port) bool {
+		return b.ours(p.ExternalIDs) && p.ExternalIDs[KeyRole] == roleTunnel
+	}).List(ctx, &ports)
+	for _, p := range ports {
+		if err := b.removePort(ctx, p.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Peers returns the peers with a tunnel port of ours and the address each one points at.
 func (b *Backend) Peers() map[string]netip.Addr {
 	var ifs []vswitch.Interface
@@ -496,7 +539,10 @@ func (b *Backend) Peers() map[string]netip.Addr {
 
 // AddLocalPort adds the existing Linux interface dev (a veth end towards the weave Linux
 // bridge, or a container's) to our bridge. With owned set, Cleanup deletes the device too.
-func (b *Backend) AddLocalPort(dev string, owned bool) error {
+func (b *Backend) AddLocalPort(dev string, owned bool) error { return b.addLocalPort(dev, owned, nil) }
+
+// addLocalPort is AddLocalPort with the port's VLAN tag (nil: untagged frames only).
+func (b *Backend) addLocalPort(dev string, owned bool, tag *int) error {
 	if !ifname.MatchString(dev) || strings.HasPrefix(dev, tunnelPrefix) || dev == b.cfg.Bridge {
 		return fmt.Errorf("ovs: local port name %q not allowed", dev)
 	}
@@ -511,7 +557,7 @@ func (b *Backend) AddLocalPort(dev string, owned bool) error {
 	if owned {
 		ids[keyOwnedLink] = "true"
 	}
-	return b.addPort(ctx, dev, "", nil, false, ids)
+	return b.addPortTagged(ctx, dev, "", nil, false, tag, ids)
 }
 
 // AttachLinuxBridge joins the Linux bridge (the weave bridge, where containers, the CNI
