@@ -20,7 +20,6 @@ import (
 type ovsHost struct {
 	h    *netlab.Host
 	sock string
-	ul   *Backend // the underlay bridge: scaffolding a netdev host needs, not ours to clean
 	b    *Backend // the weave bridge under test
 	c    *netlab.Container
 	addr netip.Addr // the container's overlay address
@@ -37,24 +36,11 @@ func (o *ovsHost) run(t *testing.T, argv ...string) string {
 	return string(out)
 }
 
-// startOVS starts the two daemons in h's namespace with every file in h's own directory, so
-// they share nothing with each other or with a system-wide Open vSwitch.
+// startOVS starts ovsdb-server and ovs-vswitchd in h's namespace (netlab.Host.StartOVS).
 func startOVS(t *testing.T, h *netlab.Host) *ovsHost {
 	t.Helper()
-	dir, err := h.Dir()
+	sock, err := h.StartOVS(t.Context(), schemaFile)
 	if err != nil {
-		t.Fatal(err)
-	}
-	argv, sock := ovsdbArgv(t, dir)
-	if _, err := h.Start("ovsdb-server", ovsEnv(dir), argv...); err != nil {
-		t.Fatal(err)
-	}
-	initDB(t, sock)
-	if _, err := h.Start("ovs-vswitchd", ovsEnv(dir), "ovs-vswitchd", "unix:"+sock,
-		"--pidfile="+filepath.Join(dir, "ovs-vswitchd.pid"),
-		"--unixctl="+filepath.Join(dir, "ovs-vswitchd.ctl"),
-		"--log-file="+filepath.Join(dir, "ovs-vswitchd.log"),
-	); err != nil {
 		t.Fatal(err)
 	}
 	return &ovsHost{h: h, sock: sock}
@@ -75,23 +61,13 @@ func waitLink(t *testing.T, n netlab.Runner, dev string, gone bool) {
 	})
 }
 
-// underlay moves the host's underlay address onto an OVS netdev bridge that owns eth0: the
-// userspace datapath routes and resolves tunnel endpoints only through its own bridges.
+// underlay moves the host's underlay address onto an OVS netdev bridge "wul" that owns
+// eth0 (netlab.Host.OVSNetdevUnderlay): scaffolding a netdev host needs, not ours to clean.
 func (o *ovsHost) underlay(t *testing.T) {
 	t.Helper()
-	o.ul = newBackend(t, Config{Socket: o.sock, Bridge: "wul", DatapathType: "netdev", Owner: "lab-underlay"})
-	if err := o.ul.EnsureBridge(); err != nil {
+	if err := o.h.OVSNetdevUnderlay(t.Context(), o.sock, "wul"); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.ul.AddLocalPort(netlab.UnderlayLink, false); err != nil {
-		t.Fatal(err)
-	}
-	waitLink(t, o.h, "wul", false)
-	pfx := netip.PrefixFrom(o.h.Addr, 24).String()
-	o.run(t, "ethtool", "-K", netlab.UnderlayLink, "tx", "off")
-	o.run(t, "ip", "addr", "del", pfx, "dev", netlab.UnderlayLink)
-	o.run(t, "ip", "addr", "add", pfx, "dev", "wul")
-	o.run(t, "ip", "link", "set", "wul", "up")
 }
 
 // container adds a container whose veth's host end "vo1" is a port of our bridge; both ends

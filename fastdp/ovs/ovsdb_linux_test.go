@@ -3,7 +3,6 @@ package ovs
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,51 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weavemesh/weave/internal/netlab"
 	"github.com/weavemesh/weave/internal/testutil"
 )
 
-// ovsEnv keeps every OVS tool's default run/log/db directory inside dir, so nothing ever
-// touches a system-wide /run/openvswitch.
-func ovsEnv(dir string) []string {
-	return []string{"OVS_RUNDIR=" + dir, "OVS_LOGDIR=" + dir, "OVS_DBDIR=" + dir, "OVS_SYSCONFDIR=" + dir}
-}
-
-// ovsdbArgv creates a fresh database in dir from the committed schema and returns the
-// ovsdb-server command line serving it on dir/db.sock.
-func ovsdbArgv(t *testing.T, dir string) (argv []string, sock string) {
-	t.Helper()
-	db := filepath.Join(dir, "conf.db")
-	if out, err := exec.Command("ovsdb-tool", "create", db, filepath.Join("schema", "vswitch.ovsschema")).CombinedOutput(); err != nil {
-		t.Fatalf("ovsdb-tool create: %v\n%s", err, out)
-	}
-	sock = filepath.Join(dir, "db.sock")
-	return []string{"ovsdb-server", db,
-		"--remote=punix:" + sock,
-		"--pidfile=" + filepath.Join(dir, "ovsdb-server.pid"),
-		"--unixctl=" + filepath.Join(dir, "ovsdb-server.ctl"),
-		"--log-file=" + filepath.Join(dir, "ovsdb-server.log"),
-	}, sock
-}
+// schemaFile is the committed schema the vswitch model was generated from.
+const schemaFile = "schema/vswitch.ovsschema"
 
 // vsctl runs ovs-vsctl against sock without waiting for ovs-vswitchd.
-func vsctl(sock string, args ...string) (string, error) {
-	cmd := exec.Command("ovs-vsctl", append([]string{"--db=unix:" + sock, "--no-wait", "--timeout=5"}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("ovs-vsctl %s: %w: %s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
-// initDB waits for the server to answer and creates the Open_vSwitch root row, as the
-// packaged service does on first start.
-func initDB(t *testing.T, sock string) {
-	t.Helper()
-	testutil.Eventually(t, 10*time.Second, "ovsdb-server answers", func() error {
-		_, err := vsctl(sock, "init")
-		return err
-	})
-}
+func vsctl(sock string, args ...string) (string, error) { return netlab.Vsctl(sock, args...) }
 
 // startOVSDB runs a private ovsdb-server (no ovs-vswitchd: the database alone) as a child
 // of the test; enough to check every transaction we send, without root.
@@ -70,9 +33,12 @@ func startOVSDB(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	argv, sock := ovsdbArgv(t, dir)
+	argv, sock, err := netlab.OVSDBCommand(t.Context(), dir, schemaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), ovsEnv(dir)...)
+	cmd.Env = append(os.Environ(), netlab.OVSEnv(dir)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start ovsdb-server: %v", err)
@@ -81,7 +47,9 @@ func startOVSDB(t *testing.T) string {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	initDB(t, sock)
+	if err := netlab.InitOVSDB(t.Context(), sock); err != nil {
+		t.Fatal(err)
+	}
 	return sock
 }
 
