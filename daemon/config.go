@@ -33,6 +33,13 @@ type Config struct {
 	MTU int
 	// NoFastDP keeps every connection on the sleeve overlay.
 	NoFastDP bool
+	// Datapath is the kernel path's backend: "linux" (or empty: a VXLAN device on the
+	// bridge) or "ovs" (an Open vSwitch bridge through OVSSocket; see dataplane_ovs.go).
+	Datapath string
+	// OVSSocket is ovsdb-server's socket for --datapath=ovs ("unix:" prefix optional).
+	OVSSocket string
+	// OVSDatapathType is the OVS bridge's datapath_type: "" (system) or "netdev".
+	OVSDatapathType string
 	// IPAllocRange is the IPAM universe.
 	IPAllocRange netip.Prefix
 	// IPAllocInit is consensus[=N], seed=NAME,... or observer.
@@ -73,6 +80,8 @@ func DefaultConfig() Config {
 		IPAllocRange:    netip.MustParsePrefix(api.DefaultIPRange),
 		IPAllocInit:     "consensus",
 		ConnLimit:       200,
+		Datapath:        DatapathLinux,
+		OVSSocket:       DefaultOVSSocket,
 		ShutdownTimeout: 10 * time.Second,
 		Version:         "dev",
 	}
@@ -97,6 +106,9 @@ func (c *Config) validate() error {
 	}
 	if c.Bridge == "" || len(c.Bridge) > 15 || c.TAP == "" || len(c.TAP) > 15 {
 		errs = append(errs, fmt.Errorf("bridge %q and tap %q names must be 1-15 characters", c.Bridge, c.TAP))
+	}
+	if err := c.validateDatapath(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Logger == nil {
 		errs = append(errs, errors.New("no logger"))

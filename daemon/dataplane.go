@@ -26,6 +26,10 @@ const envSleeveCiphers = "WEAVE_SLEEVE_CIPHERS"
 // start to close (for `go tool pprof`); a debug knob, kept off any network port.
 const envCPUProfile = "WEAVE_CPUPROFILE"
 
+// envNoGSO=1 turns GSO passthrough off (super-frames are cut into TCP segments before the
+// sleeve carries them), to measure what it gains; a debug and benchmark knob.
+const envNoGSO = "WEAVE_NO_GSO"
+
 // dataPlane wires the router (MAC learning) and two overlays: the sleeve (userspace, UDP
 // --port, every pair) between the TAP on the bridge and the socket, and fastdp (kernel
 // VXLAN on --port+1, a port of the same bridge) for the pairs whose VXLAN heartbeats pass.
@@ -68,7 +72,8 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 	if v := os.Getenv(envSleeveCiphers); v != "" {
 		ciphers = strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' })
 	}
-	s, err := sleeve.New(sleeve.Config{Name: d.name, Bind: bind, Ciphers: ciphers,
+	noGSO := os.Getenv(envNoGSO) == "1"
+	s, err := sleeve.New(sleeve.Config{Name: d.name, Bind: bind, Ciphers: ciphers, DisableGSO: noGSO,
 		Logger: d.log.With("component", "sleeve")})
 	if err != nil {
 		bind.Close()
@@ -81,7 +86,7 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 		dev.Close()
 		return nil, err
 	}
-	rcfg := router.Config{Name: d.name, TAP: dev, Forwarder: dp.sw, Logger: d.log.With("component", "router")}
+	rcfg := router.Config{Name: d.name, TAP: dev, Forwarder: dp.sw, NoGSO: noGSO, Logger: d.log.With("component", "router")}
 	if dp.fdp != nil {
 		rcfg.Learner = dp.fdp
 	}
@@ -117,8 +122,12 @@ func (dp *dataPlane) newFastDP() error {
 		dp.noFdp = fastdp.Unavailable(fastdp.ReasonDisabled, nil)
 		return nil
 	}
+	k, err := dp.ovsKernel() // nil unless --datapath=ovs: then the Linux VXLAN device
+	if err != nil {
+		return fmt.Errorf("fastdp: %w", err)
+	}
 	fdp, err := fastdp.New(fastdp.Config{
-		Name: d.name, Bridge: d.cfg.Bridge, Port: d.cfg.Port + 1,
+		Name: d.name, Bridge: d.cfg.Bridge, Port: d.cfg.Port + 1, Kernel: k,
 		// The VNI keeps meshes that share a host or an underlay apart; it travels in clear,
 		// so it comes from the (public) allocation range, never the password.
 		VNI:     fastdp.VNIFor(d.cfg.IPAllocRange.String()),
@@ -135,6 +144,7 @@ func (dp *dataPlane) newFastDP() error {
 		return nil
 	}
 	if err != nil {
+		closeKernel(k)
 		return fmt.Errorf("fastdp: %w", err)
 	}
 	dp.fdp = fdp

@@ -45,6 +45,9 @@ func cleanupHost(cfg Config) error {
 	if err := fastdp.Cleanup("", fastdp.DefaultDevice(cfg.Port+1)); err != nil {
 		errs = append(errs, err)
 	}
+	if err := cleanupOVS(cfg); err != nil {
+		errs = append(errs, err)
+	}
 	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("remove socket: %w", err))
 	}

@@ -26,7 +26,8 @@ type options struct {
 // parseFlags turns arguments and environment into options. Flags may come before, between or
 // after the peer addresses, as with Weave. Environment variables of Weave's DaemonSet
 // (IPALLOC_RANGE, IPALLOC_INIT, CONN_LIMIT, WEAVE_MTU, WEAVE_NO_FASTDP, WEAVE_PASSWORD,
-// EXTRA_ARGS) set defaults that flags override, so Weave manifests translate line by line.
+// EXTRA_ARGS) set defaults that flags override, so Weave manifests translate line by line;
+// WEAVE_DATAPATH, WEAVE_OVS_SOCKET and WEAVE_OVS_DATAPATH_TYPE are ours, in the same style.
 func parseFlags(args []string, getenv func(string) string) (options, error) {
 	o := options{cfg: daemon.DefaultConfig(), logLevel: "info", logFormat: "text"}
 	c := &o.cfg
@@ -41,6 +42,9 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	envStr("WEAVE_STATE_DIR", &c.StateDir)
 	envStr("WEAVE_SOCKET", &c.Socket)
 	envStr("IPALLOC_INIT", &c.IPAllocInit)
+	envStr("WEAVE_DATAPATH", &c.Datapath)
+	envStr("WEAVE_OVS_SOCKET", &c.OVSSocket)
+	envStr("WEAVE_OVS_DATAPATH_TYPE", &c.OVSDatapathType)
 	var (
 		password, passwordFile, ipRange, trusted, subnet string
 		envErrs                                          []error
@@ -81,6 +85,9 @@ func parseFlags(args []string, getenv func(string) string) (options, error) {
 	fs.IntVar(&c.ConnLimit, "conn-limit", c.ConnLimit, "maximum number of connections (0: unlimited)")
 	fs.IntVar(&c.MTU, "mtu", c.MTU, "MTU of the bridge and containers (0: computed from the underlay)")
 	fs.BoolVar(&c.NoFastDP, "no-fastdp", c.NoFastDP, "never use the kernel VXLAN data path")
+	fs.StringVar(&c.Datapath, "datapath", c.Datapath, "kernel data path: linux (a VXLAN device) or ovs (an Open vSwitch bridge) (env WEAVE_DATAPATH)")
+	fs.StringVar(&c.OVSSocket, "ovs-socket", c.OVSSocket, "ovsdb-server socket for --datapath=ovs (env WEAVE_OVS_SOCKET)")
+	fs.StringVar(&c.OVSDatapathType, "ovs-datapath-type", c.OVSDatapathType, "datapath_type of the OVS bridge: empty (system) or netdev (env WEAVE_OVS_DATAPATH_TYPE)")
 	fs.BoolVar(&c.NoDiscovery, "no-discovery", c.NoDiscovery, "do not dial peers learned from gossip")
 	fs.StringVar(&trusted, "trusted-subnets", "", "comma-separated CIDRs whose peers exchange data unencrypted")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address for Prometheus metrics (empty: off)")

@@ -1,0 +1,139 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/weavemesh/weave/fastdp"
+	"github.com/weavemesh/weave/fastdp/ovs"
+)
+
+// Kernel path backends (--datapath).
+const (
+	DatapathLinux = "linux"
+	DatapathOVS   = "ovs"
+	// DefaultOVSSocket is where the packaged ovsdb-server listens.
+	DefaultOVSSocket = "unix:/var/run/openvswitch/db.sock"
+)
+
+// ovsStateFile, in the state dir, holds the ovsdb-server socket of the OVS bridge we
+// configured: `weavectl reset` runs `weaver --reset` without the launch flags, and must
+// still find what to remove. It goes once that is done.
+const ovsStateFile = "ovs-datapath"
+
+// ovsCleanupTimeout bounds reset's wait for an ovsdb-server that does not answer.
+const ovsCleanupTimeout = 5 * time.Second
+
+func (c *Config) validateDatapath() error {
+	var errs []error
+	switch c.Datapath {
+	case "", DatapathLinux, DatapathOVS:
+	default:
+		errs = append(errs, fmt.Errorf("--datapath %q: want linux or ovs", c.Datapath))
+	}
+	switch c.OVSDatapathType {
+	case "", "system", "netdev":
+	default:
+		errs = append(errs, fmt.Errorf("--ovs-datapath-type %q: want system or netdev", c.OVSDatapathType))
+	}
+	if c.Datapath == DatapathOVS {
+		if _, err := ovsSocketPath(c.OVSSocket); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ovsSocketPath turns --ovs-socket ("unix:PATH" or PATH) into a path; libovsdb's other
+// transports (tcp:, ssl:) are not offered: the database of the local switch is local.
+func ovsSocketPath(s string) (string, error) {
+	p := strings.TrimPrefix(s, "unix:")
+	if p == "" || !filepath.IsAbs(p) {
+		return "", fmt.Errorf("--ovs-socket %q: want unix:/absolute/path", s)
+	}
+	return p, nil
+}
+
+// ovsKernel returns the Open vSwitch implementation of fastdp.Kernel when --datapath=ovs
+// (nil otherwise), so that fastdp's heartbeats, hysteresis, reasons and switch-over run
+// unchanged over an OVS bridge joined to the weave bridge. An ovsdb-server that cannot be
+// reached fails the start: the user asked for OVS by name.
+func (dp *dataPlane) ovsKernel() (fastdp.Kernel, error) {
+	d := dp.d
+	if d.cfg.Datapath != DatapathOVS {
+		return nil, nil
+	}
+	sock, err := ovsSocketPath(d.cfg.OVSSocket)
+	if err != nil {
+		return nil, err
+	}
+	log := d.log.With("component", "ovs")
+	links, err := ovs.NewNetlinkLinks("")
+	if err != nil {
+		return nil, err
+	}
+	b, err := ovs.New(context.Background(), ovs.Config{Socket: sock, DatapathType: d.cfg.OVSDatapathType,
+		Port: d.cfg.Port + 1, VNI: fastdp.VNIFor(d.cfg.IPAllocRange.String()), Links: links, Logger: log})
+	if err != nil {
+		links.Close()
+		return nil, err
+	}
+	// Recorded before anything is created, so that a reset finds even a half-made setup.
+	if err := os.WriteFile(filepath.Join(d.cfg.StateDir, ovsStateFile), []byte(sock+"\n"), 0o600); err != nil {
+		b.Close()
+		links.Close()
+		return nil, fmt.Errorf("ovs: record the datapath for reset: %w", err)
+	}
+	k, err := ovs.NewKernel(ovs.KernelConfig{Backend: b, Links: links, Bridge: d.cfg.Bridge, MTU: d.mtu,
+		Isolate: []string{d.cfg.TAP}, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// closeKernel closes a kernel that fastdp.New did not take over.
+func closeKernel(k fastdp.Kernel) {
+	if k != nil {
+		k.Close()
+	}
+}
+
+// cleanupOVS removes our OVS bridge, its ports and our veths, when this state dir recorded
+// one (or the flags ask for OVS). The record stays when ovsdb-server cannot be reached, so
+// that a later reset tries again.
+func cleanupOVS(cfg Config) error {
+	record := filepath.Join(cfg.StateDir, ovsStateFile)
+	sock := ""
+	if b, err := os.ReadFile(record); err == nil {
+		sock = strings.TrimSpace(string(b))
+	} else if cfg.Datapath == DatapathOVS {
+		sock, _ = ovsSocketPath(cfg.OVSSocket)
+	}
+	if sock == "" {
+		return nil
+	}
+	links, err := ovs.NewNetlinkLinks("")
+	if err != nil {
+		return fmt.Errorf("ovs cleanup: %w", err)
+	}
+	defer links.Close()
+	b, err := ovs.New(context.Background(), ovs.Config{Socket: sock, Links: links, Timeout: ovsCleanupTimeout,
+		Logger: cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("ovs cleanup (the OVS bridge stays; reset again once ovsdb-server runs): %w", err)
+	}
+	defer b.Close()
+	if err := b.Cleanup(); err != nil {
+		return fmt.Errorf("ovs cleanup: %w", err)
+	}
+	if err := os.Remove(record); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("ovs cleanup: %w", err)
+	}
+	return nil
+}

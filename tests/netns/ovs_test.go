@@ -1,0 +1,139 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavemesh/weave/fastdp/ovs"
+	"github.com/weavemesh/weave/internal/netlab"
+	"github.com/weavemesh/weave/internal/testutil"
+)
+
+// ovsUnderlayBridge is the lab's own OVS bridge owning eth0 on each host (the userspace
+// datapath tunnels only through its own bridges); it is not weave's and must survive reset.
+const ovsUnderlayBridge = "wul"
+
+// TestOVSTwoHosts: two hosts each run ovsdb-server and ovs-vswitchd (userspace datapath)
+// and a weaver launched with --datapath=ovs, no password. The pair goes to fastdp over OVS
+// (fastdp's own heartbeats, through OVS), containers ping (also full-size) and stream with
+// iperf3 while the sleeve's counters stay flat; `weavectl status connections` says fastdp.
+// Then h1 resets through the API and h2 is stopped and reset afterwards (reset finds the
+// OVS setup from the state dir): no OVS bridge or port of ours, no weave device is left,
+// and the lab's own OVS bridge is untouched.
+func TestOVSTwoHosts(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCommands(t, "ovsdb-server", "ovsdb-tool", "ovs-vswitchd", "ovs-vsctl", "ethtool", "iperf3", "ping")
+	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	schema := filepath.Join(testutil.RepoRoot(t), "fastdp", "ovs", "schema", "vswitch.ovsschema")
+	nodes := make([]*dpNode, len(lab.Hosts))
+	socks := make([]string, len(lab.Hosts))
+	links0 := make([]string, len(lab.Hosts))
+	var routers []*router
+	for i, h := range lab.Hosts {
+		sock, err := h.StartOVS(ctx, schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.OVSNetdevUnderlay(ctx, sock, ovsUnderlayBridge); err != nil {
+			t.Fatal(err)
+		}
+		socks[i] = sock
+		links0[i] = linkNames(t, ctx, h)
+		nodes[i] = &dpNode{h: h, r: newRouter(t, h), addr: containerAddr(i)}
+		routers = append(routers, nodes[i].r)
+	}
+	dumpOnFailure(t, routers...)
+	for i, n := range nodes {
+		args := []string{"--datapath=ovs", "--ovs-datapath-type=netdev", "--ovs-socket", "unix:" + socks[i]}
+		if i == 1 {
+			args = append(args, lab.Hosts[0].Addr.String())
+		}
+		n.r.launch(args...)
+		c, err := n.h.AddContainer("c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.c = c
+		if out, err := n.r.ctl(ctx, "attach", n.addr.String()+"/12", c.Name); err != nil {
+			t.Fatalf("attach in %s: %v\n%s", n.h.Name, err, out)
+		}
+	}
+	a, b := nodes[0], nodes[1]
+	conn := waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
+	waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
+	if out, err := a.r.ctl(ctx, "status", "connections"); err != nil || !strings.Contains(string(out), "fastdp") {
+		t.Errorf("status connections: %v\n%s", err, out)
+	} else {
+		t.Logf("h1 status connections:\n%s", out)
+	}
+	// The tunnel port to h2 is active (untagged); nothing of the Linux VXLAN backend exists.
+	port := ovs.PeerPort(b.h.Addr)
+	if tag, err := netlab.Vsctl(socks[0], "get", "Port", port, "tag"); err != nil || tag != "[]" {
+		t.Errorf("h1's tunnel port %s to h2: tag %q %v, want [] (active)", port, tag, err)
+	}
+	if out, err := a.h.Run(ctx, "ip", "link", "show", "dev", "vxlan-6784"); err == nil {
+		t.Errorf("the Linux VXLAN device exists with --datapath=ovs:\n%s", out)
+	}
+
+	pingOK(t, a, b.addr, 56)
+	pingOK(t, b, a.addr, 56)
+	// A full-size packet crosses without fragmentation.
+	pingOK(t, a, b.addr, conn.MTU-28, "-M", "do")
+
+	before := sleeveFrames(t, a)
+	gbps := iperf(t, a, b, 2)
+	after := sleeveFrames(t, a)
+	t.Logf("OVS (netdev datapath): iperf3 one TCP stream %.3f Gbit/s, mtu %d; sleeve frames during it: %d", gbps, conn.MTU, after-before)
+	if gbps <= 0.01 {
+		t.Fatalf("iperf3 moved almost nothing: %.6f Gbit/s", gbps)
+	}
+	if after-before > 50 {
+		t.Errorf("%d frames crossed the sleeve during the stream: OVS did not carry it", after-before)
+	}
+
+	// h1: reset through the running daemon; h2: stop first, reset afterwards.
+	if out, err := a.r.ctl(ctx, "reset"); err != nil {
+		t.Fatalf("reset h1: %v\n%s", err, out)
+	}
+	if out, err := b.r.ctl(ctx, "stop"); err != nil {
+		t.Fatalf("stop h2: %v\n%s", err, out)
+	}
+	if ports, err := netlab.Vsctl(socks[1], "list-ports", ovs.DefaultBridge); err != nil || ports == "" {
+		t.Errorf("h2's OVS bridge after a stop: ports %q %v, want them kept", ports, err)
+	}
+	if out, err := b.r.ctl(ctx, "reset"); err != nil {
+		t.Fatalf("reset h2: %v\n%s", err, out)
+	}
+	for i, n := range nodes {
+		if brs, err := netlab.Vsctl(socks[i], "list-br"); err != nil || brs != ovsUnderlayBridge {
+			t.Errorf("%s: OVS bridges after reset %q %v, want only %s", n.h.Name, brs, err, ovsUnderlayBridge)
+		}
+		ports, err := netlab.Vsctl(socks[i], "--columns=name", "--bare", "list", "Port")
+		if got := strings.Join(strings.Fields(ports), " "); err != nil || got != "eth0 wul" && got != "wul eth0" {
+			t.Errorf("%s: OVS ports after reset %q %v, want only the lab's eth0 and wul", n.h.Name, got, err)
+		}
+		// ovs-vswitchd removes the device of our OVS bridge by itself, a moment later.
+		testutil.Eventually(t, 10*time.Second, n.h.Name+" links as before launch", func() error {
+			if got := linkNames(t, ctx, n.h); got != links0[i] {
+				return fmt.Errorf("links after reset:\n%s\nwant:\n%s", got, links0[i])
+			}
+			return nil
+		})
+		if _, err := os.Stat(filepath.Join(n.r.stateDir, "ovs-datapath")); !os.IsNotExist(err) {
+			t.Errorf("%s: the OVS record is still in the state dir (%v)", n.h.Name, err)
+		}
+	}
+}
+
+// linkNames lists h's links, sorted, one per line.
+func linkNames(t *testing.T, ctx context.Context, h *netlab.Host) string {
+	t.Helper()
+	return mustRun(t, ctx, h, "sh", "-c", "ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort")
+}
