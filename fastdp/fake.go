@@ -78,13 +78,14 @@ type FakeKernel struct {
 	beats map[netip.Addr]bool
 	flood map[netip.Addr]bool
 	macs  map[[6]byte]netip.Addr
+	stats LinkStats
 
 	in        chan []byte
 	done      chan struct{}
 	closeOnce sync.Once
 }
 
-var _ Kernel = (*FakeKernel)(nil)
+var _ StatsKernel = (*FakeKernel)(nil)
 
 func (k *FakeKernel) MTU() int              { return k.mtu }
 func (k *FakeKernel) HardwareAddr() [6]byte { return k.mac }
@@ -158,6 +159,8 @@ func (k *FakeKernel) WriteFrame(frame []byte) error {
 		return errors.New("frame larger than the device MTU")
 	}
 	k.mu.Lock()
+	k.stats.TxFrames++
+	k.stats.TxBytes += uint64(len(frame))
 	to := make([]netip.Addr, 0, len(k.beats))
 	if [6]byte(frame[0:6]) == heartbeatMAC {
 		for a := range k.beats {
@@ -172,10 +175,39 @@ func (k *FakeKernel) WriteFrame(frame []byte) error {
 func (k *FakeKernel) ReadFrame(buf []byte) (int, error) {
 	select {
 	case f := <-k.in:
+		k.mu.Lock()
+		k.stats.RxFrames++
+		k.stats.RxBytes += uint64(len(f))
+		k.mu.Unlock()
 		return copy(buf, f), nil
 	case <-k.done:
 		return 0, errors.New("fake kernel closed")
 	}
+}
+
+// LinkStats counts the heartbeat frames written and read, and whatever Carry added; after
+// Close it fails, as the real device's does.
+func (k *FakeKernel) LinkStats() (LinkStats, error) {
+	select {
+	case <-k.done:
+		return LinkStats{}, errors.New("fake kernel closed")
+	default:
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.stats, nil
+}
+
+// Carry adds st to the device's counters, as if the kernel had carried data frames.
+func (k *FakeKernel) Carry(st LinkStats) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.stats.RxFrames += st.RxFrames
+	k.stats.RxBytes += st.RxBytes
+	k.stats.RxDropped += st.RxDropped
+	k.stats.TxFrames += st.TxFrames
+	k.stats.TxBytes += st.TxBytes
+	k.stats.TxDropped += st.TxDropped
 }
 
 func (k *FakeKernel) Close() error {

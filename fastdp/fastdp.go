@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/overlay"
 )
 
 const (
@@ -130,6 +131,30 @@ type Stats struct {
 	MACsRefused   uint64
 	Activations   uint64
 	Deactivations uint64
+	// Kernel are the device's own counters since New: the frames the kernel carried for
+	// us, containers' data included. KernelCounted is false when the Kernel cannot read
+	// them (see StatsKernel); Kernel is then zero.
+	Kernel        LinkStats
+	KernelCounted bool
+}
+
+// Overlay maps the counters onto the overlay-neutral form the daemon reports and exports:
+// the kernel's frames and bytes when it counts them (heartbeats are among them), else the
+// heartbeats alone; drops in are refused input and the device's receive drops, drops out
+// are failed kernel programming and the device's transmit drops (frames for a MAC whose
+// peer is on sleeve, or for nobody).
+func (s Stats) Overlay() overlay.Stats {
+	o := overlay.Stats{
+		FramesIn: s.BeatsReceived, FramesOut: s.BeatsSent,
+		DropsIn: s.BadFrames + s.BadControl + s.Unknown, DropsOut: s.KernelErrors,
+	}
+	if s.KernelCounted {
+		o.FramesIn, o.BytesIn = s.Kernel.RxFrames, s.Kernel.RxBytes
+		o.FramesOut, o.BytesOut = s.Kernel.TxFrames, s.Kernel.TxBytes
+		o.DropsIn += s.Kernel.RxDropped
+		o.DropsOut += s.Kernel.TxDropped
+	}
+	return o
 }
 
 type peer struct {
@@ -161,6 +186,11 @@ type FastDP struct {
 
 	beatsSent, beatsRecv, acksRecv, badFrames, badControl, unknown, kernelErrs atomic.Uint64
 	activations, deactivations, macsRefused                                    atomic.Uint64
+
+	// The device's counters at New (so Stats counts from there, like every other counter)
+	// and at the last successful read (what Stats shows once the device cannot be read).
+	kmu          sync.Mutex
+	kbase, klast LinkStats
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -214,6 +244,13 @@ func New(cfg Config) (*FastDP, error) {
 		peers:   map[mesh.PeerName]*peer{}, macs: map[[6]byte]mesh.PeerName{},
 		seq:  rand.Uint64() >> 1, // a fresh start per process, so stale acks do not match
 		stop: make(chan struct{}),
+	}
+	if sk, ok := k.(StatsKernel); ok {
+		if st, err := sk.LinkStats(); err == nil {
+			f.kbase = st
+		} else {
+			f.log.Warn("fastdp: cannot read the device's counters", "err", err)
+		}
 	}
 	f.log.Info("fastdp ready", "device", cfg.Device, "port", cfg.Port, "vni", cfg.VNI, "mtu", k.MTU())
 	return f, nil
@@ -451,11 +488,36 @@ func (f *FastDP) Peers() []PeerStatus {
 
 // Stats returns the counters.
 func (f *FastDP) Stats() Stats {
-	return Stats{
+	s := Stats{
 		BeatsSent: f.beatsSent.Load(), BeatsReceived: f.beatsRecv.Load(), AcksReceived: f.acksRecv.Load(),
 		BadFrames: f.badFrames.Load(), BadControl: f.badControl.Load(), Unknown: f.unknown.Load(),
 		KernelErrors: f.kernelErrs.Load(), MACsRefused: f.macsRefused.Load(), Activations: f.activations.Load(), Deactivations: f.deactivations.Load(),
 	}
+	s.Kernel, s.KernelCounted = f.kernelStats()
+	return s
+}
+
+// kernelStats reads the device's counters (one netlink request: Stats is for reports and
+// scrapes, not for a hot path) relative to those at New.
+func (f *FastDP) kernelStats() (LinkStats, bool) {
+	sk, ok := f.k.(StatsKernel)
+	if !ok {
+		return LinkStats{}, false
+	}
+	f.kmu.Lock()
+	defer f.kmu.Unlock()
+	cur, err := sk.LinkStats()
+	if err != nil {
+		// Closed, or the device is gone: the last figures stand.
+		f.log.Debug("fastdp: cannot read the device's counters", "err", err)
+		return f.klast, true
+	}
+	if cur.RxFrames < f.kbase.RxFrames || cur.TxFrames < f.kbase.TxFrames {
+		// The device was recreated under us: its counters start again from zero.
+		f.kbase = LinkStats{}
+	}
+	f.klast = cur.sub(f.kbase)
+	return f.klast, true
 }
 
 func (f *FastDP) statusLocked(p *peer) PeerStatus {

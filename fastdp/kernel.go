@@ -40,3 +40,34 @@ type Kernel interface {
 	// Close stops I/O. The device and its entries stay (Cleanup removes the device).
 	Close() error
 }
+
+// LinkStats are the counters of the device that carries fastdp's frames, as the kernel keeps
+// them: every frame it encapsulated or decapsulated, containers' data and our heartbeats
+// alike. Dropped frames include the device's errors.
+type LinkStats struct {
+	RxFrames, RxBytes, RxDropped uint64
+	TxFrames, TxBytes, TxDropped uint64
+}
+
+// StatsKernel is a Kernel that can read its device's counters. It is separate from Kernel so
+// that an implementation without them still is a Kernel; fastdp then counts what passes
+// through itself (heartbeats) only.
+type StatsKernel interface {
+	Kernel
+	// LinkStats returns the device's counters since it was created.
+	LinkStats() (LinkStats, error)
+}
+
+// sub returns s - base field by field, never wrapping below zero.
+func (s LinkStats) sub(base LinkStats) LinkStats {
+	d := func(cur, old uint64) uint64 {
+		if cur < old {
+			return cur
+		}
+		return cur - old
+	}
+	return LinkStats{
+		RxFrames: d(s.RxFrames, base.RxFrames), RxBytes: d(s.RxBytes, base.RxBytes), RxDropped: d(s.RxDropped, base.RxDropped),
+		TxFrames: d(s.TxFrames, base.TxFrames), TxBytes: d(s.TxBytes, base.TxBytes), TxDropped: d(s.TxDropped, base.TxDropped),
+	}
+}

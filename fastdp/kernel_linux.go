@@ -40,9 +40,15 @@ type vxlanKernel struct {
 	reading   sync.RWMutex
 	released  bool // under reading (write side)
 	closeOnce sync.Once
+
+	// hmu orders LinkStats (called by scrapes at any time) before the handle's Close: a
+	// closed netlink.Handle silently falls back to the caller's namespace, where the same
+	// index may name another device.
+	hmu     sync.Mutex
+	hclosed bool
 }
 
-var _ Kernel = (*vxlanKernel)(nil)
+var _ StatsKernel = (*vxlanKernel)(nil)
 
 // inNetns runs fn on an OS thread switched into ns ("" = stay). Netlink requests and
 // sockets made by fn belong to ns. If switching back fails, the thread stays locked and
@@ -461,11 +467,36 @@ func (k *vxlanKernel) Close() error {
 				k.sock.Close()
 			}()
 		}
+		k.hmu.Lock()
+		k.hclosed = true
 		if k.h != nil {
 			k.h.Close()
 		}
+		k.hmu.Unlock()
 	})
 	return nil
+}
+
+// LinkStats reads the VXLAN device's counters: what the kernel encapsulated (tx) and
+// decapsulated (rx) for fastdp, errors counted as drops.
+func (k *vxlanKernel) LinkStats() (LinkStats, error) {
+	k.hmu.Lock()
+	defer k.hmu.Unlock()
+	if k.hclosed {
+		return LinkStats{}, os.ErrClosed
+	}
+	l, err := k.h.LinkByIndex(k.idx)
+	if err != nil {
+		return LinkStats{}, fmt.Errorf("fastdp: device stats: %w", err)
+	}
+	st := l.Attrs().Statistics
+	if st == nil {
+		return LinkStats{}, errors.New("fastdp: device stats: the kernel sent none")
+	}
+	return LinkStats{
+		RxFrames: st.RxPackets, RxBytes: st.RxBytes, RxDropped: st.RxDropped + st.RxErrors,
+		TxFrames: st.TxPackets, TxBytes: st.TxBytes, TxDropped: st.TxDropped + st.TxErrors,
+	}, nil
 }
 
 // Cleanup removes the VXLAN device named device in the network namespace ns ("" = ours),

@@ -157,6 +157,7 @@ func TestKernelPathInNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	kaBefore, kbBefore := a.f.Stats().Kernel, b.f.Stats().Kernel
 	ping := func(want float64) func() error {
 		return func() error {
 			r, err := netlab.PingWith(ctx, a.c, b.c.Addr, netlab.PingOptions{Count: 3, Interval: 20 * time.Millisecond, Timeout: 500 * time.Millisecond})
@@ -179,6 +180,12 @@ func TestKernelPathInNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pings are in fastdp's counters: they come from the kernel, not from us.
+	ka, kb := a.f.Stats(), b.f.Stats()
+	if !ka.KernelCounted || ka.Kernel.TxFrames-kaBefore.TxFrames < 5 || ka.Kernel.TxBytes-kaBefore.TxBytes < 2*1450 ||
+		kb.Kernel.RxFrames-kbBefore.RxFrames < 5 {
+		t.Fatalf("kernel counters: a %+v (before %+v), b %+v (before %+v); want the pings", ka.Kernel, kaBefore, kb.Kernel, kbBefore)
+	}
 
 	// The router says b's container MAC is behind a peer that is not on fastdp: the kernel
 	// must drop frames to it (sleeve carries them) rather than flood them; back to b, the
@@ -195,6 +202,9 @@ func TestKernelPathInNetns(t *testing.T) {
 	a.f.Learn(bMAC, mesh.PeerName(0x99))
 	if err := ping(1)(); err != nil {
 		t.Fatalf("ping to a MAC with a drop entry: %v\n%s", err, fdb())
+	}
+	if d := a.f.Stats().Kernel.TxDropped - ka.Kernel.TxDropped; d == 0 {
+		t.Fatal("frames to a drop entry are not counted as dropped out")
 	}
 	a.f.Learn(bMAC, b.name)
 	if !strings.Contains(fdb(), bMAC.String()+" dst 10.201.0.2") {
@@ -252,6 +262,9 @@ func TestKernelPathInNetns(t *testing.T) {
 	}
 	if err := ping(0)(); err != nil {
 		t.Fatalf("kernel path after Close: %v", err)
+	}
+	if st := a.f.Stats(); !st.KernelCounted || st.Kernel.TxFrames < ka.Kernel.TxFrames {
+		t.Fatalf("kernel counters after Close %+v, want the last ones read", st.Kernel)
 	}
 	again, err := New(Config{Name: a.name, Bridge: "weave", Netns: a.h.Netns(), LocalAddr: a.h.Addr, VNI: VNIFor("lab"),
 		Timing: labTiming, Logger: testLogger(t)})
