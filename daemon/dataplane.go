@@ -272,16 +272,12 @@ func (dp *dataPlane) connOverlay(peer mesh.PeerName) (overlayName string, mtu in
 }
 
 // stats returns the counters per overlay. The kernel's frames never pass through the
-// daemon, so fastdp's entry counts what does: heartbeats in and out, refused input (drops
-// in) and kernel programming errors (drops out).
+// daemon, so fastdp's entry comes from the VXLAN device's own counters (heartbeats among
+// them) plus the input fastdp refused and its kernel programming errors (fastdp.Stats.Overlay).
 func (dp *dataPlane) stats() map[string]OverlayStats {
 	m := map[string]OverlayStats{"sleeve": dp.sleeve.Stats().Stats}
 	if dp.fdp != nil {
-		st := dp.fdp.Stats()
-		m["fastdp"] = OverlayStats{
-			FramesIn: st.BeatsReceived, FramesOut: st.BeatsSent,
-			DropsIn: st.BadFrames + st.BadControl + st.Unknown, DropsOut: st.KernelErrors,
-		}
+		m["fastdp"] = dp.fdp.Stats().Overlay()
 	}
 	return m
 }
