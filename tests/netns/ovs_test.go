@@ -98,6 +98,33 @@ func TestOVSTwoHosts(t *testing.T) {
 		t.Errorf("%d frames crossed the sleeve during the stream: OVS did not carry it", after-before)
 	}
 
+	// VXLAN dropped on h1's underlay bridge (the userspace datapath bypasses iptables, so
+	// lab.BlockUDPPort cannot do it): the pair falls back to the sleeve, h1's tunnel port is
+	// quarantined, ping keeps working without duplicates; unblocked, the heartbeats (which
+	// reach a quarantined peer through the second heartbeat port) bring it back.
+	dir, err := a.h.Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgmt := "unix:" + filepath.Join(dir, ovsUnderlayBridge+".mgmt")
+	const dropVXLAN = "priority=100,udp,tp_dst=6784"
+	mustRun(t, ctx, a.h, "ovs-ofctl", "add-flow", mgmt, dropVXLAN+",actions=drop")
+	start := time.Now()
+	pingOK(t, a, b.addr, 56)
+	c := waitOverlay(t, a, b, "sleeve", "udp-blocked", 15*time.Second)
+	t.Logf("on sleeve %v after the block: %q", time.Since(start).Round(100*time.Millisecond), c.Info)
+	if tag, err := netlab.Vsctl(socks[0], "get", "Port", port, "tag"); err != nil || tag != "4094" {
+		t.Errorf("h1's tunnel port to h2 on sleeve: tag %q %v, want 4094 (quarantined)", tag, err)
+	}
+	pingNoDup(t, a, b, 5)
+	pingNoDup(t, b, a, 5)
+	mustRun(t, ctx, a.h, "ovs-ofctl", "--strict", "del-flows", mgmt, dropVXLAN)
+	start = time.Now()
+	waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
+	waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
+	t.Logf("back on fastdp %v after the unblock", time.Since(start).Round(100*time.Millisecond))
+	pingNoDup(t, a, b, 5)
+
 	// h1: reset through the running daemon; h2: stop first, reset afterwards.
 	if out, err := a.r.ctl(ctx, "reset"); err != nil {
 		t.Fatalf("reset h1: %v\n%s", err, out)
