@@ -55,6 +55,21 @@
 //	b.Close()                                   // weavectl stop: configuration stays
 //	b.Cleanup()                                 // weavectl reset: bridge, ports, veth go
 //
-// Health (heartbeats, fallback to sleeve) stays in package fastdp; this package is only
-// the programming of the datapath.
+// # As fastdp's Kernel
+//
+// Health (heartbeats, fallback to sleeve) stays in package fastdp: Kernel implements
+// fastdp.Kernel over a Backend, so `weaver --datapath=ovs` runs fastdp unchanged:
+//
+//	k, err := ovs.NewKernel(ovs.KernelConfig{Backend: b, Links: links, Bridge: "weave",
+//		MTU: mtu, Isolate: []string{"vethwe-tap"}, Logger: log}) // owns b and links from now
+//	fdp, err := fastdp.New(fastdp.Config{Name: name, Port: port + 1, VNI: vni, Kernel: k, ...})
+//
+// Per remote address a tunnel port (PeerPort) is made quarantined by SetHeartbeatRemote and
+// taken out of quarantine by SetFloodRemote. Heartbeats are written into two owned veth
+// pairs, one a port of the untagged VLAN and one of QuarantineVLAN (HeartbeatOVS0/1, with a
+// packet socket on HeartbeatHost0/1), so each peer gets exactly one copy whether its port is
+// active or not, through the same tunnel port, VNI and UDP port as the data: a peer running
+// the Linux VXLAN backend sees them exactly as its own. Our bridge forwards the reserved
+// heartbeat group 01:80:c2:00:00:0e (other_config:forward-bpdu=true). Unicast MACs are left
+// to NORMAL's learning.
 package ovs
