@@ -43,24 +43,35 @@ func waitOverlay(t *testing.T, n, peer *dpNode, overlay, info string, within tim
 	return got
 }
 
-var sleeveFramesRE = regexp.MustCompile(`(?m)^weave_sleeve_frames_total\{direction="(in|out)"\} (\S+)$`)
+var overlayCounterRE = regexp.MustCompile(`(?m)^weave_(\w+)_(frames|bytes)_total\{direction="(in|out)"\} (\S+)$`)
 
-// sleeveFrames is the sleeve's frame counter (in + out) from n's metrics.
-func sleeveFrames(t *testing.T, n *dpNode) uint64 {
+// overlayCounter is an overlay's counter ("frames" or "bytes") in direction ("in", "out",
+// or "" for both) from n's metrics.
+func overlayCounter(t *testing.T, n *dpNode, overlay, what, direction string) uint64 {
 	t.Helper()
 	var sum uint64
-	m := sleeveFramesRE.FindAllStringSubmatch(n.r.metrics(), -1)
-	if len(m) != 2 {
-		t.Fatalf("%s: no weave_sleeve_frames_total in the metrics", n.h.Name)
-	}
-	for _, v := range m {
-		f, err := strconv.ParseFloat(v[2], 64)
+	found := 0
+	for _, v := range overlayCounterRE.FindAllStringSubmatch(n.r.metrics(), -1) {
+		if v[1] != overlay || v[2] != what || (direction != "" && v[3] != direction) {
+			continue
+		}
+		f, err := strconv.ParseFloat(v[4], 64)
 		if err != nil {
 			t.Fatal(err)
 		}
 		sum += uint64(f)
+		found++
+	}
+	if found == 0 {
+		t.Fatalf("%s: no weave_%s_%s_total in the metrics", n.h.Name, overlay, what)
 	}
 	return sum
+}
+
+// sleeveFrames is the sleeve's frame counter (in + out) from n's metrics.
+func sleeveFrames(t *testing.T, n *dpNode) uint64 {
+	t.Helper()
+	return overlayCounter(t, n, "sleeve", "frames", "")
 }
 
 // pingNoDup pings to from n count times and fails on a loss or a duplicate reply.
@@ -98,15 +109,23 @@ func TestFastDPTwoHosts(t *testing.T) {
 	pingOK(t, b, a.addr, 1200)
 
 	before := sleeveFrames(t, a)
+	kOut, kIn := overlayCounter(t, a, "fastdp", "bytes", "out"), overlayCounter(t, b, "fastdp", "bytes", "in")
 	gbps := iperf(t, a, b, 2)
 	after := sleeveFrames(t, a)
-	t.Logf("fastdp: iperf3 one TCP stream %.2f Gbit/s; sleeve frames during it: %d", gbps, after-before)
+	kOut, kIn = overlayCounter(t, a, "fastdp", "bytes", "out")-kOut, overlayCounter(t, b, "fastdp", "bytes", "in")-kIn
+	t.Logf("fastdp: iperf3 one TCP stream %.2f Gbit/s; sleeve frames during it: %d; fastdp bytes out of a %d, into b %d",
+		gbps, after-before, kOut, kIn)
 	if gbps <= 0 {
 		t.Fatal("iperf3 moved nothing")
 	}
 	// A 2 s stream is hundreds of thousands of frames; a few ARPs may still use the sleeve.
 	if after-before > 50 {
 		t.Errorf("%d frames crossed the sleeve during the stream: fastdp did not carry it", after-before)
+	}
+	// fastdp's counters are the kernel's: the stream is in them (at least half of what iperf3
+	// reports, which leaves room for its start and end outside the 2 s).
+	if want := uint64(gbps * 1e9 / 8 * 2 / 2); kOut < want || kIn < want {
+		t.Errorf("fastdp counted %d bytes out of a and %d into b during the stream, want at least %d each", kOut, kIn, want)
 	}
 
 	// Block VXLAN: ping keeps working (over the sleeve) within seconds, status says why.
