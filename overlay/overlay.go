@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 
 	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/tap/frame"
 )
 
 // Frame is one Ethernet frame in flight between peers, tagged as Weave's sleeve tags it:
@@ -27,6 +28,13 @@ type Frame struct {
 	// copy in its router). Only a frame captured by Src and sent to its neighbour Dst
 	// carries it.
 	Delivered bool
+	// GSO, when GSO.IsGSO(), says Data is a TCP or UDP super-frame as a TAP with offloads
+	// hands it over (GSO passthrough): one packet larger than the MTU, with a partial
+	// checksum, that the receiving TAP takes whole. Only a GSOForwarder whose MaxGSO allows
+	// it is given such a frame; otherwise the router cuts it into segments first. When Buf
+	// is set, a Forwarder may also overwrite a super-frame's Data (it writes the headers of
+	// each piece in front of the piece's bytes and seals from there).
+	GSO frame.VirtioNetHdr
 }
 
 // Forwarder is the sending side of an overlay.
@@ -40,6 +48,13 @@ type Forwarder interface {
 	// MaxFrame is the largest Ethernet frame Forward can carry to hop in one piece (the
 	// path MTU minus the encapsulation), or 0 if hop is not reachable through this overlay.
 	MaxFrame(hop mesh.PeerName) int
+}
+
+// GSOForwarder is implemented by a Forwarder that can carry super-frames (Frame.GSO) whole.
+type GSOForwarder interface {
+	// MaxGSO is the largest super-frame Forward carries to hop whole, or 0 when hop does
+	// not take super-frames (then the router cuts them into MaxFrame-sized segments).
+	MaxGSO(hop mesh.PeerName) int
 }
 
 // KernelCarrier is implemented by a Forwarder when a kernel path may carry the traffic

@@ -69,3 +69,11 @@ func (s *Switch) Forward(hop mesh.PeerName, frames []Frame) { s.userspace.Forwar
 // MaxFrame is the userspace overlay's: the router sizes only what it sends itself
 // (implements Forwarder).
 func (s *Switch) MaxFrame(hop mesh.PeerName) int { return s.userspace.MaxFrame(hop) }
+
+// MaxGSO is the userspace overlay's (GSOForwarder), 0 if it carries no super-frames.
+func (s *Switch) MaxGSO(hop mesh.PeerName) int {
+	if g, ok := s.userspace.(GSOForwarder); ok {
+		return g.MaxGSO(hop)
+	}
+	return 0
+}

@@ -46,6 +46,10 @@ type Config struct {
 	// Learner, if set, hears which remote peer each MAC lives behind, so that a kernel path
 	// (fastdp) can send unicast to the right peer; *fastdp.FastDP implements it.
 	Learner Learner
+	// NoGSO turns GSO passthrough off: super-frames from the TAP are cut into segments
+	// before they reach an overlay even when the TAP and the overlay could carry them
+	// whole (for comparison in benchmarks; also the fallback everywhere else).
+	NoGSO bool
 	// Logger: nil discards.
 	Logger *slog.Logger
 }
@@ -75,6 +79,10 @@ type Stats struct {
 	// the kernel path (overlay.KernelCarrier) carried them already; KernelRelayOnly counts
 	// broadcasts sent over userspace to such a neighbour only for it to pass them on.
 	KernelCarried, KernelRelayOnly uint64
+	// GSOWhole counts super-frames handed to an overlay or the TAP whole; GSOCut counts
+	// super-frames the router had to cut into segments (a hop or TAP that takes no
+	// super-frames, a flood, a segment too big for the path).
+	GSOWhole, GSOCut uint64
 }
 
 // Router is the L2 forwarding core between one TAP and the overlays.
@@ -88,6 +96,9 @@ type Router struct {
 	log    *slog.Logger
 	macs   *macCache
 	learnr Learner // nil: nobody follows learning
+	gsoIn  bool    // read super-frames whole from the TAP (tap.GSOReader)
+	noGSO  bool    // never hand super-frames to an overlay
+	gsoOut tap.GSOWriter
 
 	fwd    atomic.Pointer[fwdBox]
 	table  atomic.Pointer[routeTable] // immutable snapshot, replaced on route changes
@@ -104,7 +115,7 @@ type fwdBox struct{ f overlay.Forwarder }
 
 type counters struct {
 	tapIn, tapOut, relayed, noRoute, oversize, icmp, frag, malformed, moves, tapErr atomic.Uint64
-	kernel, relayOnly                                                               atomic.Uint64
+	kernel, relayOnly, gsoWhole, gsoCut                                             atomic.Uint64
 }
 
 // routeTable is a snapshot of the mesh's routes, so that the per-frame path takes no lock.
@@ -139,6 +150,13 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.fwd.Store(&fwdBox{f})
 	r.table.Store(&routeTable{})
+	r.noGSO = cfg.NoGSO
+	if !cfg.NoGSO {
+		_, reads := cfg.TAP.(tap.GSOReader)
+		o, ok := cfg.TAP.(tap.Offloader)
+		r.gsoIn = reads && ok && o.OffloadActive()
+		r.gsoOut, _ = cfg.TAP.(tap.GSOWriter)
+	}
 	r.free = make(chan *worker, maxIdleWorkers)
 	return r, nil
 }
@@ -218,6 +236,7 @@ func (r *Router) Stats() Stats {
 		NoRoute: c.noRoute.Load(), Oversize: c.oversize.Load(), ICMPSent: c.icmp.Load(),
 		Fragmented: c.frag.Load(), Malformed: c.malformed.Load(), MACMoves: c.moves.Load(),
 		TAPWriteErrors: c.tapErr.Load(), KernelCarried: c.kernel.Load(), KernelRelayOnly: c.relayOnly.Load(),
+		GSOWhole: c.gsoWhole.Load(), GSOCut: c.gsoCut.Load(),
 	}
 }
 
@@ -326,8 +345,22 @@ func (r *Router) forget(macs []frame.MAC) {
 func (r *Router) routineReadTAP(dev tap.Device) {
 	defer r.wg.Done()
 	w := newWorker(r, dev.MTU())
+	gr, gso := dev.(tap.GSOReader)
+	gso = gso && r.gsoIn
+	if gso {
+		w.readGSO = make([]frame.VirtioNetHdr, len(w.readBufs))
+		for i := range w.readBufs {
+			w.readBufs[i] = make([]byte, tap.Headroom+tap.MaxFrameSize)
+		}
+	}
 	for {
-		n, err := dev.Read(w.readBufs, w.readSizes, tap.Headroom)
+		var n int
+		var err error
+		if gso {
+			n, err = gr.ReadGSO(w.readBufs, w.readSizes, w.readGSO, tap.Headroom)
+		} else {
+			n, err = dev.Read(w.readBufs, w.readSizes, tap.Headroom)
+		}
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -360,12 +393,19 @@ func (r *Router) Receive(from mesh.PeerName, frames []overlay.Frame) {
 	}
 }
 
-// writeTAP writes frames to the bridge; each buffer has tapOffset bytes in front.
-func (r *Router) writeTAP(bufs [][]byte) {
+// writeTAP writes frames to the bridge; each buffer has tapOffset bytes in front. gso is
+// nil, or describes each frame (only a GSOWriter TAP is given super-frames).
+func (r *Router) writeTAP(bufs [][]byte, gso []frame.VirtioNetHdr) {
 	if len(bufs) == 0 {
 		return
 	}
-	n, err := r.tap.Write(bufs, tapOffset) // serialised by the device
+	var n int
+	var err error
+	if gso != nil {
+		n, err = r.gsoOut.WriteGSO(bufs, gso, tapOffset)
+	} else {
+		n, err = r.tap.Write(bufs, tapOffset) // serialised by the device
+	}
 
 	r.stats.tapOut.Add(uint64(n))
 	if err != nil {

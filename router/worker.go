@@ -15,8 +15,12 @@ const (
 	maxIdleWorkers = 8
 	// tapWriteBatch is how many frames are written to the TAP per call at most.
 	tapWriteBatch = tap.IdealBatchSize
-	// tapBufSize lets the TAP coalesce a full 64 KiB super-frame behind any buffer.
-	tapBufSize = tap.Headroom + 65535
+	// tapBufSize lets the TAP coalesce a full 64 KiB super-frame behind any buffer, and
+	// holds a whole super-frame.
+	tapBufSize = tap.Headroom + tap.MaxFrameSize
+	// maxSegBufs bounds the segment buffers of one worker: when they run out mid-batch,
+	// what is queued is sent and they are reused.
+	maxSegBufs = 256
 	// tapOffset is the headroom passed to tap.Write: just the virtio-net header, so that
 	// frames lent by an overlay (with only their encapsulation in front) qualify.
 	tapOffset = tap.VirtioNetHdrLen
@@ -33,17 +37,25 @@ type worker struct {
 	table     *routeTable
 	readBufs  [][]byte
 	readSizes []int
-	groups    []group   // frames per next hop, in first-seen order
-	learns    []learnOp // MACs to (re)learn after the read lock is released
-	tapBufs   [][]byte  // owned buffers for frames injected into the bridge
-	tapOut    [][]byte  // frames for tap.Write, each with tapOffset bytes of headroom
-	nOwn      int       // tapBufs in use by tapOut
-	arena     []byte    // ICMP replies and fragments of the current batch
+	readGSO   []frame.VirtioNetHdr // with GSO passthrough: offloads of each frame read
+	groups    []group              // frames per next hop, in first-seen order
+	learns    []learnOp            // MACs to (re)learn after the read lock is released
+	tapBufs   [][]byte             // owned buffers for frames injected into the bridge
+	tapOut    [][]byte             // frames for tap.Write, each with tapOffset bytes of headroom
+	tapGSO    []frame.VirtioNetHdr // offloads of tapOut[i], when any is a super-frame
+	anyGSO    bool                 // some tapOut frame is a super-frame
+	segBufs   [][]byte             // segments of super-frames cut in this batch
+	segSizes  []int
+	nSeg      int // segBufs in use
+	segFrames []overlay.Frame
+	nOwn      int    // tapBufs in use by tapOut
+	arena     []byte // ICMP replies and fragments of the current batch
 }
 
 type group struct {
 	hop    mesh.PeerName
 	max    int  // largest frame the hop takes; 0: unreachable
+	maxGSO int  // largest super-frame the hop takes whole; 0: none
 	kernel bool // the kernel carries our bridge's frames to hop (overlay.KernelCarrier)
 	frames []overlay.Frame
 }
@@ -75,7 +87,10 @@ func (w *worker) begin() {
 	w.groups = w.groups[:0]
 	w.learns = w.learns[:0]
 	w.tapOut = w.tapOut[:0]
+	w.tapGSO = w.tapGSO[:0]
+	w.anyGSO = false
 	w.nOwn = 0
+	w.nSeg = 0
 	w.arena = w.arena[:0]
 }
 
@@ -106,6 +121,9 @@ func (w *worker) handleCaptured(n int) {
 		}
 		// The overlay may write its headers into the headroom in front of the frame.
 		fr := overlay.Frame{Src: us, Data: f, Buf: w.readBufs[i], Off: tap.Headroom}
+		if w.readGSO != nil {
+			fr.GSO = w.readGSO[i]
+		}
 		if dst.IsMulticast() {
 			w.flood(fr)
 			continue
@@ -197,6 +215,11 @@ func (w *worker) handleForwarded(frames []overlay.Frame) {
 // Delivered: it only passes it on to its part of the tree, which the kernel copy (isolated
 // from its router) cannot reach.
 func (w *worker) flood(fr overlay.Frame) {
+	if fr.GSO.IsGSO() {
+		// Rare (a TCP flow to a MAC nobody has learned yet): not worth carrying whole.
+		w.cut(fr, func(seg overlay.Frame) { w.flood(seg) })
+		return
+	}
 	own := fr.Src == w.r.name
 	fr.Delivered = false
 	for _, hop := range w.r.broadcastHops(w.table, fr.Src) {
@@ -215,6 +238,17 @@ func (w *worker) flood(fr overlay.Frame) {
 // add queues fr for hop, dealing with frames too big for the hop's path.
 func (w *worker) add(hop mesh.PeerName, fr overlay.Frame) {
 	g := w.group(hop)
+	if fr.GSO.IsGSO() {
+		if len(fr.Data) <= g.maxGSO && int(fr.GSO.HdrLen)+int(fr.GSO.GSOSize) <= g.max {
+			g.frames = append(g.frames, fr)
+			w.r.stats.gsoWhole.Add(1)
+			return
+		}
+		// The hop takes no super-frames, or their segments would not fit the path: cut
+		// it, and each segment takes the ordinary way (ICMP, fragments) below.
+		w.cut(fr, func(seg overlay.Frame) { w.add(hop, seg) })
+		return
+	}
 	if len(fr.Data) <= g.max {
 		g.frames = append(g.frames, fr)
 		return
@@ -242,6 +276,10 @@ func (w *worker) group(hop mesh.PeerName) *group {
 	g.hop = hop
 	f := w.r.fwd.Load().f
 	g.max = f.MaxFrame(hop)
+	g.maxGSO = 0
+	if gf, ok := f.(overlay.GSOForwarder); ok && !w.r.noGSO {
+		g.maxGSO = gf.MaxGSO(hop)
+	}
 	g.kernel = false
 	if kc, ok := f.(overlay.KernelCarrier); ok {
 		g.kernel = kc.KernelCarries(hop)
@@ -254,6 +292,13 @@ func (w *worker) group(hop mesh.PeerName) *group {
 // overlay.Frame.Buf), else as a copy in one of the worker's buffers.
 func (w *worker) injectFrame(fr overlay.Frame) {
 	f := fr.Data
+	if fr.GSO.IsGSO() {
+		if w.r.gsoOut == nil {
+			w.cut(fr, func(seg overlay.Frame) { w.injectFrame(seg) })
+			return
+		}
+		w.r.stats.gsoWhole.Add(1)
+	}
 	if len(f) > tapBufSize-tap.Headroom {
 		w.r.stats.oversize.Add(1)
 		return
@@ -261,6 +306,8 @@ func (w *worker) injectFrame(fr overlay.Frame) {
 	if len(w.tapOut) == tapWriteBatch {
 		w.flush() // frames queued for neighbours first: the TAP write may rewrite headers
 	}
+	w.tapGSO = append(w.tapGSO, fr.GSO)
+	w.anyGSO = w.anyGSO || fr.GSO.IsGSO()
 	if fr.Buf != nil && fr.Off >= tapOffset && fr.Off+len(f) <= cap(fr.Buf) {
 		w.tapOut = append(w.tapOut, fr.Buf[fr.Off-tapOffset:fr.Off+len(f)])
 		return
@@ -320,7 +367,53 @@ func (w *worker) flush() {
 			g.frames = g.frames[:0]
 		}
 	}
-	w.r.writeTAP(w.tapOut)
+	var gso []frame.VirtioNetHdr
+	if w.anyGSO {
+		gso = w.tapGSO
+	}
+	w.r.writeTAP(w.tapOut, gso)
 	w.tapOut = w.tapOut[:0]
+	w.tapGSO = w.tapGSO[:0]
+	w.anyGSO = false
 	w.nOwn = 0
+	w.nSeg = 0
+}
+
+// cut cuts the super-frame fr into segments in the worker's buffers and hands each, as an
+// ordinary frame with fr's tags, to next. The segments stay valid until the next flush.
+func (w *worker) cut(fr overlay.Frame, next func(overlay.Frame)) {
+	h := fr.GSO
+	var s tap.Super
+	if err := tap.PrepareRead(&h, fr.Data, &s); err != nil {
+		w.r.stats.malformed.Add(1) // a peer's super-frame that does not parse
+		return
+	}
+	w.r.stats.gsoCut.Add(1)
+	segLen := tap.Headroom + int(h.HdrLen) + int(h.GSOSize) + 64 // HdrLen is a hint: leave slack
+	for k := 0; k < s.Segments(); {
+		if w.nSeg == maxSegBufs {
+			w.flush() // sends what uses the segment buffers, which are then free again
+		}
+		if w.nSeg == len(w.segBufs) {
+			w.segBufs = append(w.segBufs, nil)
+			w.segSizes = append(w.segSizes, 0)
+		}
+		// One segment at a time: each buffer is sized for it, and next may flush.
+		if len(w.segBufs[w.nSeg]) < segLen {
+			w.segBufs[w.nSeg] = make([]byte, max(segLen, tap.Headroom+1600))
+		}
+		i := w.nSeg
+		n, err := tap.Segment(&s, k, w.segBufs[i:i+1], w.segSizes[i:i+1], tap.Headroom)
+		if err != nil || n == 0 {
+			w.r.stats.malformed.Add(1)
+			return
+		}
+		w.nSeg++
+		k++
+		seg := fr
+		seg.GSO = frame.VirtioNetHdr{}
+		seg.Data = w.segBufs[i][tap.Headroom : tap.Headroom+w.segSizes[i]]
+		seg.Buf, seg.Off = w.segBufs[i], tap.Headroom
+		next(seg)
+	}
 }

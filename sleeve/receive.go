@@ -32,6 +32,8 @@ type reader struct {
 	frames  []overlay.Frame
 	runs    []run // frames[runs[k-1].end:runs[k].end] came from runs[k].from
 	now     int64
+	done    []overlay.Frame // super-frames completed by the datagram being opened
+	held    [][]byte        // their reassembly buffers, released after delivery
 }
 
 type run struct {
@@ -155,6 +157,11 @@ func (r *reader) deliverAll() {
 	clear(r.frames) // drop references into the buffers
 	r.frames = r.frames[:0]
 	r.runs = r.runs[:0]
+	for i, b := range r.held {
+		r.s.putAsm(b)
+		r.held[i] = nil
+	}
+	r.held = r.held[:0]
 }
 
 // datagram opens one datagram from nb and appends its data records to r.frames.
@@ -199,7 +206,11 @@ func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 		payloadAt := pos + recordHeaderLen
 		pos = payloadAt + len(payload)
 		if src == mesh.UnknownPeerName && dst == mesh.UnknownPeerName {
-			r.control(nb, payload, ep)
+			if len(payload) > 0 && payload[0] == ctlPiece {
+				r.piece(nb, payload)
+			} else {
+				r.control(nb, payload, ep)
+			}
 			continue
 		}
 		delivered := false
@@ -221,6 +232,10 @@ func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 	for k := start; k < len(r.frames)-1; k++ {
 		r.frames[k].Off = 0
 	}
+	// Super-frames lie in buffers of their own (the last piece completed them).
+	r.frames = append(r.frames, r.done...)
+	clear(r.done)
+	r.done = r.done[:0]
 }
 
 // control handles a control record from neighbour nb that arrived from ep.

@@ -60,7 +60,8 @@ type batch struct {
 	// caller's buffer, with room in front for the plain header; only while the caller waits.
 	lentBuf [][]byte
 	lentOff []int
-	n       int // datagrams in use
+	pieces  []pieceHdr // datagram i carries a piece of a super-frame (gso.go)
+	n       int        // datagrams in use
 	frames  uint64
 	bytes   uint64
 }
@@ -70,6 +71,9 @@ type neighbour struct {
 	name   mesh.PeerName
 	connID uint64
 	info   mesh.ConnInfo
+
+	gso bool     // the peer takes super-frames in pieces, and we send them so
+	asm assembly // the super-frame being received; the socket reader's
 
 	// Set under s.mu before ready; immutable afterwards.
 	helloSent, helloRecv, theyTrust, ready bool
@@ -118,6 +122,7 @@ func newNeighbour(s *Sleeve, ci mesh.ConnInfo) *neighbour {
 	return &neighbour{
 		probe: probeState{timer: probeTimer},
 		s:     s, name: ci.Peer, connID: ci.ConnID, info: ci,
+		gso:        !s.cfg.DisableGSO && ci.Features[FeatureGSO] == "1",
 		queue:      make(chan *batch, queueLen),
 		signal:     make(chan struct{}, 1),
 		out:        make([][]byte, batchDatagrams),
@@ -203,7 +208,8 @@ func (n *neighbour) getBatch(limit int) *batch {
 	case b = <-n.free:
 	default:
 		b = &batch{bufs: make([][]byte, batchDatagrams), lens: make([]int, batchDatagrams),
-			lentBuf: make([][]byte, batchDatagrams), lentOff: make([]int, batchDatagrams)}
+			lentBuf: make([][]byte, batchDatagrams), lentOff: make([]int, batchDatagrams),
+			pieces: make([]pieceHdr, batchDatagrams)}
 	}
 	if len(b.bufs[0]) < size {
 		for i := range b.bufs {
@@ -216,6 +222,7 @@ func (n *neighbour) getBatch(limit int) *batch {
 
 func (n *neighbour) putBatch(b *batch) {
 	clear(b.lentBuf[:b.n]) // the caller's buffers are theirs again
+	clear(b.pieces[:b.n])
 	select {
 	case n.free <- b:
 	default:
@@ -258,13 +265,25 @@ func (n *neighbour) pack(frames []overlay.Frame, locked bool) {
 		if fr.Delivered {
 			dst = mesh.UnknownPeerName // see wire.go: delivered already, pass on only
 		}
+		if fr.GSO.IsGSO() {
+			lend := locked && n.sealed() && fr.Buf != nil && fr.Off >= recordHeaderLen+pieceHeaderLen &&
+				fr.Off+len(fr.Data) <= len(fr.Buf)
+			var ok bool
+			if b, ok = n.packSuper(b, &fr, limit, locked, lend); !ok {
+				drops++ // the router sizes super-frames with MaxGSO; the path may just have shrunk
+				continue
+			}
+			b.frames++
+			b.bytes += uint64(len(fr.Data))
+			continue
+		}
 		if need > limit || len(fr.Data) > 0xffff {
 			drops++ // the router sizes frames with MaxFrame; the path may just have shrunk
 			continue
 		}
 		lend := locked && fr.Buf != nil && len(fr.Data) >= lendMin && fr.Off >= room &&
 			fr.Off+len(fr.Data) <= len(fr.Buf)
-		if lend || b.n == 0 || b.lentBuf[b.n-1] != nil || b.lens[b.n-1]+need > limit {
+		if lend || b.n == 0 || b.lentBuf[b.n-1] != nil || b.pieces[b.n-1].on || b.lens[b.n-1]+need > limit {
 			if b.n == len(b.bufs) {
 				n.sendOrSubmit(b, locked)
 				b = n.getBatch(limit)
@@ -412,6 +431,11 @@ func (n *neighbour) sendBatchLocked(b *batch) {
 	out := n.out[:b.n]
 	for i := range b.n {
 		if lb := b.lentBuf[i]; lb != nil {
+			if p := &b.pieces[i]; p.lent {
+				// Over the end of the previous piece, sealed by now (in order).
+				off := b.lentOff[i]
+				p.put(putRecord(lb[off:], 0, 0, b.lens[i]-recordHeaderLen))
+			}
 			out[i] = n.lentDatagram(lb, b.lentOff[i], b.lens[i], b.bufs[i], i)
 		} else {
 			out[i] = n.datagram(b.bufs[i], b.lens[i], i)

@@ -45,6 +45,9 @@ type Config struct {
 	// Ciphers offered, most preferred first; nil: AES-GCM then secretbox. The first of
 	// ours the peer also offers is used.
 	Ciphers []string
+	// DisableGSO: do not offer to take super-frames in pieces (FeatureGSO), nor send them
+	// so; the router then cuts them into segments (for comparison in benchmarks).
+	DisableGSO bool
 	// Logger: nil discards.
 	Logger *slog.Logger
 
@@ -73,6 +76,7 @@ type Stats struct {
 	UnknownSender uint64 // datagrams from a peer we have no connection with
 	Malformed     uint64 // datagrams or records that do not decode
 	Datagrams     uint64 // datagrams received
+	GSOIncomplete uint64 // super-frames dropped because a piece was lost or reordered
 }
 
 // PeerInfo describes the sleeve's connection to a neighbour, for status.
@@ -97,7 +101,9 @@ type Sleeve struct {
 	stats struct {
 		overlay.Counters
 		replayed, authFailed, unknown, malformed, datagrams atomic.Uint64
+		gsoIncomplete                                       atomic.Uint64
 	}
+	asmPool chan []byte // reassembly buffers of super-frames
 
 	// Neighbours by name: readers use the immutable snapshot, writers hold mu.
 	peers atomic.Pointer[map[mesh.PeerName]*neighbour]
@@ -152,9 +158,10 @@ func New(cfg Config) (*Sleeve, error) {
 	}
 	s := &Sleeve{
 		cfg: cfg, log: cfg.Logger, bind: cfg.Bind, ciphers: ciphers,
-		byName: map[mesh.PeerName]*neighbour{},
-		hellos: map[uint64][]byte{},
-		done:   make(chan struct{}),
+		byName:  map[mesh.PeerName]*neighbour{},
+		hellos:  map[uint64][]byte{},
+		done:    make(chan struct{}),
+		asmPool: make(chan []byte, asmPoolLen),
 	}
 	s.peers.Store(&map[mesh.PeerName]*neighbour{})
 	if p, ok := cfg.Bind.(udp.PathMTU); ok {
@@ -169,10 +176,14 @@ func New(cfg Config) (*Sleeve, error) {
 
 // Features returns the handshake features to add to mesh.Config.Features.
 func (s *Sleeve) Features() map[string]string {
-	return map[string]string{
+	f := map[string]string{
 		FeatureCiphers: strings.Join(s.ciphers, " "),
 		FeaturePort:    strconv.Itoa(int(s.bind.LocalAddr().Port())),
 	}
+	if !s.cfg.DisableGSO {
+		f[FeatureGSO] = "1"
+	}
+	return f
 }
 
 // Start begins receiving and lets connections that came up before it proceed.
@@ -213,7 +224,7 @@ func (s *Sleeve) Stats() Stats {
 		Stats:    s.stats.Snapshot(),
 		Replayed: s.stats.replayed.Load(), AuthFailed: s.stats.authFailed.Load(),
 		UnknownSender: s.stats.unknown.Load(), Malformed: s.stats.malformed.Load(),
-		Datagrams: s.stats.datagrams.Load(),
+		Datagrams: s.stats.datagrams.Load(), GSOIncomplete: s.stats.gsoIncomplete.Load(),
 	}
 }
 

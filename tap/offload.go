@@ -22,21 +22,24 @@ import (
 	"github.com/weavemesh/weave/tap/frame"
 )
 
-// VirtioNetHdrLen is the size of struct virtio_net_hdr (without num_buffers).
-const VirtioNetHdrLen = 10
-
-// virtio_net_hdr flags and GSO types (linux/virtio_net.h).
+// The virtio-net header and its constants live in package frame (the sleeve carries the
+// header with a super-frame); these names keep package tap's API.
 const (
-	VirtioNetHdrFNeedsCsum = 1
-	VirtioNetHdrFDataValid = 2
+	VirtioNetHdrLen = frame.VirtioNetHdrLen
 
-	VirtioNetHdrGSONone  = 0
-	VirtioNetHdrGSOTCPv4 = 1
-	VirtioNetHdrGSOUDP   = 3
-	VirtioNetHdrGSOTCPv6 = 4
-	VirtioNetHdrGSOUDPL4 = 5
-	VirtioNetHdrGSOECN   = 0x80
+	VirtioNetHdrFNeedsCsum = frame.VirtioNetHdrFNeedsCsum
+	VirtioNetHdrFDataValid = frame.VirtioNetHdrFDataValid
+
+	VirtioNetHdrGSONone  = frame.VirtioNetHdrGSONone
+	VirtioNetHdrGSOTCPv4 = frame.VirtioNetHdrGSOTCPv4
+	VirtioNetHdrGSOUDP   = frame.VirtioNetHdrGSOUDP
+	VirtioNetHdrGSOTCPv6 = frame.VirtioNetHdrGSOTCPv6
+	VirtioNetHdrGSOUDPL4 = frame.VirtioNetHdrGSOUDPL4
+	VirtioNetHdrGSOECN   = frame.VirtioNetHdrGSOECN
 )
+
+// VirtioNetHdr is struct virtio_net_hdr, see frame.VirtioNetHdr.
+type VirtioNetHdr = frame.VirtioNetHdr
 
 // maxSegments bounds how many frames one super-frame may expand into: a hostile gso_size of 1
 // would otherwise turn 64 KiB into 65535 reads' worth of work.
@@ -44,42 +47,6 @@ const maxSegments = 1024
 
 // ErrMalformedOffload wraps every refusal of a virtio header or super-frame.
 var ErrMalformedOffload = errors.New("malformed offload frame")
-
-// VirtioNetHdr is struct virtio_net_hdr. Multi-byte fields are in host byte order (the
-// device is not switched to little-endian with TUNSETVNETLE, so legacy native order holds).
-type VirtioNetHdr struct {
-	Flags      uint8
-	GSOType    uint8
-	HdrLen     uint16
-	GSOSize    uint16
-	CsumStart  uint16
-	CsumOffset uint16
-}
-
-// Decode reads the header from b.
-func (h *VirtioNetHdr) Decode(b []byte) error {
-	if len(b) < VirtioNetHdrLen {
-		return fmt.Errorf("virtio net header: %d bytes: %w", len(b), ErrMalformedOffload)
-	}
-	h.Flags = b[0]
-	h.GSOType = b[1]
-	h.HdrLen = binary.NativeEndian.Uint16(b[2:4])
-	h.GSOSize = binary.NativeEndian.Uint16(b[4:6])
-	h.CsumStart = binary.NativeEndian.Uint16(b[6:8])
-	h.CsumOffset = binary.NativeEndian.Uint16(b[8:10])
-	return nil
-}
-
-// Encode writes the header to b, which must hold VirtioNetHdrLen bytes.
-func (h *VirtioNetHdr) Encode(b []byte) {
-	_ = b[VirtioNetHdrLen-1]
-	b[0] = h.Flags
-	b[1] = h.GSOType
-	binary.NativeEndian.PutUint16(b[2:4], h.HdrLen)
-	binary.NativeEndian.PutUint16(b[4:6], h.GSOSize)
-	binary.NativeEndian.PutUint16(b[6:8], h.CsumStart)
-	binary.NativeEndian.PutUint16(b[8:10], h.CsumOffset)
-}
 
 // Super describes a frame read from an offload device, ready to be cut with Segment.
 type Super struct {
@@ -235,4 +202,34 @@ func Segment(s *Super, first int, bufs [][]byte, sizes []int, offset int) (int, 
 		binary.BigEndian.PutUint16(tcp[16:], ^frame.Checksum(tcp[:tcpHL+segLen], psum))
 	}
 	return n, nil
+}
+
+// ValidateGSO checks a super-frame pkt and its header h (as carried from another host)
+// before the kernel is given them: a GSO type we enable, headers that parse and match it,
+// a partial checksum where the kernel's own super-frames have it, and no bytes beyond the IP
+// packet. Anything else is refused with an error wrapping ErrMalformedOffload.
+func ValidateGSO(h *VirtioNetHdr, pkt []byte) error {
+	if !h.IsGSO() {
+		return fmt.Errorf("gso type %#x is not a super-frame: %w", h.GSOType, ErrMalformedOffload)
+	}
+	var s Super
+	if err := PrepareRead(h, pkt, &s); err != nil {
+		return err
+	}
+	want := uint16(16) // TCP checksum field
+	if s.udp {
+		want = 6
+	}
+	switch {
+	case h.Flags&VirtioNetHdrFNeedsCsum == 0:
+		return fmt.Errorf("super-frame without a partial checksum: %w", ErrMalformedOffload)
+	case int(h.CsumStart) != s.p.L4Off || h.CsumOffset != want:
+		return fmt.Errorf("checksum start %d offset %d, want %d %d: %w",
+			h.CsumStart, h.CsumOffset, s.p.L4Off, want, ErrMalformedOffload)
+	case len(s.pkt) != len(pkt):
+		return fmt.Errorf("%d bytes after the IP packet: %w", len(pkt)-len(s.pkt), ErrMalformedOffload)
+	case int(h.HdrLen) > len(pkt):
+		return fmt.Errorf("header length %d beyond %d-byte frame: %w", h.HdrLen, len(pkt), ErrMalformedOffload)
+	}
+	return nil
 }

@@ -1,6 +1,10 @@
 package tap
 
-import "log/slog"
+import (
+	"log/slog"
+
+	"github.com/weavemesh/weave/tap/frame"
+)
 
 // Device is the bridge side of the data plane: a TAP interface carrying Ethernet frames.
 //
@@ -49,6 +53,27 @@ type Device interface {
 // Closing the parent closes every queue.
 type MultiQueue interface {
 	Queues() []Device
+}
+
+// GSOReader is implemented by devices that can hand over TSO/USO super-frames whole
+// (GSO passthrough): the sleeve carries them to the peer's TAP, which takes them whole
+// again, so neither end cuts and re-merges TCP segments in userspace.
+type GSOReader interface {
+	// ReadGSO is Read without segmentation: frame i is in bufs[i][offset:][:sizes[i]] and
+	// gso[i] describes its offloads (IsGSO false for an ordinary frame, whose checksum is
+	// complete). Each buffer must hold offset+MaxFrameSize bytes, and offset must be at
+	// least VirtioNetHdrLen. Do not mix with Read on one device.
+	ReadGSO(bufs [][]byte, sizes []int, gso []frame.VirtioNetHdr, offset int) (int, error)
+}
+
+// GSOWriter is implemented by devices that take super-frames described by a virtio-net
+// header, as ReadGSO returns them (possibly on another host).
+type GSOWriter interface {
+	// WriteGSO is Write where gso[i] describes frame i: a super-frame is validated
+	// (ValidateGSO) and written whole when the kernel takes offloads, else cut into
+	// segments here; runs of ordinary frames (zero header) are written as Write writes them.
+	// The count is of frames written (a super-frame counts as one when written whole).
+	WriteGSO(bufs [][]byte, gso []frame.VirtioNetHdr, offset int) (int, error)
 }
 
 // StatsReporter is implemented by the Linux devices.

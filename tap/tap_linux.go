@@ -259,6 +259,9 @@ type device struct {
 	wn      int
 	werr    error
 	writeFn func(fd uintptr) bool
+	// Segments of a super-frame WriteGSO cuts for a device without offloads.
+	segBufs  [][]byte
+	segSizes []int
 
 	stats struct {
 		rxFrames, rxSuper, rxDropped               atomic.Uint64
