@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 
 	"github.com/weavemesh/weave/api"
@@ -23,7 +24,8 @@ import (
 const envSleeveCiphers = "WEAVE_SLEEVE_CIPHERS"
 
 // envCPUProfile names a file to write a CPU profile of the whole daemon to, from data-plane
-// start to close (for `go tool pprof`); a debug knob, kept off any network port.
+// start to close (for `go tool pprof`; "%p" in it becomes the process ID); a debug knob, kept
+// off any network port.
 const envCPUProfile = "WEAVE_CPUPROFILE"
 
 // envNoGSO=1 turns GSO passthrough off (super-frames are cut into TCP segments before the
@@ -101,6 +103,7 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 	}
 	dp.router = r
 	if path := os.Getenv(envCPUProfile); path != "" {
+		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())) // one file per router of a lab
 		if f, err := os.Create(path); err != nil {
 			d.log.Warn("cannot write the CPU profile", "path", path, "err", err)
 		} else if err := pprof.StartCPUProfile(f); err != nil {
@@ -321,6 +324,7 @@ func (dp *dataPlane) sleeveRefused() map[string]uint64 {
 	return map[string]uint64{
 		"replayed": st.Replayed, "auth_failed": st.AuthFailed,
 		"unknown_sender": st.UnknownSender, "malformed": st.Malformed,
+		"gso_incomplete": st.GSOIncomplete,
 	}
 }
 
