@@ -139,6 +139,38 @@ func TestReportRatios(t *testing.T) {
 	}
 }
 
+// Interleaved, each run of a mode is divided by the baseline runs around it, and the
+// median of those ratios stands for the mode.
+func TestReportInterleavedRatios(t *testing.T) {
+	r := &Report{Baseline: baselineMode, Interleaved: true, Results: []Result{
+		// Baseline runs 0..3 bracket the rounds; the machine slows down in round 2.
+		{Mode: baselineMode, ThroughputBps: 10e9, ThroughputRuns: []float64{10e9, 10e9, 6e9, 10e9}, RTTAvgMs: 0.1},
+		{Mode: "fastdp", ThroughputBps: 9e9, ThroughputRuns: []float64{9.5e9, 7.2e9, 8e9}, RTTAvgMs: 0.1},
+	}}
+	r.finish()
+	f := r.Results[1]
+	want := []float64{0.95, 0.9, 1}
+	if len(f.ThroughputRatioRuns) != 3 {
+		t.Fatalf("per-run ratios %v, want %v", f.ThroughputRatioRuns, want)
+	}
+	for i := range want {
+		if d := f.ThroughputRatioRuns[i] - want[i]; d > 1e-9 || d < -1e-9 {
+			t.Fatalf("per-run ratios %v, want %v", f.ThroughputRatioRuns, want)
+		}
+	}
+	if f.ThroughputRatio == nil || *f.ThroughputRatio != 0.95 || r.BaselineDrift == nil || *r.BaselineDrift != 1 {
+		t.Fatalf("ratio %v drift %v, want the median 0.95 and drift 1", f.ThroughputRatio, r.BaselineDrift)
+	}
+	var buf bytes.Buffer
+	r.printTable(&buf)
+	if !strings.Contains(buf.String(), "0.950 0.900 1.000  (median 0.950)") {
+		t.Fatalf("table lacks the per-run ratios:\n%s", buf.String())
+	}
+	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
+		t.Fatalf("median of 1..4 = %v", got)
+	}
+}
+
 // TestKernelVXLANBaseline wires the baseline in a real lab and measures it briefly: the
 // containers reach each other only through the hand-made VXLAN, and iperf3 moves data.
 func TestKernelVXLANBaseline(t *testing.T) {

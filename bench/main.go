@@ -32,15 +32,16 @@ func main() {
 }
 
 type config struct {
-	out       string
-	duration  time.Duration
-	modes     []string
-	pings     int
-	repeat    int
-	binDir    string
-	keep      bool
-	verbose   bool
-	listModes bool
+	out        string
+	duration   time.Duration
+	modes      []string
+	pings      int
+	repeat     int
+	binDir     string
+	keep       bool
+	verbose    bool
+	listModes  bool
+	interleave bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -54,6 +55,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.pings, "pings", 50, "ping count per mode for the RTT")
 	fs.IntVar(&c.repeat, "repeat", 1, "iperf3 runs per mode; the median counts (use 3 or 5 on a busy machine)")
 	fs.StringVar(&c.binDir, "bin", "bin", "directory of weaver and weavectl for the modes that run them")
+	fs.BoolVar(&c.interleave, "interleave", true, "keep every mode's lab up and take turns, one iperf3 run per mode per round with "+
+		baselineMode+" first and once more at the end; each run's ratio is to the mean of the baseline runs just before and after it")
 	fs.BoolVar(&c.keep, "keep", false, "keep each lab's directory (process logs) after the run")
 	fs.BoolVar(&c.verbose, "v", false, "log the lab's progress")
 	fs.BoolVar(&c.listModes, "list", false, "list the modes and exit")
@@ -117,23 +120,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	rep := newReport(cfg)
-	for _, m := range selected {
-		fmt.Fprintf(stderr, "bench: %s ...\n", m.Name())
-		res := measureMode(ctx, cfg, m, log)
-		if res.Error != "" {
-			fmt.Fprintf(stderr, "bench: %s: %s\n", m.Name(), res.Error)
-		}
-		rep.Results = append(rep.Results, res)
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	// Measure the baseline again at the end: on a shared machine the drift between the two
-	// says how far to trust the ratios, and their mean is a fairer reference.
-	if ctx.Err() == nil && rep.baseline() != nil && rep.measuredOthers() {
-		fmt.Fprintf(stderr, "bench: %s (again) ...\n", baselineMode)
-		again := measureMode(ctx, cfg, selected[0], log)
-		rep.BaselineRepeat = &again
+	if cfg.interleave {
+		measureInterleaved(ctx, cfg, selected, log, rep, stderr)
+	} else {
+		measureInTurn(ctx, cfg, selected, log, rep, stderr)
 	}
 	rep.finish()
 	rep.printTable(stdout)
@@ -154,6 +144,79 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// measureInTurn measures each mode in full (all its runs), one after the other, and the
+// baseline again at the end.
+func measureInTurn(ctx context.Context, cfg config, selected []Mode, log *slog.Logger, rep *Report, stderr io.Writer) {
+	for _, m := range selected {
+		fmt.Fprintf(stderr, "bench: %s ...\n", m.Name())
+		res := measureMode(ctx, cfg, m, log)
+		if res.Error != "" {
+			fmt.Fprintf(stderr, "bench: %s: %s\n", m.Name(), res.Error)
+		}
+		rep.Results = append(rep.Results, res)
+		if ctx.Err() != nil {
+			return
+		}
+	}
+	// Measure the baseline again at the end: on a shared machine the drift between the two
+	// says how far to trust the ratios, and their mean is a fairer reference.
+	if ctx.Err() == nil && rep.baseline() != nil && rep.measuredOthers() {
+		fmt.Fprintf(stderr, "bench: %s (again) ...\n", baselineMode)
+		again := measureMode(ctx, cfg, selected[0], log)
+		rep.BaselineRepeat = &again
+	}
+}
+
+// measureInterleaved sets every mode up first, then runs rounds of one iperf3 run per mode,
+// the baseline first, and one more baseline run at the end: every run of a mode lies
+// between two baseline runs minutes apart at most, so a machine that other work slows down
+// for a while moves both sides of its ratio.
+func measureInterleaved(ctx context.Context, cfg config, selected []Mode, log *slog.Logger, rep *Report, stderr io.Writer) {
+	rep.Interleaved = true
+	sessions := make([]*session, 0, len(selected))
+	defer func() {
+		for _, s := range sessions {
+			s.close()
+		}
+	}()
+	for _, m := range selected {
+		fmt.Fprintf(stderr, "bench: %s: setting up ...\n", m.Name())
+		s := openSession(ctx, cfg, m, log)
+		sessions = append(sessions, s)
+		if s.res.Error != "" {
+			fmt.Fprintf(stderr, "bench: %s: %s\n", m.Name(), s.res.Error)
+			s.close() // a failed lab is not kept up
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+	rounds := max(1, cfg.repeat)
+	for r := range rounds {
+		for _, s := range sessions {
+			if !s.ok() {
+				continue
+			}
+			fmt.Fprintf(stderr, "bench: round %d/%d: %s ...\n", r+1, rounds, s.res.Mode)
+			s.iperfOnce(ctx, cfg.duration)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	if base := sessions[0]; ctx.Err() == nil && base.ok() {
+		fmt.Fprintf(stderr, "bench: %s (closing run) ...\n", base.res.Mode)
+		base.iperfOnce(ctx, cfg.duration)
+	}
+	for _, s := range sessions {
+		res := s.result()
+		if res.Error != "" && ctx.Err() == nil {
+			fmt.Fprintf(stderr, "bench: %s: %s\n", res.Mode, res.Error)
+		}
+		rep.Results = append(rep.Results, res)
+	}
 }
 
 // selectModes returns the requested modes in registry order, always with the baseline first so

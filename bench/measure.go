@@ -34,8 +34,8 @@ type Result struct {
 	StartedAt   time.Time `json:"started_at"`
 	SetupSecs   float64   `json:"setup_seconds"`
 
-	ThroughputBps   float64   `json:"throughput_bps"` // median of ThroughputRuns
-	ThroughputRuns  []float64 `json:"throughput_runs_bps"`
+	ThroughputBps   float64   `json:"throughput_bps"`      // median of ThroughputRuns
+	ThroughputRuns  []float64 `json:"throughput_runs_bps"` // in the order they ran
 	Retransmits     int       `json:"retransmits"`
 	SenderCPU       float64   `json:"sender_cpu_percent"`
 	ReceiverCPU     float64   `json:"receiver_cpu_percent"`
@@ -45,48 +45,80 @@ type Result struct {
 	RTTMdevMs       float64   `json:"rtt_mdev_ms"`
 	PingLoss        float64   `json:"ping_loss"`
 	ThroughputRatio *float64  `json:"throughput_ratio,omitempty"`
-	RTTRatio        *float64  `json:"rtt_ratio,omitempty"`
+	// ThroughputRatioRuns (interleaved benches) are each run's ratio to the baseline runs
+	// just before and after it, in the order they ran.
+	ThroughputRatioRuns []float64 `json:"throughput_ratio_runs,omitempty"`
+	RTTRatio            *float64  `json:"rtt_ratio,omitempty"`
 }
 
 func (r Result) ok() bool { return r.Error == "" && r.Skipped == "" }
 
-// measureMode runs one mode in a fresh lab, which it always tears down.
-func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) (res Result) {
-	res = Result{Mode: m.Name(), Description: m.Description(), StartedAt: time.Now().UTC()}
+// measureMode runs one mode in a fresh lab, which it always tears down: RTT, then
+// cfg.repeat iperf3 runs back to back.
+func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) Result {
+	s := openSession(ctx, cfg, m, log)
+	defer s.close()
+	for range max(1, cfg.repeat) {
+		if !s.ok() {
+			break
+		}
+		s.iperfOnce(ctx, cfg.duration)
+	}
+	return s.result()
+}
+
+// A session is one mode's lab, set up and idle between iperf3 runs, so that runs of several
+// modes can take turns (interleave) while each keeps its own lab.
+type session struct {
+	res  Result
+	lab  *netlab.Lab
+	path Path
+	srv  *netlab.Proc
+	log  *slog.Logger
+	keep bool
+	runs []iperfResult // in the order they ran
+}
+
+func (s *session) ok() bool { return s.res.ok() }
+
+func (s *session) fail(err error) {
+	if s.res.Error == "" {
+		s.res.Error = err.Error()
+	}
+}
+
+// openSession builds a lab for m, wires it, waits until the path carries ping, measures the
+// RTT on the idle path and starts the iperf3 server. A failure is recorded in the result.
+func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *session {
+	s := &session{res: Result{Mode: m.Name(), Description: m.Description(), StartedAt: time.Now().UTC()},
+		log: log, keep: cfg.keep}
 	env := &Env{BinDir: absBin(cfg.binDir), Log: log.With("mode", m.Name())}
 	if err := m.Available(env); err != nil {
-		res.Skipped = err.Error()
-		return res
-	}
-	fail := func(err error) Result {
-		res.Error = err.Error()
-		return res
+		s.res.Skipped = err.Error()
+		return s
 	}
 	setupStart := time.Now()
 	lab, err := netlab.Build(ctx, netlab.Options{Hosts: 2, KeepDir: cfg.keep, Logger: env.Log})
 	if err != nil {
-		return fail(err)
+		s.fail(err)
+		return s
 	}
-	defer func() {
-		if err := lab.Close(); err != nil {
-			log.Warn("tear down lab", "mode", m.Name(), "err", err)
-		}
-		if cfg.keep {
-			fmt.Fprintf(os.Stderr, "bench: %s: logs kept in %s\n", m.Name(), lab.Dir)
-		}
-	}()
+	s.lab = lab
 	env.Lab = lab
 	for i := range env.Hosts {
 		env.Hosts[i] = lab.Hosts[i]
 		if env.Containers[i], err = lab.Hosts[i].AddContainer("c1"); err != nil {
-			return fail(err)
+			s.fail(err)
+			return s
 		}
 	}
 	path, err := m.Setup(ctx, env)
 	if err != nil {
-		return fail(fmt.Errorf("setup: %w", err))
+		s.fail(fmt.Errorf("setup: %w", err))
+		return s
 	}
-	res.Info = path.Info
+	s.path = path
+	s.res.Info = path.Info
 	if err := netlab.WaitFor(ctx, reachableLimit, func() error {
 		loss, _, err := netlab.Ping(ctx, path.Client, path.ServerAddr, 1)
 		if err == nil && loss > 0 {
@@ -94,42 +126,85 @@ func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) (res
 		}
 		return err
 	}); err != nil {
-		return fail(err)
+		s.fail(err)
+		return s
 	}
-	res.SetupSecs = time.Since(setupStart).Seconds()
+	s.res.SetupSecs = time.Since(setupStart).Seconds()
 
 	// RTT first, on an idle path.
 	pr, err := netlab.PingWith(ctx, path.Client, path.ServerAddr, netlab.PingOptions{Count: cfg.pings, Interval: pingInterval})
 	if err != nil {
-		return fail(err)
+		s.fail(err)
+		return s
 	}
-	res.PingLoss = pr.Loss
-	res.RTTMinMs, res.RTTAvgMs, res.RTTMaxMs, res.RTTMdevMs = ms(pr.Min), ms(pr.Avg), ms(pr.Max), ms(pr.Mdev)
+	s.res.PingLoss = pr.Loss
+	s.res.RTTMinMs, s.res.RTTAvgMs, s.res.RTTMaxMs, s.res.RTTMdevMs = ms(pr.Min), ms(pr.Avg), ms(pr.Max), ms(pr.Mdev)
 
-	runs, err := runIperf(ctx, path, cfg.duration, cfg.repeat)
-	if err != nil {
-		return fail(err)
+	if s.srv, err = startIperfServer(ctx, path); err != nil {
+		s.fail(err)
 	}
-	// The median run stands for the mode: on a shared machine one run can be far off.
-	slices.SortFunc(runs, func(a, b iperfResult) int { return cmp.Compare(a.bps, b.bps) })
-	mid := runs[len(runs)/2]
+	return s
+}
+
+// iperfOnce runs the iperf3 client once and keeps the run; a failure ends the session's runs.
+func (s *session) iperfOnce(ctx context.Context, d time.Duration) {
+	if !s.ok() {
+		return
+	}
+	r, err := iperfRun(ctx, s.path, d)
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	s.runs = append(s.runs, r)
+}
+
+// result is the mode's row: the median run stands for the mode (on a shared machine one
+// run can be far off); every run is listed in the order it ran.
+func (s *session) result() Result {
+	res := s.res
+	if !res.ok() || len(s.runs) == 0 {
+		if res.ok() {
+			res.Error = "no iperf3 run"
+		}
+		return res
+	}
+	sorted := slices.Clone(s.runs)
+	slices.SortFunc(sorted, func(a, b iperfResult) int { return cmp.Compare(a.bps, b.bps) })
+	mid := sorted[len(sorted)/2]
 	res.ThroughputBps, res.Retransmits = mid.bps, mid.retransmits
 	res.SenderCPU, res.ReceiverCPU = mid.senderCPU, mid.receiverCPU
-	for _, r := range runs {
+	for _, r := range s.runs {
 		res.ThroughputRuns = append(res.ThroughputRuns, r.bps)
 	}
 	return res
 }
 
+// close stops the iperf3 server and tears the lab down; idempotent.
+func (s *session) close() {
+	if s.srv != nil {
+		s.srv.Stop()
+		s.srv = nil
+	}
+	if s.lab == nil {
+		return
+	}
+	if err := s.lab.Close(); err != nil {
+		s.log.Warn("tear down lab", "mode", s.res.Mode, "err", err)
+	}
+	if s.keep {
+		fmt.Fprintf(os.Stderr, "bench: %s: logs kept in %s\n", s.res.Mode, s.lab.Dir)
+	}
+	s.lab = nil
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// runIperf runs the iperf3 client n times against one server.
-func runIperf(ctx context.Context, path Path, d time.Duration, n int) ([]iperfResult, error) {
+func startIperfServer(ctx context.Context, path Path) (*netlab.Proc, error) {
 	srv, err := path.Server.Start("iperf3-server", nil, "iperf3", "-s", "-p", iperfPort)
 	if err != nil {
 		return nil, err
 	}
-	defer srv.Stop()
 	if err := netlab.WaitFor(ctx, 10*time.Second, func() error {
 		if !srv.Running() {
 			return errors.New("iperf3 server exited: " + srv.Log())
@@ -140,22 +215,24 @@ func runIperf(ctx context.Context, path Path, d time.Duration, n int) ([]iperfRe
 		}
 		return err
 	}); err != nil {
+		srv.Stop()
 		return nil, err
 	}
+	return srv, nil
+}
+
+// iperfRun runs the iperf3 client once against the server of path.
+func iperfRun(ctx context.Context, path Path, d time.Duration) (iperfResult, error) {
 	secs := max(1, int(math.Round(d.Seconds())))
-	var runs []iperfResult
-	for range max(1, n) {
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
-		out, runErr := path.Client.Run(cctx, "iperf3", "-c", path.ServerAddr.String(), "-p", iperfPort,
-			"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000")
-		cancel()
-		r, err := parseIperf(out)
-		if err != nil {
-			return nil, errors.Join(err, runErr)
-		}
-		runs = append(runs, r)
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
+	defer cancel()
+	out, runErr := path.Client.Run(cctx, "iperf3", "-c", path.ServerAddr.String(), "-p", iperfPort,
+		"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000")
+	r, err := parseIperf(out)
+	if err != nil {
+		return iperfResult{}, errors.Join(err, runErr)
 	}
-	return runs, nil
+	return r, nil
 }
 
 type iperfResult struct {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,11 +23,15 @@ type Report struct {
 	Pings           int       `json:"pings"`
 	Repeat          int       `json:"iperf_runs_per_mode"`
 	Baseline        string    `json:"baseline"`
-	Results         []Result  `json:"results"`
+	// Interleaved: the modes took turns, one run each per round (see -interleave); each
+	// result's throughput_ratio is then the median of its throughput_ratio_runs.
+	Interleaved bool     `json:"interleaved"`
+	Results     []Result `json:"results"`
 	// BaselineRepeat is the baseline measured again after the other modes; the ratios use the
 	// mean of both runs.
 	BaselineRepeat *Result `json:"baseline_repeat,omitempty"`
-	// BaselineDrift is the repeat's throughput over the first run's (1 = steady machine).
+	// BaselineDrift is the repeat's throughput over the first run's (1 = steady machine);
+	// interleaved, the last baseline run's over the first's.
 	BaselineDrift *float64 `json:"baseline_drift,omitempty"`
 }
 
@@ -100,12 +105,22 @@ func (r *Report) finish() {
 		base.ThroughputBps = (first.ThroughputBps + again.ThroughputBps) / 2
 		base.RTTAvgMs = (first.RTTAvgMs + again.RTTAvgMs) / 2
 	}
+	if b := first.ThroughputRuns; r.Interleaved && len(b) >= 2 && b[0] > 0 {
+		drift := b[len(b)-1] / b[0]
+		r.BaselineDrift = &drift
+	}
 	for i := range r.Results {
 		res := &r.Results[i]
 		if !res.ok() {
 			continue
 		}
-		if base.ThroughputBps > 0 {
+		if r.Interleaved {
+			res.ThroughputRatioRuns = pairedRatios(res.ThroughputRuns, first.ThroughputRuns)
+			if len(res.ThroughputRatioRuns) > 0 {
+				v := median(res.ThroughputRatioRuns)
+				res.ThroughputRatio = &v
+			}
+		} else if base.ThroughputBps > 0 {
 			v := res.ThroughputBps / base.ThroughputBps
 			res.ThroughputRatio = &v
 		}
@@ -114,6 +129,30 @@ func (r *Report) finish() {
 			res.RTTRatio = &v
 		}
 	}
+}
+
+// pairedRatios divides run i of a mode by the mean of baseline runs i and i+1, the two that
+// ran just before and just after it in an interleaved bench.
+func pairedRatios(runs, base []float64) []float64 {
+	var out []float64
+	for i, v := range runs {
+		if i+1 >= len(base) {
+			break
+		}
+		if ref := (base[i] + base[i+1]) / 2; ref > 0 {
+			out = append(out, v/ref)
+		}
+	}
+	return out
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
 }
 
 func (r *Report) printTable(w io.Writer) {
@@ -135,6 +174,22 @@ func (r *Report) printTable(w io.Writer) {
 			res.RTTAvgMs, res.RTTMinMs, ratio(res.RTTRatio), res.PingLoss*100, res.Info)
 	}
 	tw.Flush()
+	if r.Interleaved {
+		fmt.Fprintf(w, "\nmodes took turns, one run each per round; each run's ratio is to the %s runs just before and after it:\n", r.Baseline)
+		for _, res := range r.Results {
+			if len(res.ThroughputRatioRuns) == 0 || res.Mode == r.Baseline {
+				continue
+			}
+			parts := make([]string, len(res.ThroughputRatioRuns))
+			for i, v := range res.ThroughputRatioRuns {
+				parts[i] = fmt.Sprintf("%.3f", v)
+			}
+			fmt.Fprintf(w, "  %-16s %s  (median %.3f)\n", res.Mode, strings.Join(parts, " "), *res.ThroughputRatio)
+		}
+		if r.BaselineDrift != nil {
+			fmt.Fprintf(w, "%s drift from the first run to the last: x%.2f\n", r.Baseline, *r.BaselineDrift)
+		}
+	}
 	switch again := r.BaselineRepeat; {
 	case again == nil:
 	case !again.ok():
