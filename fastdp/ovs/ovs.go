@@ -57,6 +57,15 @@ const (
 // without trunks would carry every VLAN, quarantined frames included (tagged).
 var untaggedOnly = []int{0}
 
+// trunksFor is the trunks column that goes with a port's tag: an access port (tagged) has
+// none (OVS would ignore them, and warn at each reconfiguration).
+func trunksFor(tag *int) []int {
+	if tag != nil {
+		return nil
+	}
+	return untaggedOnly
+}
+
 // Links is the OS boundary for the Linux devices behind local ports. NetlinkLinks is the
 // real one.
 type Links interface {
@@ -356,7 +365,7 @@ func (b *Backend) addPortTagged(ctx context.Context, name, typ string, options m
 	}
 	iface := &vswitch.Interface{UUID: "iface", Name: name, Type: typ, Options: options, ExternalIDs: ids}
 	port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, Protected: protected,
-		Tag: tag, Trunks: untaggedOnly, ExternalIDs: ids}
+		Tag: tag, Trunks: trunksFor(tag), ExternalIDs: ids}
 	ops, err := b.ovs.Create(iface, port)
 	if err != nil {
 		return fmt.Errorf("ovs: create port %s: %w", name, err)
@@ -469,8 +478,8 @@ func (b *Backend) SetPeerActive(peer string, active bool) error {
 		return nil
 	}
 	upd := *p
-	upd.Tag = tag
-	ops, err := b.ovs.Where(&upd).Update(&upd, &upd.Tag)
+	upd.Tag, upd.Trunks = tag, trunksFor(tag)
+	ops, err := b.ovs.Where(&upd).Update(&upd, &upd.Tag, &upd.Trunks)
 	if err != nil {
 		return fmt.Errorf("ovs: set peer %s active=%v: %w", peer, active, err)
 	}

@@ -144,6 +144,9 @@ func TestBackendAgainstOVSDB(t *testing.T) {
 	if got, _ := vsctl(sock, "get", "Port", "wvxaabbccddee01", "tag"); got != "4094" {
 		t.Errorf("inactive peer's port tag = %q, want 4094", got)
 	}
+	if got, _ := vsctl(sock, "get", "Port", "wvxaabbccddee01", "trunks"); got != "[]" {
+		t.Errorf("inactive peer's port trunks = %q, want [] (an access port)", got)
+	}
 	if exists, active := b.PeerActive(peer1); !exists || active {
 		t.Errorf("PeerActive after deactivation = %v, %v", exists, active)
 	}
