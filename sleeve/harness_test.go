@@ -65,6 +65,7 @@ type labOpts struct {
 	trusted  []netip.Prefix
 	capture  bool
 	timeout  time.Duration // sleeve heartbeat timeout; 0: default
+	noGSO    []bool        // per node: sleeve.Config.DisableGSO
 }
 
 func testLogger() *slog.Logger {
@@ -106,7 +107,8 @@ func (l *lab) addNode(i int, o labOpts) *node {
 		ciphers = o.ciphers[i]
 	}
 	log := testLogger().With("node", i)
-	s, err := sleeve.New(sleeve.Config{Name: peerName(i), Bind: bind, Ciphers: ciphers, Logger: log,
+	noGSO := o.noGSO != nil && o.noGSO[i]
+	s, err := sleeve.New(sleeve.Config{Name: peerName(i), Bind: bind, Ciphers: ciphers, Logger: log, DisableGSO: noGSO,
 		FastHeartbeat: 20 * time.Millisecond, SlowHeartbeat: 50 * time.Millisecond,
 		Timeout: o.timeout, ProbeTimeout: 30 * time.Millisecond})
 	if err != nil {

@@ -543,6 +543,9 @@ func FuzzVnetHeader(f *testing.F) {
 		if err := h.Decode(b); err != nil {
 			return
 		}
+		if err := ValidateGSO(&h, b[VirtioNetHdrLen:]); err != nil && !errors.Is(err, ErrMalformedOffload) {
+			t.Fatalf("ValidateGSO error %v does not wrap ErrMalformedOffload", err)
+		}
 		var sup Super
 		if err := PrepareRead(&h, b[VirtioNetHdrLen:], &sup); err != nil {
 			if !errors.Is(err, ErrMalformedOffload) {

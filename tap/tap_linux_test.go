@@ -86,6 +86,11 @@ type topo struct {
 }
 
 func buildTopo(t testing.TB, offload bool, queues int) *topo {
+	return buildTopoMixed(t, offload, offload, queues)
+}
+
+// buildTopoMixed is buildTopo with offloads chosen per device (client side, server side).
+func buildTopoMixed(t testing.TB, offC, offS bool, queues int) *topo {
 	testutil.RequireRoot(t)
 	testutil.RequireCommands(t, "ip")
 	p := fmt.Sprintf("wvtap%d%03d", os.Getpid()%100000, rand.IntN(1000))
@@ -105,7 +110,7 @@ func buildTopo(t testing.TB, offload bool, queues int) *topo {
 		run(t, "ip", "-n", side.ns, "addr", "add", side.addr6, "dev", side.veth+"0", "nodad")
 		run(t, "ip", "-n", side.ns, "link", "set", side.veth+"0", "up")
 	}
-	open := func(name string) Device {
+	open := func(name string, offload bool) Device {
 		var d Device
 		var err error
 		inNS(t, tp.router, func() { d, err = Open(Config{Name: name, Offload: offload, Queues: queues}) })
@@ -121,7 +126,7 @@ func buildTopo(t testing.TB, offload bool, queues int) *topo {
 		}
 		return d
 	}
-	tp.tc, tp.ts = open("tc"), open("ts")
+	tp.tc, tp.ts = open("tc", offC), open("ts", offS)
 	run(t, "ip", "-n", tp.router, "link", "set", "tc", "master", "brc", "up")
 	run(t, "ip", "-n", tp.router, "link", "set", "ts", "master", "brs", "up")
 	return tp

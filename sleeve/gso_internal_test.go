@@ -1,0 +1,112 @@
+package sleeve
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/overlay"
+	"github.com/weavemesh/weave/tap/frame"
+)
+
+var testGSO = frame.VirtioNetHdr{Flags: frame.VirtioNetHdrFNeedsCsum, GSOType: frame.VirtioNetHdrGSOTCPv4,
+	HdrLen: 54, GSOSize: 1380, CsumStart: 34, CsumOffset: 16}
+
+// pieceRecord is the record of bytes [off, off+len(data)) of a total-byte super-frame.
+func pieceRecord(src, dst mesh.PeerName, total, off int, data []byte) []byte {
+	p := make([]byte, pieceHeaderLen+len(data))
+	h := pieceHdr{src: src, dst: dst, total: uint32(total), offset: uint32(off), gso: testGSO}
+	h.put(p)
+	copy(p[pieceHeaderLen:], data)
+	return record(0, 0, p)
+}
+
+type keepingReceiver struct{ frames []overlay.Frame }
+
+func (k *keepingReceiver) Receive(_ mesh.PeerName, frames []overlay.Frame) {
+	for _, f := range frames {
+		f.Data = bytes.Clone(f.Data)
+		k.frames = append(k.frames, f)
+	}
+}
+
+// feed hands the reader one plain datagram per record, as the socket would.
+func feed(r *reader, recs ...[]byte) {
+	for _, rec := range recs {
+		r.sizes[0] = copy(r.bufs[0], plainDatagram(rec))
+		r.eps[0] = netip.MustParseAddrPort("192.0.2.9:6783")
+		r.handle(1)
+		r.deliverAll()
+	}
+}
+
+// TestReassembly: pieces in order make one super-frame; a lost or reordered piece drops the
+// partial super-frame (counted) and the next complete one still gets through; hostile
+// pieces are counted as malformed and never delivered.
+func TestReassembly(t *testing.T) {
+	s, r, _ := fuzzSleeve(t)
+	recv := &keepingReceiver{}
+	s.recv.Store(&recvBox{recv})
+	payload := make([]byte, 3000)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	const src, dst = mesh.PeerName(5), mesh.PeerName(6)
+	whole := func() [][]byte {
+		return [][]byte{pieceRecord(src, dst, 3000, 0, payload[:1000]),
+			pieceRecord(src, dst, 3000, 1000, payload[1000:2000]), pieceRecord(src, dst, 3000, 2000, payload[2000:])}
+	}
+	feed(r, whole()...)
+	if len(recv.frames) != 1 || !bytes.Equal(recv.frames[0].Data, payload) || recv.frames[0].GSO != testGSO ||
+		recv.frames[0].Src != src || recv.frames[0].Dst != dst {
+		t.Fatalf("in-order pieces: delivered %d frames, want the super-frame", len(recv.frames))
+	}
+	// The middle piece lost: nothing, counted; then a whole one.
+	p := whole()
+	feed(r, p[0], p[2])
+	feed(r, whole()...)
+	// Reordered: counted, and the next whole one is fine.
+	p = whole()
+	feed(r, p[0], p[2], p[1])
+	feed(r, whole()...)
+	if len(recv.frames) != 3 {
+		t.Errorf("delivered %d super-frames, want 3 (the whole ones)", len(recv.frames))
+	}
+	if got := s.stats.gsoIncomplete.Load(); got != 2 {
+		t.Errorf("incomplete super-frames counted %d, want 2", got)
+	}
+	before := s.stats.malformed.Load()
+	hostile := [][]byte{
+		pieceRecord(src, dst, 1000, 900, payload[:200]),    // beyond its total
+		pieceRecord(src, dst, maxSuperFrame+1, 0, payload), // too big
+		pieceRecord(0, dst, 3000, 0, payload[:100]),        // no source
+		pieceRecord(src, dst, 3000, 0, nil),                // no bytes
+		record(0, 0, []byte{ctlPiece, 0, 1, 2}),            // short header
+		pieceRecord(src, dst, 0, 0, payload[:10]),          // total 0
+	}
+	feed(r, hostile...)
+	if got := s.stats.malformed.Load() - before; got != uint64(len(hostile)) {
+		t.Errorf("hostile pieces counted malformed %d, want %d", got, len(hostile))
+	}
+	if len(recv.frames) != 3 {
+		t.Errorf("a hostile piece was delivered: %d frames", len(recv.frames))
+	}
+}
+
+func FuzzPiece(f *testing.F) {
+	f.Add(uint32(3000), uint32(0), []byte("abc"))
+	f.Add(uint32(3), uint32(0), []byte("abc"))
+	f.Add(uint32(maxSuperFrame), uint32(maxSuperFrame-1), []byte("z"))
+	f.Fuzz(func(t *testing.T, total, off uint32, data []byte) {
+		_, r, _ := fuzzSleeve(t)
+		p := make([]byte, pieceHeaderLen+len(data))
+		h := pieceHdr{src: 5, dst: 6, total: total, offset: off, gso: testGSO}
+		h.put(p)
+		copy(p[pieceHeaderLen:], data)
+		if len(p) > 0xffff-recordHeaderLen {
+			return
+		}
+		feed(r, record(0, 0, p)) // must not panic, whatever the numbers
+	})
+}
