@@ -190,8 +190,12 @@ func TestOVSMixedWithLinux(t *testing.T) {
 		nodes[i] = &dpNode{h: h, r: newRouter(t, h), addr: containerAddr(i)}
 	}
 	dumpOnFailure(t, nodes[0].r, nodes[1].r)
-	nodes[0].r.launch("--datapath=ovs", "--ovs-datapath-type=netdev", "--ovs-socket", "unix:"+sock)
-	nodes[1].r.launch(h1.Addr.String())
+	// An explicit MTU: without a default route netdev.UnderlayMTU takes the smallest up link,
+	// which after a first launch is one of our own 1438-byte veths, so a relaunch would come
+	// up 62 bytes smaller than its peer (fastdp then rightly reports "mtu").
+	ovsArgs := []string{"--datapath=ovs", "--ovs-datapath-type=netdev", "--ovs-socket", "unix:" + sock, "--mtu", "1438"}
+	nodes[0].r.launch(ovsArgs...)
+	nodes[1].r.launch("--mtu", "1438", h1.Addr.String())
 	for _, n := range nodes {
 		c, err := n.h.AddContainer("c")
 		if err != nil {
@@ -214,5 +218,20 @@ func TestOVSMixedWithLinux(t *testing.T) {
 	pingNoDup(t, a, b, 20)
 	if d := sleeveFrames(t, a) - before; d > 5 {
 		t.Errorf("%d frames crossed the sleeve during 20 pings: fastdp did not carry them", d)
+	}
+
+	// Stop and launch again: the OVS bridge, uplink and heartbeat ports are adopted, the
+	// tunnel ports of the last run replaced, and the pair returns to fastdp.
+	if out, err := a.r.ctl(ctx, "stop"); err != nil {
+		t.Fatalf("stop h1: %v\n%s", err, out)
+	}
+	a.r.launch(ovsArgs...)
+	waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
+	waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
+	pingNoDup(t, a, b, 10)
+	if ports, err := netlab.Vsctl(sock, "list-ports", ovs.DefaultBridge); err != nil ||
+		strings.Join(strings.Fields(ports), " ") != strings.Join([]string{ovs.PeerPort(lab.Hosts[1].Addr), ovs.HeartbeatOVS0, ovs.HeartbeatOVS1, ovs.UplinkOVS}, " ") &&
+			strings.Join(strings.Fields(ports), " ") != strings.Join([]string{ovs.HeartbeatOVS0, ovs.HeartbeatOVS1, ovs.UplinkOVS, ovs.PeerPort(lab.Hosts[1].Addr)}, " ") {
+		t.Errorf("h1's OVS ports after the relaunch: %q %v", ports, err)
 	}
 }
