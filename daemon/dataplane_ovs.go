@@ -65,8 +65,24 @@ func ovsSocketPath(s string) (string, error) {
 // reached fails the start: the user asked for OVS by name.
 func (dp *dataPlane) ovsKernel() (fastdp.Kernel, error) {
 	d := dp.d
+	// A router that changes backend across a stop must not leave the other one's device on
+	// the bridge: its entries from the last run would still carry frames (duplicates).
 	if d.cfg.Datapath != DatapathOVS {
+		if _, err := os.Stat(filepath.Join(d.cfg.StateDir, ovsStateFile)); err == nil {
+			d.log.Info("removing the OVS setup of an earlier --datapath=ovs run")
+			if err := cleanupOVS(d.cfg); err != nil {
+				// OVS is unreachable (gone?): at least cut our OVS bridge off the weave
+				// bridge; the rest waits for a reset.
+				d.log.Warn("cannot remove the OVS setup; detaching it from the bridge", "err", err)
+				if err := detachOVSUplink(); err != nil {
+					return nil, err
+				}
+			}
+		}
 		return nil, nil
+	}
+	if err := fastdp.Cleanup("", fastdp.DefaultDevice(d.cfg.Port+1)); err != nil {
+		return nil, fmt.Errorf("remove the VXLAN device of an earlier --datapath=linux run: %w", err)
 	}
 	sock, err := ovsSocketPath(d.cfg.OVSSocket)
 	if err != nil {
@@ -95,6 +111,19 @@ func (dp *dataPlane) ovsKernel() (fastdp.Kernel, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// detachOVSUplink deletes the veth pair joining our OVS bridge to the weave bridge.
+func detachOVSUplink() error {
+	links, err := ovs.NewNetlinkLinks("")
+	if err != nil {
+		return err
+	}
+	defer links.Close()
+	if err := links.DeleteLink(ovs.UplinkOVS); err != nil {
+		return fmt.Errorf("ovs: delete %s: %w", ovs.UplinkOVS, err)
+	}
+	return nil
 }
 
 // closeKernel closes a kernel that fastdp.New did not take over.

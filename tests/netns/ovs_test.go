@@ -168,6 +168,8 @@ func linkNames(t *testing.T, ctx context.Context, h *netlab.Host) string {
 // TestOVSMixedWithLinux: one host on the OVS backend, the other on the Linux VXLAN device.
 // Both speak the same VXLAN (port, VNI) and the same heartbeats, so the pair goes to fastdp
 // and the containers' traffic crosses OVS on one side and the kernel's VXLAN on the other.
+// The OVS host is then relaunched (its OVS setup adopted) and relaunched on the Linux
+// backend (its OVS setup removed); each time the pair returns to fastdp.
 func TestOVSMixedWithLinux(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireCommands(t, "ovsdb-server", "ovsdb-tool", "ovs-vswitchd", "ovs-vsctl", "ethtool", "ping")
@@ -234,4 +236,24 @@ func TestOVSMixedWithLinux(t *testing.T) {
 			strings.Join(strings.Fields(ports), " ") != strings.Join([]string{ovs.HeartbeatOVS0, ovs.HeartbeatOVS1, ovs.UplinkOVS, ovs.PeerPort(lab.Hosts[1].Addr)}, " ") {
 		t.Errorf("h1's OVS ports after the relaunch: %q %v", ports, err)
 	}
+
+	// Back to the Linux backend across a stop: the OVS setup goes (it would carry frames
+	// too), the VXLAN device comes, the pair returns to fastdp without duplicates.
+	if out, err := a.r.ctl(ctx, "stop"); err != nil {
+		t.Fatalf("stop h1: %v\n%s", err, out)
+	}
+	a.r.launch("--mtu", "1438")
+	waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
+	waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
+	if brs, err := netlab.Vsctl(sock, "list-br"); err != nil || brs != ovsUnderlayBridge {
+		t.Errorf("OVS bridges after switching to --datapath=linux: %q %v, want only %s", brs, err, ovsUnderlayBridge)
+	}
+	for _, dev := range []string{ovs.UplinkOVS, ovs.HeartbeatHost0, ovs.HeartbeatHost1} {
+		if out, err := a.h.Run(ctx, "ip", "link", "show", "dev", dev); err == nil {
+			t.Errorf("%s left after switching to --datapath=linux:\n%s", dev, out)
+		}
+	}
+	mustRun(t, ctx, a.h, "ip", "link", "show", "dev", "vxlan-6784")
+	pingNoDup(t, a, b, 10)
+	pingNoDup(t, b, a, 10)
 }
