@@ -171,6 +171,28 @@ func TestReportInterleavedRatios(t *testing.T) {
 	}
 }
 
+// A run waits for other iperf3 clients (another bench, a test) and ignores servers.
+func TestOtherIperfClients(t *testing.T) {
+	proc := t.TempDir()
+	for pid, cmdline := range map[string]string{
+		"10":   "iperf3\x00-c\x00192.168.240.2\x00-t\x0010\x00",
+		"11":   "/usr/bin/iperf3\x00-s\x00-p\x005201\x00",
+		"12":   "/usr/bin/iperf3\x00-p\x005201\x00-c\x0010.0.0.1\x00",
+		"13":   "sh\x00-c\x00iperf3\x00",
+		"self": "iperf3\x00-c\x00x\x00",
+	} {
+		if err := os.MkdirAll(filepath.Join(proc, pid), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(proc, pid, "cmdline"), []byte(cmdline), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := otherIperfClients(proc); n != 2 {
+		t.Fatalf("%d iperf3 clients, want 2 (pids 10 and 12)", n)
+	}
+}
+
 // TestKernelVXLANBaseline wires the baseline in a real lab and measures it briefly: the
 // containers reach each other only through the hand-made VXLAN, and iperf3 moves data.
 func TestKernelVXLANBaseline(t *testing.T) {

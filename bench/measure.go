@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -221,8 +222,21 @@ func startIperfServer(ctx context.Context, path Path) (*netlab.Proc, error) {
 	return srv, nil
 }
 
-// iperfRun runs the iperf3 client once against the server of path.
+// quietLimit bounds how long a run waits for somebody else's iperf3 client to finish.
+const quietLimit = 3 * time.Minute
+
+// iperfRun runs the iperf3 client once against the server of path, once no other iperf3
+// client runs on the machine (another bench or a test: two streams sharing the CPUs would
+// measure each other).
 func iperfRun(ctx context.Context, path Path, d time.Duration) (iperfResult, error) {
+	if err := netlab.WaitFor(ctx, quietLimit, func() error {
+		if n := otherIperfClients("/proc"); n > 0 {
+			return fmt.Errorf("%d other iperf3 clients running", n)
+		}
+		return nil
+	}); err != nil && ctx.Err() == nil {
+		fmt.Fprintf(os.Stderr, "bench: measuring anyway after %v: %v\n", quietLimit, err)
+	}
 	secs := max(1, int(math.Round(d.Seconds())))
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
@@ -275,4 +289,28 @@ func parseIperf(out []byte) (iperfResult, error) {
 		senderCPU:   doc.End.CPU.HostTotal,
 		receiverCPU: doc.End.CPU.RemoteTotal,
 	}, nil
+}
+
+// otherIperfClients counts the iperf3 client processes under proc (/proc): ours are never
+// running when it is called.
+func otherIperfClients(proc string) int {
+	entries, err := os.ReadDir(proc)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(proc, e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if filepath.Base(args[0]) == "iperf3" && slices.Contains(args[1:], "-c") {
+			n++
+		}
+	}
+	return n
 }
