@@ -44,6 +44,11 @@ var (
 		"Allocation requests waiting for the ring or for space.", nil, nil)
 	descIPAMRefused = prometheus.NewDesc("weave_ipam_refused_total",
 		"IPAM input refused or in conflict, by reason.", []string{"reason"}, nil)
+	descSleeveRefused = prometheus.NewDesc("weave_sleeve_refused_total",
+		"Datagrams or super-frames the sleeve refused, by reason.", []string{"reason"}, nil)
+	descRouterEvents = prometheus.NewDesc("weave_router_frames_total",
+		"Frames the router relayed, dropped, answered with ICMP, fragmented, left to the kernel path, or passed as whole or cut TCP super-frames, by event.",
+		[]string{"event"}, nil)
 )
 
 // overlayDescs are the per-overlay frame, byte and drop counters: weave_<overlay>_<name>.
@@ -100,6 +105,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.in), "in")
 				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.out), "out")
 			}
+		}
+		for reason, v := range c.d.dp.sleeveRefused() {
+			ch <- prometheus.MustNewConstMetric(descSleeveRefused, prometheus.CounterValue, float64(v), reason)
+		}
+		rs := c.d.dp.routerStats()
+		for event, v := range map[string]uint64{
+			"relayed": rs.Relayed, "no_route": rs.NoRoute, "oversize": rs.Oversize, "icmp_sent": rs.ICMPSent,
+			"fragmented": rs.Fragmented, "malformed": rs.Malformed, "kernel_carried": rs.KernelCarried,
+			"gso_whole": rs.GSOWhole, "gso_cut": rs.GSOCut,
+		} {
+			ch <- prometheus.MustNewConstMetric(descRouterEvents, prometheus.CounterValue, float64(v), event)
 		}
 	}
 	if c.d.ipam != nil {

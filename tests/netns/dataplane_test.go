@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -185,6 +186,13 @@ func TestDataPlaneTwoHosts(t *testing.T) {
 			if gbps <= 0 {
 				t.Error("iperf3 moved nothing")
 			}
+			// The stream's TSO super-frames crossed whole (GSO passthrough), not cut.
+			if v := metricValue(t, nodes[0].r.metrics(), `weave_router_frames_total{event="gso_whole"}`); v < 100 {
+				t.Errorf("sender passed %v super-frames whole to the sleeve, want >= 100", v)
+			}
+			if v := metricValue(t, nodes[1].r.metrics(), `weave_sleeve_refused_total{reason="gso_incomplete"}`); v > 100 {
+				t.Errorf("receiver dropped %v incomplete super-frames", v)
+			}
 		})
 	}
 }
@@ -210,6 +218,33 @@ func TestDataPlaneFirewalledRelay(t *testing.T) {
 	}
 	pingOK(t, nodes[3], nodes[0].addr, 1200)
 	pingOK(t, nodes[4], nodes[1].addr, 56)
+	// TCP through the relay: 3 puts each super-frame back together and sends it on whole.
+	if gbps := iperf(t, nodes[0], nodes[3], 1); gbps <= 0 {
+		t.Error("TCP moved nothing through the relay")
+	}
+	m := nodes[2].r.metrics()
+	if v := metricValue(t, m, `weave_router_frames_total{event="relayed"}`); v < 100 {
+		t.Errorf("relay passed on %v frames, want >= 100", v)
+	}
+	if v := metricValue(t, m, `weave_router_frames_total{event="gso_whole"}`); v < 10 {
+		t.Errorf("relay passed on %v super-frames whole, want >= 10", v)
+	}
+}
+
+// metricValue returns the value of the sample named series (name{labels}) in a scrape.
+func metricValue(t *testing.T, scrape, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrape, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", series, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no metric %s in the scrape", series)
+	return 0
 }
 
 // TestDataPlanePathMTU: the far end's underlay link has MTU 1200, which nothing tells the
