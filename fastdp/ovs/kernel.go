@@ -86,6 +86,9 @@ type Kernel struct {
 	mu    sync.Mutex
 	beats map[netip.Addr]bool
 	flood map[netip.Addr]bool
+	// retired sums the last counters of tunnel ports removed since NewKernel, so that
+	// LinkStats never goes back when a peer leaves.
+	retired fastdp.LinkStats
 
 	frames    chan []byte
 	done      chan struct{}
@@ -93,7 +96,7 @@ type Kernel struct {
 	closeOnce sync.Once
 }
 
-var _ fastdp.Kernel = (*Kernel)(nil)
+var _ fastdp.StatsKernel = (*Kernel)(nil)
 
 // NewKernel creates (or adopts) our OVS bridge, joins it to the Linux bridge, adds the
 // heartbeat ports and opens their sockets. Tunnel ports left by an earlier run are removed:
@@ -209,7 +212,7 @@ func (k *Kernel) SetHeartbeatRemote(addr netip.Addr, on bool) error {
 	if k.flood[addr] {
 		return nil
 	}
-	return k.b.RemovePeer(addr.String())
+	return k.removeLocked(addr)
 }
 
 // SetFloodRemote takes addr's tunnel port out of quarantine (on) or puts it back.
@@ -231,9 +234,54 @@ func (k *Kernel) SetFloodRemote(addr netip.Addr, on bool) error {
 	}
 	delete(k.flood, addr)
 	if !k.beats[addr] {
-		return k.b.RemovePeer(addr.String())
+		return k.removeLocked(addr)
 	}
 	return k.b.SetPeerActive(addr.String(), false)
+}
+
+// removeLocked removes addr's tunnel port, keeping its last counters in retired.
+func (k *Kernel) removeLocked(addr netip.Addr) error {
+	if st, ok := k.b.TunnelStats()[addr.String()]; ok {
+		k.retired = addStats(k.retired, linkStats(st))
+	}
+	return k.b.RemovePeer(addr.String())
+}
+
+// LinkStats sums the counters of our tunnel interfaces (those removed included): every
+// frame OVS encapsulated for a peer or decapsulated from one, heartbeats and containers'
+// data alike (fastdp.StatsKernel). They lag by ovs-vswitchd's statistics interval.
+func (k *Kernel) LinkStats() (fastdp.LinkStats, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	sum := k.retired
+	for _, st := range k.b.TunnelStats() {
+		sum = addStats(sum, linkStats(st))
+	}
+	return sum, nil
+}
+
+// linkStats reads an Interface statistics column; negative or missing values count 0.
+func linkStats(m map[string]int) fastdp.LinkStats {
+	v := func(keys ...string) uint64 {
+		var n uint64
+		for _, key := range keys {
+			if x := m[key]; x > 0 {
+				n += uint64(x)
+			}
+		}
+		return n
+	}
+	return fastdp.LinkStats{
+		RxFrames: v("rx_packets"), RxBytes: v("rx_bytes"), RxDropped: v("rx_dropped", "rx_errors"),
+		TxFrames: v("tx_packets"), TxBytes: v("tx_bytes"), TxDropped: v("tx_dropped", "tx_errors"),
+	}
+}
+
+func addStats(a, b fastdp.LinkStats) fastdp.LinkStats {
+	return fastdp.LinkStats{
+		RxFrames: a.RxFrames + b.RxFrames, RxBytes: a.RxBytes + b.RxBytes, RxDropped: a.RxDropped + b.RxDropped,
+		TxFrames: a.TxFrames + b.TxFrames, TxBytes: a.TxBytes + b.TxBytes, TxDropped: a.TxDropped + b.TxDropped,
+	}
 }
 
 // SetMAC does nothing: NORMAL learns where each MAC is, and a quarantined port neither

@@ -2,11 +2,15 @@ package ovs
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weavemesh/weave/fastdp"
+	"github.com/weavemesh/weave/internal/testutil"
 )
 
 // TestKernelAgainstOVSDB drives the fastdp.Kernel calls against a real ovsdb-server (no
@@ -95,6 +99,31 @@ func TestKernelAgainstOVSDB(t *testing.T) {
 				t.Fatalf("after %s: remote_ip %s, want %s", s.what, got, s.remote)
 			}
 		}
+	}
+	// Counters: the sum over tunnel interfaces, those of removed ports kept.
+	for _, x := range []netip.Addr{a, c} {
+		if err := k.SetHeartbeatRemote(x, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vsctl(sock, "set", "Interface", PeerPort(x), "statistics:rx_packets=10", "statistics:tx_bytes=1000", "statistics:tx_dropped=1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := fastdp.LinkStats{RxFrames: 20, TxBytes: 2000, TxDropped: 2}
+	testutil.Eventually(t, 5*time.Second, "counters of two tunnels", func() error {
+		if st, err := k.LinkStats(); err != nil || st != want {
+			return fmt.Errorf("LinkStats %+v %v, want %+v", st, err, want)
+		}
+		return nil
+	})
+	if err := k.SetHeartbeatRemote(a, false); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := k.LinkStats(); err != nil || st != want {
+		t.Errorf("LinkStats after a's port went: %+v %v, want %+v (kept)", st, err, want)
+	}
+	if err := k.SetHeartbeatRemote(c, false); err != nil {
+		t.Fatal(err)
 	}
 	if out, _ := vsctl(sock, "--columns=name", "--bare", "list", "Port"); strings.Contains(out, TunnelName("stale")) {
 		t.Errorf("stale tunnel of an earlier run still there:\n%s", out)

@@ -532,6 +532,20 @@ func (b *Backend) RemoveAllPeers() error {
 	return nil
 }
 
+// TunnelStats returns the statistics column of every tunnel interface of ours, by peer, as
+// ovs-vswitchd last wrote it (every few seconds: other_config:stats-update-interval).
+func (b *Backend) TunnelStats() map[string]map[string]int {
+	var ifs []vswitch.Interface
+	_ = b.ovs.WhereCache(func(i *vswitch.Interface) bool {
+		return b.ours(i.ExternalIDs) && i.ExternalIDs[KeyRole] == roleTunnel
+	}).List(context.Background(), &ifs)
+	out := make(map[string]map[string]int, len(ifs))
+	for _, i := range ifs {
+		out[i.ExternalIDs[KeyPeer]] = i.Statistics
+	}
+	return out
+}
+
 // Peers returns the peers with a tunnel port of ours and the address each one points at.
 func (b *Backend) Peers() map[string]netip.Addr {
 	var ifs []vswitch.Interface

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -87,7 +89,7 @@ func TestOVSTwoHosts(t *testing.T) {
 	// A full-size packet crosses without fragmentation.
 	pingOK(t, a, b.addr, conn.MTU-28, "-M", "do")
 
-	before := sleeveFrames(t, a)
+	before, kBefore := sleeveFrames(t, a), fastdpBytesOut(t, a)
 	gbps := iperf(t, a, b, 2)
 	after := sleeveFrames(t, a)
 	t.Logf("OVS (netdev datapath): iperf3 one TCP stream %.3f Gbit/s, mtu %d; sleeve frames during it: %d", gbps, conn.MTU, after-before)
@@ -124,6 +126,15 @@ func TestOVSTwoHosts(t *testing.T) {
 	waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
 	t.Logf("back on fastdp %v after the unblock", time.Since(start).Round(100*time.Millisecond))
 	pingNoDup(t, a, b, 5)
+
+	// fastdp's counters are OVS's tunnel statistics (ovs-vswitchd writes them every 5 s,
+	// long past by now): the stream is in them.
+	streamed := uint64(gbps * 1e9 / 8 * 2)
+	if sent := fastdpBytesOut(t, a) - kBefore; sent < streamed/2 {
+		t.Errorf("weave_fastdp_bytes_total out grew by %d during a stream of ~%d bytes", sent, streamed)
+	} else {
+		t.Logf("weave_fastdp_bytes_total out grew by %d (stream ~%d bytes)", sent, streamed)
+	}
 
 	// h1: reset through the running daemon; h2: stop first, reset afterwards.
 	if out, err := a.r.ctl(ctx, "reset"); err != nil {
@@ -256,4 +267,20 @@ func TestOVSMixedWithLinux(t *testing.T) {
 	mustRun(t, ctx, a.h, "ip", "link", "show", "dev", "vxlan-6784")
 	pingNoDup(t, a, b, 10)
 	pingNoDup(t, b, a, 10)
+}
+
+var fastdpBytesOutRE = regexp.MustCompile(`(?m)^weave_fastdp_bytes_total\{direction="out"\} (\S+)$`)
+
+// fastdpBytesOut is fastdp's outgoing byte counter from n's metrics.
+func fastdpBytesOut(t *testing.T, n *dpNode) uint64 {
+	t.Helper()
+	m := fastdpBytesOutRE.FindStringSubmatch(n.r.metrics())
+	if m == nil {
+		t.Fatalf("%s: no weave_fastdp_bytes_total in the metrics", n.h.Name)
+	}
+	f, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint64(f)
 }
