@@ -29,7 +29,7 @@ const ovsUnderlayBridge = "wul"
 // and the lab's own OVS bridge is untouched.
 func TestOVSTwoHosts(t *testing.T) {
 	testutil.RequireRoot(t)
-	testutil.RequireCommands(t, "ovsdb-server", "ovsdb-tool", "ovs-vswitchd", "ovs-vsctl", "ethtool", "iperf3", "ping")
+	testutil.RequireCommands(t, "ovsdb-server", "ovsdb-tool", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ethtool", "iperf3", "ping")
 	lab := netlab.New(t, netlab.Options{Hosts: 2})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
