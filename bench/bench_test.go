@@ -171,6 +171,19 @@ func TestReportInterleavedRatios(t *testing.T) {
 	}
 }
 
+// The baseline opens every round; the others take turns right after it.
+func TestRoundOrder(t *testing.T) {
+	modes := []string{"base", "a", "b", "c"}
+	for r, want := range []string{"base a b c", "base b c a", "base c a b", "base a b c"} {
+		if got := strings.Join(roundOrder(modes, r), " "); got != want {
+			t.Fatalf("round %d: %s, want %s", r, got, want)
+		}
+	}
+	if got := strings.Join(roundOrder(modes[:2], 1), " "); got != "base a" {
+		t.Fatalf("two modes, round 1: %s", got)
+	}
+}
+
 // A run waits for other iperf3 clients (another bench, a test) and ignores servers.
 func TestOtherIperfClients(t *testing.T) {
 	proc := t.TempDir()

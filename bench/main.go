@@ -195,7 +195,7 @@ func measureInterleaved(ctx context.Context, cfg config, selected []Mode, log *s
 	}
 	rounds := max(1, cfg.repeat)
 	for r := range rounds {
-		for _, s := range sessions {
+		for _, s := range roundOrder(sessions, r) {
 			if !s.ok() {
 				continue
 			}
@@ -217,6 +217,18 @@ func measureInterleaved(ctx context.Context, cfg config, selected []Mode, log *s
 		}
 		rep.Results = append(rep.Results, res)
 	}
+}
+
+// roundOrder is the order of round r: the baseline first, then the other modes rotated by
+// r, so that no mode always runs right after the baseline (or right before it).
+func roundOrder[T any](sessions []T, r int) []T {
+	if len(sessions) < 3 {
+		return sessions
+	}
+	others := sessions[1:]
+	k := r % len(others)
+	out := append([]T{sessions[0]}, others[k:]...)
+	return append(out, others[:k]...)
 }
 
 // selectModes returns the requested modes in registry order, always with the baseline first so
