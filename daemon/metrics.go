@@ -46,6 +46,8 @@ var (
 		"IPAM input refused or in conflict, by reason.", []string{"reason"}, nil)
 	descSleeveRefused = prometheus.NewDesc("weave_sleeve_refused_total",
 		"Datagrams or super-frames the sleeve refused, by reason.", []string{"reason"}, nil)
+	descGSOBackoffs = prometheus.NewDesc("weave_sleeve_gso_backoffs_total",
+		"Times a peer reported lost super-frames and the sleeve sent it cut TCP segments for a while instead.", nil, nil)
 	descRouterEvents = prometheus.NewDesc("weave_router_frames_total",
 		"Frames the router relayed, dropped, answered with ICMP, fragmented, left to the kernel path, or passed as whole or cut TCP super-frames, by event.",
 		[]string{"event"}, nil)
@@ -109,6 +111,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for reason, v := range c.d.dp.sleeveRefused() {
 			ch <- prometheus.MustNewConstMetric(descSleeveRefused, prometheus.CounterValue, float64(v), reason)
 		}
+		ch <- prometheus.MustNewConstMetric(descGSOBackoffs, prometheus.CounterValue, float64(c.d.dp.sleeve.Stats().GSOBackoffs))
 		rs := c.d.dp.routerStats()
 		for event, v := range map[string]uint64{
 			"relayed": rs.Relayed, "no_route": rs.NoRoute, "oversize": rs.Oversize, "icmp_sent": rs.ICMPSent,

@@ -9,7 +9,10 @@ package sleeve
 // A piece is a control record (src = dst = 0, so it is never relayed as it is: every hop
 // reassembles, and a relay sends the super-frame on in pieces of its own):
 //
-//	[kind 1 = ctlPiece][flags 1][src peer 6][dst peer 6][total 4][offset 4][virtio-net hdr 10][bytes]
+//	[kind 1 = ctlPiece][flags 1][id 2][src peer 6][dst peer 6][total 4][offset 4][virtio-net hdr 10][bytes]
+//
+// id counts super-frames per connection, so that the receiver also notices super-frames of
+// which no piece arrived (a whole batch dropped at a full socket queue), and reports losses.
 //
 // All pieces of a super-frame go out in one batch (one sendmmsg, in order), so a receiver
 // sees them in order unless the network reorders or loses one; then the partial
@@ -18,6 +21,7 @@ package sleeve
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
@@ -29,7 +33,7 @@ const (
 	FeatureGSO = "gso"
 
 	ctlPiece       = 4
-	pieceHeaderLen = 1 + 1 + 2*nameLen + 4 + 4 + frame.VirtioNetHdrLen
+	pieceHeaderLen = 1 + 1 + 2 + 2*nameLen + 4 + 4 + frame.VirtioNetHdrLen
 
 	// maxSuperFrame is the largest super-frame carried: a 64 KiB IP packet in a tagged
 	// Ethernet frame (tap.MaxFrameSize).
@@ -46,6 +50,7 @@ const (
 // piece, which has been sealed by then.
 type pieceHdr struct {
 	on, lent      bool
+	id            uint16
 	src, dst      mesh.PeerName
 	total, offset uint32
 	gso           frame.VirtioNetHdr
@@ -54,11 +59,12 @@ type pieceHdr struct {
 func (p *pieceHdr) put(b []byte) {
 	_ = b[pieceHeaderLen-1]
 	b[0], b[1] = ctlPiece, 0
-	putName(b[2:8], p.src)
-	putName(b[8:14], p.dst)
-	binary.BigEndian.PutUint32(b[14:18], p.total)
-	binary.BigEndian.PutUint32(b[18:22], p.offset)
-	p.gso.EncodeWire(b[22:pieceHeaderLen])
+	binary.BigEndian.PutUint16(b[2:4], p.id)
+	putName(b[4:10], p.src)
+	putName(b[10:16], p.dst)
+	binary.BigEndian.PutUint32(b[16:20], p.total)
+	binary.BigEndian.PutUint32(b[20:24], p.offset)
+	p.gso.EncodeWire(b[24:pieceHeaderLen])
 }
 
 // parsePiece decodes a piece record's payload.
@@ -66,10 +72,11 @@ func parsePiece(b []byte) (p pieceHdr, data []byte, err error) {
 	if len(b) < pieceHeaderLen {
 		return p, nil, fmt.Errorf("piece of %d bytes: %w", len(b), errMalformed)
 	}
-	p.src, p.dst = getName(b[2:8]), getName(b[8:14])
-	p.total = binary.BigEndian.Uint32(b[14:18])
-	p.offset = binary.BigEndian.Uint32(b[18:22])
-	_ = p.gso.DecodeWire(b[22:pieceHeaderLen])
+	p.id = binary.BigEndian.Uint16(b[2:4])
+	p.src, p.dst = getName(b[4:10]), getName(b[10:16])
+	p.total = binary.BigEndian.Uint32(b[16:20])
+	p.offset = binary.BigEndian.Uint32(b[20:24])
+	_ = p.gso.DecodeWire(b[24:pieceHeaderLen])
 	data = b[pieceHeaderLen:]
 	switch {
 	case p.src == mesh.UnknownPeerName || p.dst == mesh.UnknownPeerName:
@@ -89,6 +96,9 @@ type assembly struct {
 	buf []byte // nil: none in progress
 	hdr pieceHdr
 	got uint32
+	// nextID is the id expected of the next super-frame's first piece, once idSeen.
+	nextID uint16
+	idSeen bool
 }
 
 // MaxGSO implements overlay.GSOForwarder: super-frames go whole to a neighbour that takes
@@ -98,7 +108,47 @@ func (s *Sleeve) MaxGSO(hop mesh.PeerName) int {
 	if n == nil || !n.gso || !n.established.Load() {
 		return 0
 	}
+	if until := n.gsoOffUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+		return 0
+	}
 	return n.maxGSO()
+}
+
+// Losing one datagram loses a whole super-frame (~45 TCP segments): on a lossy path that
+// multiplies what TCP must resend. The peer reports in its heartbeats how many of our
+// super-frames it put together and how many it lost; when more than gsoLossPercent of
+// them were lost since the last report, we send cut segments to it for a hold-off that
+// doubles each time it happens again (from gsoHoldMin to gsoHoldMax), then try again.
+const (
+	gsoLossPercent = 5
+	gsoLossMin     = 3 // losses in one report before we react: noise otherwise
+	gsoHoldMin     = 30 * time.Second
+	gsoHoldMax     = 10 * time.Minute
+)
+
+type gsoLossState struct {
+	lastDone, lastLost uint32
+	seen               bool
+	hold               time.Duration
+}
+
+// gsoReport takes the peer's counts of our super-frames (cumulative, from a heartbeat).
+func (r *reader) gsoReport(nb *neighbour, done, lost uint32) {
+	st := &nb.gsoLoss
+	dDone, dLost := done-st.lastDone, lost-st.lastLost
+	first := !st.seen
+	st.lastDone, st.lastLost, st.seen = done, lost, true
+	if first || dLost < gsoLossMin || uint64(dLost)*100 <= uint64(dDone+dLost)*gsoLossPercent {
+		return
+	}
+	if until := nb.gsoOffUntil.Load(); until != 0 && r.now < until {
+		return // already off: losses in flight before it took effect
+	}
+	st.hold = min(max(2*st.hold, gsoHoldMin), gsoHoldMax)
+	nb.gsoOffUntil.Store(r.now + int64(st.hold))
+	r.s.stats.gsoBackoffs.Add(1)
+	r.s.log.Info("sending cut TCP segments instead of whole super-frames: the path loses datagrams",
+		"remote", nb.name.String(), "lost", dLost, "received", dDone, "for", st.hold)
 }
 
 func (n *neighbour) pieceData() int { return n.bodyLimit() - recordHeaderLen - pieceHeaderLen }
@@ -128,7 +178,7 @@ func (n *neighbour) packSuper(b *batch, fr *overlay.Frame, limit int, locked, le
 		n.sendOrSubmit(b, locked)
 		b = n.getBatch(limit)
 	}
-	hdr := pieceHdr{on: true, src: fr.Src, dst: fr.Dst, total: uint32(size), gso: fr.GSO}
+	hdr := pieceHdr{on: true, id: uint16(n.gsoID.Add(1)), src: fr.Src, dst: fr.Dst, total: uint32(size), gso: fr.GSO}
 	for off := 0; off < size; off += pd {
 		end := min(off+pd, size)
 		i := b.n
@@ -159,19 +209,30 @@ func (r *reader) piece(nb *neighbour, payload []byte) {
 	}
 	a := &nb.asm
 	if p.offset == 0 {
+		lost := uint32(0)
 		if a.buf != nil && a.got > 0 {
-			s.stats.gsoIncomplete.Add(1) // the previous one lost its tail
+			lost++ // the previous one lost its tail
+		}
+		if gap := p.id - a.nextID; a.idSeen && gap < 1<<15 {
+			lost += uint32(gap) // super-frames of which not even the first piece came
+		}
+		a.nextID, a.idSeen = p.id+1, true
+		if lost > 0 {
+			s.stats.gsoIncomplete.Add(uint64(lost))
+			nb.asmLost.Add(lost)
 		}
 		if a.buf == nil {
 			a.buf = s.getAsm()
 		}
 		a.hdr, a.got = p, 0
-	} else if a.buf == nil || a.got != p.offset || a.hdr.total != p.total || a.hdr.src != p.src || a.hdr.dst != p.dst {
-		if a.buf != nil && a.got > 0 {
-			s.stats.gsoIncomplete.Add(1) // a piece was lost or came out of order
+	} else if a.buf == nil || a.got != p.offset || a.hdr.id != p.id || a.hdr.total != p.total ||
+		a.hdr.src != p.src || a.hdr.dst != p.dst {
+		if a.got > 0 { // a piece was lost or came out of order
+			s.stats.gsoIncomplete.Add(1)
+			nb.asmLost.Add(1)
 			a.got = 0
 		}
-		return
+		return // (one whose first piece never came is counted by the id gap)
 	}
 	copy(a.buf[asmHeadroom+int(p.offset):], data)
 	a.got += uint32(len(data))
@@ -180,6 +241,7 @@ func (r *reader) piece(nb *neighbour, payload []byte) {
 	}
 	buf := a.buf
 	a.buf, a.got = nil, 0
+	nb.asmDone.Add(1)
 	r.held = append(r.held, buf) // back to the pool once the router is done with it
 	r.done = append(r.done, overlay.Frame{Src: a.hdr.src, Dst: a.hdr.dst, GSO: a.hdr.gso,
 		Data: buf[asmHeadroom : asmHeadroom+int(a.hdr.total)], Buf: buf, Off: asmHeadroom})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
@@ -14,9 +15,9 @@ var testGSO = frame.VirtioNetHdr{Flags: frame.VirtioNetHdrFNeedsCsum, GSOType: f
 	HdrLen: 54, GSOSize: 1380, CsumStart: 34, CsumOffset: 16}
 
 // pieceRecord is the record of bytes [off, off+len(data)) of a total-byte super-frame.
-func pieceRecord(src, dst mesh.PeerName, total, off int, data []byte) []byte {
+func pieceRecord(id uint16, src, dst mesh.PeerName, total, off int, data []byte) []byte {
 	p := make([]byte, pieceHeaderLen+len(data))
-	h := pieceHdr{src: src, dst: dst, total: uint32(total), offset: uint32(off), gso: testGSO}
+	h := pieceHdr{id: id, src: src, dst: dst, total: uint32(total), offset: uint32(off), gso: testGSO}
 	h.put(p)
 	copy(p[pieceHeaderLen:], data)
 	return record(0, 0, p)
@@ -53,9 +54,11 @@ func TestReassembly(t *testing.T) {
 		payload[i] = byte(i)
 	}
 	const src, dst = mesh.PeerName(5), mesh.PeerName(6)
+	var id uint16
 	whole := func() [][]byte {
-		return [][]byte{pieceRecord(src, dst, 3000, 0, payload[:1000]),
-			pieceRecord(src, dst, 3000, 1000, payload[1000:2000]), pieceRecord(src, dst, 3000, 2000, payload[2000:])}
+		id++
+		return [][]byte{pieceRecord(id, src, dst, 3000, 0, payload[:1000]),
+			pieceRecord(id, src, dst, 3000, 1000, payload[1000:2000]), pieceRecord(id, src, dst, 3000, 2000, payload[2000:])}
 	}
 	feed(r, whole()...)
 	if len(recv.frames) != 1 || !bytes.Equal(recv.frames[0].Data, payload) || recv.frames[0].GSO != testGSO ||
@@ -70,27 +73,66 @@ func TestReassembly(t *testing.T) {
 	p = whole()
 	feed(r, p[0], p[2], p[1])
 	feed(r, whole()...)
-	if len(recv.frames) != 3 {
-		t.Errorf("delivered %d super-frames, want 3 (the whole ones)", len(recv.frames))
+	// The first piece lost: counted once, by the id gap at the next one.
+	p = whole()
+	feed(r, p[1], p[2])
+	feed(r, whole()...)
+	// Not a single piece of one came: the id gap again.
+	whole()
+	feed(r, whole()...)
+	if len(recv.frames) != 5 {
+		t.Errorf("delivered %d super-frames, want 5 (the whole ones)", len(recv.frames))
 	}
-	if got := s.stats.gsoIncomplete.Load(); got != 2 {
-		t.Errorf("incomplete super-frames counted %d, want 2", got)
+	if got := s.stats.gsoIncomplete.Load(); got != 4 {
+		t.Errorf("lost super-frames counted %d, want 4", got)
+	}
+	nb := (*s.peers.Load())[fuzzPlainPeer]
+	if d, l := nb.asmDone.Load(), nb.asmLost.Load(); d != 5 || l != 4 {
+		t.Errorf("the peer's heartbeats would report %d received and %d lost, want 5 and 4", d, l)
 	}
 	before := s.stats.malformed.Load()
 	hostile := [][]byte{
-		pieceRecord(src, dst, 1000, 900, payload[:200]),    // beyond its total
-		pieceRecord(src, dst, maxSuperFrame+1, 0, payload), // too big
-		pieceRecord(0, dst, 3000, 0, payload[:100]),        // no source
-		pieceRecord(src, dst, 3000, 0, nil),                // no bytes
-		record(0, 0, []byte{ctlPiece, 0, 1, 2}),            // short header
-		pieceRecord(src, dst, 0, 0, payload[:10]),          // total 0
+		pieceRecord(99, src, dst, 1000, 900, payload[:200]),    // beyond its total
+		pieceRecord(99, src, dst, maxSuperFrame+1, 0, payload), // too big
+		pieceRecord(99, 0, dst, 3000, 0, payload[:100]),        // no source
+		pieceRecord(99, src, dst, 3000, 0, nil),                // no bytes
+		record(0, 0, []byte{ctlPiece, 0, 1, 2}),                // short header
+		pieceRecord(99, src, dst, 0, 0, payload[:10]),          // total 0
 	}
 	feed(r, hostile...)
 	if got := s.stats.malformed.Load() - before; got != uint64(len(hostile)) {
 		t.Errorf("hostile pieces counted malformed %d, want %d", got, len(hostile))
 	}
-	if len(recv.frames) != 3 {
+	if len(recv.frames) != 5 {
 		t.Errorf("a hostile piece was delivered: %d frames", len(recv.frames))
+	}
+}
+
+// TestLossReportTurnsGSOOff: a heartbeat reporting that more than 5% of our super-frames
+// were lost turns passthrough to that peer off for a while; small losses do not.
+func TestLossReportTurnsGSOOff(t *testing.T) {
+	s, r, _ := fuzzSleeve(t)
+	nb := (*s.peers.Load())[fuzzPlainPeer]
+	r.now = time.Now().UnixNano()
+	r.gsoReport(nb, 1000, 50) // the first report is only a baseline
+	r.gsoReport(nb, 2000, 52) // 2 lost of 1002: noise
+	r.gsoReport(nb, 3000, 54)
+	if nb.gsoOffUntil.Load() != 0 || s.stats.gsoBackoffs.Load() != 0 {
+		t.Fatalf("small losses turned gso off")
+	}
+	r.gsoReport(nb, 3100, 74) // 20 lost of 120
+	if until := nb.gsoOffUntil.Load(); until < r.now+int64(gsoHoldMin) || s.stats.gsoBackoffs.Load() != 1 {
+		t.Fatalf("heavy loss did not turn gso off for %v (until %d, now %d)", gsoHoldMin, until, r.now)
+	}
+	r.gsoReport(nb, 3100, 94) // still in flight while off: no second back-off
+	if s.stats.gsoBackoffs.Load() != 1 {
+		t.Errorf("losses while off counted as a new back-off")
+	}
+	// After the hold-off, losses again: twice as long.
+	r.now = nb.gsoOffUntil.Load() + 1
+	r.gsoReport(nb, 3200, 120)
+	if until := nb.gsoOffUntil.Load(); until < r.now+int64(2*gsoHoldMin) {
+		t.Errorf("the second hold-off is not doubled")
 	}
 }
 

@@ -252,6 +252,9 @@ func (r *reader) control(nb *neighbour, p []byte, ep netip.AddrPort) {
 			return
 		}
 		nb.lastHeard.Store(r.now)
+		if len(p) >= ctlHeartbeatGSOLen {
+			r.gsoReport(nb, binary.BigEndian.Uint32(p[10:14]), binary.BigEndian.Uint32(p[14:18]))
+		}
 		// Follow the peer's address (NAT): a heartbeat is authentic when the connection is
 		// sealed, and an unsealed connection trusts its network anyway.
 		if cur := nb.ep.Load(); cur == nil || *cur != ep {

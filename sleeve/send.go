@@ -74,6 +74,12 @@ type neighbour struct {
 
 	gso bool     // the peer takes super-frames in pieces, and we send them so
 	asm assembly // the super-frame being received; the socket reader's
+	// Super-frames from the peer put together and lost (the reader counts, heartbeats
+	// report them), and until when we send none because the peer reported losses.
+	asmDone, asmLost atomic.Uint32
+	gsoOffUntil      atomic.Int64
+	gsoID            atomic.Uint32 // numbers our super-frames to the peer
+	gsoLoss          gsoLossState  // the socket reader's
 
 	// Set under s.mu before ready; immutable afterwards.
 	helloSent, helloRecv, theyTrust, ready bool
@@ -498,7 +504,7 @@ func (n *neighbour) sendControl(kind byte, arg uint16, flags byte) error {
 	var plen int
 	switch kind {
 	case ctlHeartbeat:
-		plen = ctlHeartbeatLen
+		plen = ctlHeartbeatGSOLen
 	case ctlProbeAck:
 		plen = ctlProbeMinLen
 	case ctlProbe:
@@ -514,6 +520,8 @@ func (n *neighbour) sendControl(kind byte, arg uint16, flags byte) error {
 	binary.BigEndian.PutUint64(p[1:9], n.connID)
 	if kind == ctlHeartbeat {
 		p[9] = flags
+		binary.BigEndian.PutUint32(p[10:14], n.asmDone.Load())
+		binary.BigEndian.PutUint32(p[14:18], n.asmLost.Load())
 	} else {
 		binary.BigEndian.PutUint16(p[9:11], arg)
 	}

@@ -77,6 +77,7 @@ type Stats struct {
 	Malformed     uint64 // datagrams or records that do not decode
 	Datagrams     uint64 // datagrams received
 	GSOIncomplete uint64 // super-frames dropped because a piece was lost or reordered
+	GSOBackoffs   uint64 // times a peer's reported losses turned GSO passthrough to it off for a while
 }
 
 // PeerInfo describes the sleeve's connection to a neighbour, for status.
@@ -101,7 +102,7 @@ type Sleeve struct {
 	stats struct {
 		overlay.Counters
 		replayed, authFailed, unknown, malformed, datagrams atomic.Uint64
-		gsoIncomplete                                       atomic.Uint64
+		gsoIncomplete, gsoBackoffs                          atomic.Uint64
 	}
 	asmPool chan []byte // reassembly buffers of super-frames
 
@@ -225,6 +226,7 @@ func (s *Sleeve) Stats() Stats {
 		Replayed: s.stats.replayed.Load(), AuthFailed: s.stats.authFailed.Load(),
 		UnknownSender: s.stats.unknown.Load(), Malformed: s.stats.malformed.Load(),
 		Datagrams: s.stats.datagrams.Load(), GSOIncomplete: s.stats.gsoIncomplete.Load(),
+		GSOBackoffs: s.stats.gsoBackoffs.Load(),
 	}
 }
 

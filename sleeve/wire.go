@@ -43,14 +43,15 @@ const (
 
 // Control message kinds (first byte of a control record's payload).
 const (
-	ctlHeartbeat = 1 // [kind][connID 8][flags 1]
+	ctlHeartbeat = 1 // [kind][connID 8][flags 1][super-frames received 4][lost 4]
 	ctlProbe     = 2 // [kind][connID 8][size 2][padding]
 	ctlProbeAck  = 3 // [kind][connID 8][size 2]
 
 	hbHeardYou = 1 // heartbeat flag: the sender has heard a valid heartbeat from us
 
-	ctlHeartbeatLen = 1 + 8 + 1
-	ctlProbeMinLen  = 1 + 8 + 2
+	ctlHeartbeatLen    = 1 + 8 + 1
+	ctlHeartbeatGSOLen = ctlHeartbeatLen + 8
+	ctlProbeMinLen     = 1 + 8 + 2
 )
 
 // errMalformed is wrapped by every decoding error.

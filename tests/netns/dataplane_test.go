@@ -288,3 +288,37 @@ func TestDataPlaneNAT(t *testing.T) {
 	pingOK(t, nodes[0], nodes[1].addr, 56)
 	pingOK(t, nodes[1], nodes[0].addr, 1300)
 }
+
+// TestDataPlaneLossyPath: on a path that loses datagrams, losing one piece loses a whole
+// super-frame, so the receiver reports its losses in the sleeve heartbeats and the sender
+// goes back to cut TCP segments for a while; TCP keeps working throughout.
+func TestDataPlaneLossyPath(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCommands(t, "iperf3")
+	lab := netlab.New(t, netlab.Options{Hosts: 2})
+	nodes := launchDataPlane(t, lab, map[int][]int{1: {0}}, "--no-fastdp")
+	waitEstablished(t, nodes[0], 1)
+	waitEstablished(t, nodes[1], 1)
+	// The lab drops whole GSO skbs (iptables sees one UDP GSO send as one packet), so a
+	// dropped packet here is a whole super-frame: it takes more than the 5% threshold.
+	if err := lab.DropPercent(lab.Hosts[1], 10); err != nil {
+		t.Fatal(err)
+	}
+	// Losses are random: stream until the sender has heard of enough of them.
+	testutil.Eventually(t, 60*time.Second, "the sender backs off from whole super-frames", func() error {
+		if gbps := iperf(t, nodes[0], nodes[1], 2); gbps <= 0 {
+			t.Fatal("TCP moved nothing over the lossy path")
+		}
+		if v := metricValue(t, nodes[0].r.metrics(), "weave_sleeve_gso_backoffs_total"); v < 1 {
+			return fmt.Errorf("no back-off yet")
+		}
+		return nil
+	})
+	if gbps := iperf(t, nodes[0], nodes[1], 1); gbps <= 0 {
+		t.Error("TCP moved nothing after the back-off")
+	}
+	if v := metricValue(t, nodes[0].r.metrics(), `weave_router_frames_total{event="gso_cut"}`); v < 1 {
+		t.Errorf("the sender cut no super-frame after backing off")
+	}
+	t.Logf("receiver counted %v lost super-frames", metricValue(t, nodes[1].r.metrics(), `weave_sleeve_refused_total{reason="gso_incomplete"}`))
+}
