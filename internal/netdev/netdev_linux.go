@@ -140,18 +140,34 @@ func (Netlink) UnderlayMTU() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list links: %w", err)
 	}
+	// No default route (a private underlay): the smallest MTU of the links that carry a global
+	// address of their own. Bridges, their ports (container veths, our TAP, the OVS uplink) and
+	// tunnels are ours or overlays: counting them would shrink the MTU at every relaunch.
 	best := 0
 	for _, l := range links {
 		a := l.Attrs()
-		if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 || l.Type() == "bridge" || l.Type() == "tuntap" {
+		if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 || a.MasterIndex != 0 {
 			continue
 		}
-		if best == 0 || a.MTU < best {
-			best = a.MTU
+		switch l.Type() {
+		case "bridge", "tuntap", "vxlan", "openvswitch", "geneve", "wireguard":
+			continue
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			if ad.IP.IsGlobalUnicast() {
+				if best == 0 || a.MTU < best {
+					best = a.MTU
+				}
+				break
+			}
 		}
 	}
 	if best == 0 {
-		return 0, errors.New("no underlay interface: no default route and no up interface")
+		return 0, errors.New("no underlay interface: no default route and no up interface with a global address")
 	}
 	return best, nil
 }

@@ -91,6 +91,10 @@ func (h *Host) DialContext(ctx context.Context, network, address string) (net.Co
 	return dialIn(ctx, h.Name, network, address)
 }
 
+// Do runs fn on an OS thread inside h's namespace (for netlink calls of the code under
+// test); sockets fn opens stay in that namespace.
+func (h *Host) Do(fn func() error) error { return doIn(h.Name, fn) }
+
 // Dir returns a directory of this host's own under Lab.Dir ("<Lab.Dir>/h1"), created on first
 // use: the place for a daemon's state dir and control socket. Keep socket paths under 108 bytes.
 func (h *Host) Dir() (string, error) {

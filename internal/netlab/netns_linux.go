@@ -40,6 +40,8 @@ func inNetns(name string, fn func() error) error {
 	return ferr
 }
 
+func doIn(ns string, fn func() error) error { return inNetns(ns, fn) }
+
 func listenIn(ns, network, address string) (ln net.Listener, err error) {
 	err = inNetns(ns, func() error {
 		ln, err = net.Listen(network, address)

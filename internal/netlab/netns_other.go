@@ -16,6 +16,8 @@ func checkPlatform() error {
 	return fmt.Errorf("netlab needs Linux network namespaces, not %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }
 
+func doIn(string, func() error) error { return checkPlatform() }
+
 func listenIn(string, string, string) (net.Listener, error) { return nil, checkPlatform() }
 
 func listenPacketIn(string, string, string) (net.PacketConn, error) { return nil, checkPlatform() }
