@@ -1,8 +1,9 @@
 package udp
 
-// The Linux Bind: sendmmsg through golang.org/x/net, recvmmsg on preallocated headers
-// (recvmmsg_linux.go says why not x/net), UDP GSO (UDP_SEGMENT, kernel >= 4.18) and GRO
-// (UDP_GRO, reliable from 5.12) probed when the socket opens.
+// The Linux Bind: sendmmsg and recvmmsg on preallocated headers, entered without the
+// runtime's syscall bookkeeping (sendmmsg_linux.go and recvmmsg_linux.go say why), UDP GSO
+// (UDP_SEGMENT, kernel >= 4.18) and GRO (UDP_GRO, reliable from 5.12) probed when the
+// socket opens.
 //
 // Sending with GSO needs no copy: a run of equal-sized datagrams becomes one message whose
 // iovecs are the caller's buffers. If the kernel answers EIO, the egress device cannot
@@ -28,12 +29,11 @@ import (
 	"syscall"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 )
 
-// batchConn is the sending half of ipv4.PacketConn and ipv6.PacketConn (their Message types
-// are both aliases of the same x/net type).
+// batchConn sends batches of messages: mmsgConn on a socket, a fake in tests. The message
+// type is x/net's (ipv4.Message and ipv6.Message are aliases of it).
 type batchConn interface {
 	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
@@ -110,11 +110,7 @@ func Listen(cfg Config) (Bind, error) {
 		local: conn.LocalAddr().(*net.UDPAddr).AddrPort(),
 		log:   cfg.logger().With("component", "udp"),
 	}
-	if b.v6 {
-		b.pc = ipv6.NewPacketConn(conn)
-	} else {
-		b.pc = ipv4.NewPacketConn(conn)
-	}
+	b.pc = newMmsgConn(rc)
 	// Bursts of GSO/GRO traffic overrun the default 208 KiB socket buffers: ask for 7 MiB
 	// like wireguard-go, forcing past net.core.*mem_max where we may (CAP_NET_ADMIN).
 	for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {

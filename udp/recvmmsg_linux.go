@@ -4,7 +4,10 @@ package udp
 // slice) for every message it returns, two allocations per datagram whenever receives are
 // not GRO-coalesced, which is the common case for traffic from many peers. Reading the
 // sender straight out of a preallocated sockaddr keeps the receive path allocation-free.
-// Sending stays on x/net's WriteBatch, which allocates nothing.
+//
+// The call is a RawSyscall6, like sendmmsg's (sendmmsg_linux.go says why): the socket is
+// non-blocking, so recvmmsg returns at once, and skipping entersyscall spares the wake-up of
+// a sleeping sysmon on the first datagram after an idle spell, on the path of every ping.
 
 import (
 	"encoding/binary"
@@ -48,7 +51,7 @@ func newReceiver(rc syscall.RawConn, slots, oobLen int) *receiver {
 }
 
 func (r *receiver) rawRecv(fd uintptr) bool {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.count), 0, 0, 0)
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.count), 0, 0, 0)
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return false // wait for readiness (or retry after a signal)
 	}
