@@ -321,9 +321,21 @@ func (d *device) Close() error {
 }
 
 // rawRead runs inside the poller: one read(2), waiting for readiness only when rblock.
+//
+// The read is a RawSyscall: unix.Read enters through entersyscall, which wakes a sleeping
+// sysmon on the first frame after every idle spell (a futex wake and a context switch on the
+// path of each ping). The fd is non-blocking, so the call returns at once.
 func (d *device) rawRead(fd uintptr) bool {
-	d.rn, d.rerr = unix.Read(int(fd), d.rtarget)
-	if d.rerr == unix.EAGAIN || d.rerr == unix.EINTR {
+	var p unsafe.Pointer
+	if len(d.rtarget) > 0 {
+		p = unsafe.Pointer(&d.rtarget[0])
+	}
+	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(p), uintptr(len(d.rtarget)))
+	d.rn, d.rerr = int(n), nil
+	if errno != 0 {
+		d.rn, d.rerr = 0, errno
+	}
+	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return !d.rblock
 	}
 	return true
