@@ -298,6 +298,9 @@ func (dp *dataPlane) annotateConnections(conns []api.Connection) {
 			if why != "" {
 				conns[i].Info = strings.TrimPrefix(conns[i].Info+", "+why, ", ")
 			}
+		} else if info, ok := dp.sleeve.PeerInfo(peer); ok && info.Waiting != "" {
+			// Why a connection stays pending: the sleeve's data path is not up yet.
+			conns[i].Info = strings.TrimPrefix(conns[i].Info+", sleeve: "+info.Waiting, ", ")
 		}
 	}
 }

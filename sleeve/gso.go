@@ -147,6 +147,12 @@ func (r *reader) gsoReport(nb *neighbour, done, lost uint32) {
 	st.hold = min(max(2*st.hold, gsoHoldMin), gsoHoldMax)
 	nb.gsoOffUntil.Store(r.now + int64(st.hold))
 	r.s.stats.gsoBackoffs.Add(1)
+	// Full-size datagrams vanishing is also what a path MTU that shrank without telling
+	// anyone (ICMP filtered) looks like: check it now rather than at the next re-probe.
+	select {
+	case nb.reprobe <- struct{}{}:
+	default:
+	}
 	r.s.log.Info("sending cut TCP segments instead of whole super-frames: the path loses datagrams",
 		"remote", nb.name.String(), "lost", dLost, "received", dDone, "for", st.hold)
 }

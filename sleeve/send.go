@@ -26,6 +26,7 @@ package sleeve
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -90,6 +91,7 @@ type neighbour struct {
 	ep          atomic.Pointer[netip.AddrPort]
 	maxPayload  atomic.Int32 // verified UDP payload limit; 0 until verified
 	established atomic.Bool
+	problem     atomic.Value // string: why the data path cannot start (no common cipher)
 	heardFrom   atomic.Bool
 	theyHeardUs atomic.Bool
 	lastHeard   atomic.Int64
@@ -101,6 +103,7 @@ type neighbour struct {
 	acks       chan uint16 // peer's probes to acknowledge
 	probeAcked chan uint16 // acks of our probes
 	kick       chan struct{}
+	reprobe    chan struct{} // verify the path MTU now (the peer reported heavy losses)
 	done       chan struct{}
 	stopOnce   sync.Once
 
@@ -137,11 +140,31 @@ func newNeighbour(s *Sleeve, ci mesh.ConnInfo) *neighbour {
 		acks:       make(chan uint16, 8),
 		probeAcked: make(chan uint16, 8),
 		kick:       make(chan struct{}, 1),
+		reprobe:    make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
 }
 
 func (n *neighbour) stop() { n.stopOnce.Do(func() { close(n.done) }) }
+
+// waiting says why n is not established, for status.
+func (n *neighbour) waiting() string {
+	if p, _ := n.problem.Load().(string); p != "" {
+		return p
+	}
+	port := "the sleeve's UDP port"
+	if ep := n.ep.Load(); ep != nil {
+		port = fmt.Sprintf("UDP %d", ep.Port())
+	}
+	switch {
+	case !n.heardFrom.Load():
+		return "no heartbeats from the peer over " + port + " (blocked?)"
+	case !n.theyHeardUs.Load():
+		return "the peer does not hear our heartbeats over " + port + " (blocked one way?)"
+	default:
+		return "verifying the path MTU"
+	}
+}
 
 // setupCrypto picks how datagrams with this neighbour are protected: no keys (no password)
 // or both ends in a trusted subnet: unsealed; otherwise the first of our ciphers the peer
@@ -411,6 +434,10 @@ func (n *neighbour) routineSend() {
 		case <-n.kick:
 			n.sendMu.Lock()
 			n.tick()
+			n.sendMu.Unlock()
+		case <-n.reprobe:
+			n.sendMu.Lock()
+			n.startProbe()
 			n.sendMu.Unlock()
 		case <-hb.C:
 			n.sendMu.Lock()

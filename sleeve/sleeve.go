@@ -65,7 +65,7 @@ const (
 	DefaultSlowHeartbeat = time.Second
 	DefaultTimeout       = 10 * time.Second
 	DefaultProbeTimeout  = 100 * time.Millisecond
-	DefaultReprobeEvery  = time.Minute
+	DefaultReprobeEvery  = 15 * time.Second
 )
 
 // Stats counts what the sleeve did; counters only grow.
@@ -87,6 +87,9 @@ type PeerInfo struct {
 	Cipher      string // "aes-gcm", "secretbox" or "none"
 	MTU         int    // largest IP packet a container may send to this peer in one piece
 	Endpoint    netip.AddrPort
+	// Waiting says why the connection is not established yet: no common cipher, no UDP
+	// heartbeats from the peer, the peer not hearing ours, or the path MTU being verified.
+	Waiting string
 }
 
 // Sleeve is the userspace overlay. It implements mesh.OverlayHook and overlay.Forwarder.
@@ -234,6 +237,12 @@ func (s *Sleeve) Stats() Stats {
 func (s *Sleeve) PeerInfo(peer mesh.PeerName) (PeerInfo, bool) {
 	n := (*s.peers.Load())[peer]
 	if n == nil {
+		// Not ready, so not in the readers' snapshot; its fields are guarded by s.mu.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		n = s.byName[peer]
+	}
+	if n == nil {
 		return PeerInfo{}, false
 	}
 	info := PeerInfo{ConnID: n.connID, Established: n.established.Load(), Cipher: cipherNone}
@@ -245,6 +254,9 @@ func (s *Sleeve) PeerInfo(peer mesh.PeerName) (PeerInfo, bool) {
 	}
 	if mf := n.maxFrame(); mf > 0 {
 		info.MTU = mf - 14
+	}
+	if !info.Established {
+		info.Waiting = n.waiting()
 	}
 	return info, true
 }
@@ -359,10 +371,12 @@ func (s *Sleeve) maybeStartLocked(n *neighbour) {
 	}
 	if err := n.setupCrypto(s.ciphers); err != nil {
 		s.log.Error("no data path to peer", "remote", n.name.String(), "err", err)
+		n.problem.Store(err.Error())
 		return
 	}
 	if n.ep.Load() == nil {
 		s.log.Error("no UDP address for peer", "remote", n.name.String(), "addr", n.info.RemoteAddr)
+		n.problem.Store("no UDP address for the peer")
 		return
 	}
 	n.ready = true

@@ -3,6 +3,7 @@ package sleeve_test
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,5 +178,18 @@ func TestNoCommonCipherNoDataPath(t *testing.T) {
 	}
 	if st := b.s.Stats(); st.FramesIn != 0 || st.Datagrams != 0 {
 		t.Fatalf("b received something: %+v", st)
+	}
+	// Status says why, on both sides.
+	for _, n := range []*node{a, b} {
+		other := b
+		if n == b {
+			other = a
+		}
+		testutil.Eventually(t, 5*time.Second, "the reason in PeerInfo", func() error {
+			if info, _ := n.s.PeerInfo(other.m.Name()); !strings.Contains(info.Waiting, "no common cipher") {
+				return fmt.Errorf("node %d: waiting %q", n.i, info.Waiting)
+			}
+			return nil
+		})
 	}
 }
