@@ -139,27 +139,78 @@ func TestReportRatios(t *testing.T) {
 	}
 }
 
-// Interleaved, each run of a mode is divided by the baseline runs around it, and the
-// median of those ratios stands for the mode.
-func TestReportInterleavedRatios(t *testing.T) {
-	r := &Report{Baseline: baselineMode, Interleaved: true, Results: []Result{
-		// Baseline runs 0..3 bracket the rounds; the machine slows down in round 2.
-		{Mode: baselineMode, ThroughputBps: 10e9, ThroughputRuns: []float64{10e9, 10e9, 6e9, 10e9}, RTTAvgMs: 0.1},
-		{Mode: "fastdp", ThroughputBps: 9e9, ThroughputRuns: []float64{9.5e9, 7.2e9, 8e9}, RTTAvgMs: 0.1},
-	}}
-	r.finish()
-	f := r.Results[1]
-	want := []float64{0.95, 0.9, 1}
-	if len(f.ThroughputRatioRuns) != 3 {
-		t.Fatalf("per-run ratios %v, want %v", f.ThroughputRatioRuns, want)
+// fakeRunner hands out throughputs in turn and logs who ran, for the schedule.
+type fakeRunner struct {
+	name string
+	vals []float64
+	log  *[]string
+	fail bool
+}
+
+func (f *fakeRunner) ok() bool { return !f.fail }
+
+func (f *fakeRunner) run(_ context.Context, _ time.Duration, _, _ int) (float64, bool) {
+	*f.log = append(*f.log, f.name)
+	if len(f.vals) == 0 {
+		f.fail = true
+		return 0, false
 	}
+	v := f.vals[0]
+	f.vals = f.vals[1:]
+	return v, true
+}
+
+// Interleaved, every run of a mode sits between two baseline runs and is divided by their
+// mean; the modes after the baseline rotate from round to round.
+func TestInterleave(t *testing.T) {
+	var log []string
+	base := &fakeRunner{name: "B", vals: []float64{10, 10, 6, 10, 8}, log: &log}
+	a := &fakeRunner{name: "a", vals: []float64{9.5, 6}, log: &log}
+	b := &fakeRunner{name: "b", vals: []float64{8, 9}, log: &log}
+	ratios := interleave(context.Background(), []runner{base, a, b}, 2, time.Second)
+	if got := strings.Join(log, " "); got != "B a B b B b B a B" {
+		t.Fatalf("schedule %q", got)
+	}
+	// a: 9.5/mean(10,10), 6/mean(10,8); b: 8/mean(10,6), 9/mean(6,10)
+	want := [][]float64{nil, {0.95, 6.0 / 9}, {1, 9.0 / 8}}
 	for i := range want {
-		if d := f.ThroughputRatioRuns[i] - want[i]; d > 1e-9 || d < -1e-9 {
-			t.Fatalf("per-run ratios %v, want %v", f.ThroughputRatioRuns, want)
+		if len(ratios[i]) != len(want[i]) {
+			t.Fatalf("ratios %v, want %v", ratios, want)
+		}
+		for j := range want[i] {
+			if d := ratios[i][j] - want[i][j]; d > 1e-9 || d < -1e-9 {
+				t.Fatalf("ratios %v, want %v", ratios, want)
+			}
 		}
 	}
-	if f.ThroughputRatio == nil || *f.ThroughputRatio != 0.95 || r.BaselineDrift == nil || *r.BaselineDrift != 1 {
+
+	// A mode that fails drops out; a baseline that fails ends the schedule.
+	log = nil
+	base = &fakeRunner{name: "B", vals: []float64{10, 10}, log: &log}
+	a = &fakeRunner{name: "a", vals: []float64{5, 5}, log: &log}
+	b = &fakeRunner{name: "b", vals: nil, log: &log}
+	ratios = interleave(context.Background(), []runner{base, a, b}, 3, time.Second)
+	if got := strings.Join(log, " "); got != "B a B b a B" {
+		t.Fatalf("schedule with failures %q", got)
+	}
+	if len(ratios[1]) != 1 || ratios[1][0] != 0.5 || len(ratios[2]) != 0 {
+		t.Fatalf("ratios with failures %v", ratios)
+	}
+}
+
+// The report's ratio of an interleaved mode is the median of its paired ratios.
+func TestReportInterleavedRatios(t *testing.T) {
+	r := &Report{Baseline: baselineMode, Interleaved: true, Results: []Result{
+		{Mode: baselineMode, ThroughputBps: 10e9, ThroughputRuns: []float64{10e9, 10e9, 6e9, 10e9}, RTTAvgMs: 0.1},
+		{Mode: "fastdp", ThroughputBps: 9e9, ThroughputRuns: []float64{9.5e9, 7.2e9, 8e9}, RTTAvgMs: 0.1,
+			ThroughputRatioRuns: []float64{0.95, 0.9, 1}},
+	}}
+	r.finish()
+	if f := r.Results[1]; f.ThroughputRatio == nil || *f.ThroughputRatio != 0.95 || r.BaselineDrift == nil || *r.BaselineDrift != 1 {
 		t.Fatalf("ratio %v drift %v, want the median 0.95 and drift 1", f.ThroughputRatio, r.BaselineDrift)
+	}
+	if b := r.Results[0]; b.ThroughputRatio == nil || *b.ThroughputRatio != 1 {
+		t.Fatalf("baseline ratio %v, want 1", b.ThroughputRatio)
 	}
 	var buf bytes.Buffer
 	r.printTable(&buf)
@@ -168,19 +219,6 @@ func TestReportInterleavedRatios(t *testing.T) {
 	}
 	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
 		t.Fatalf("median of 1..4 = %v", got)
-	}
-}
-
-// The baseline opens every round; the others take turns right after it.
-func TestRoundOrder(t *testing.T) {
-	modes := []string{"base", "a", "b", "c"}
-	for r, want := range []string{"base a b c", "base b c a", "base c a b", "base a b c"} {
-		if got := strings.Join(roundOrder(modes, r), " "); got != want {
-			t.Fatalf("round %d: %s, want %s", r, got, want)
-		}
-	}
-	if got := strings.Join(roundOrder(modes[:2], 1), " "); got != "base a" {
-		t.Fatalf("two modes, round 1: %s", got)
 	}
 }
 

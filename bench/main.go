@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -169,10 +170,11 @@ func measureInTurn(ctx context.Context, cfg config, selected []Mode, log *slog.L
 	}
 }
 
-// measureInterleaved sets every mode up first, then runs rounds of one iperf3 run per mode,
-// the baseline first, and one more baseline run at the end: every run of a mode lies
-// between two baseline runs minutes apart at most, so a machine that other work slows down
-// for a while moves both sides of its ratio.
+// measureInterleaved sets every mode up first, then runs rounds in which every other mode
+// runs once with a baseline run right before and right after it (B M1 B M2 B ...; each
+// baseline run serves the mode before it and the one after it): a run's ratio is to the
+// mean of those two, so a machine that other work slows down for a while moves both sides
+// of the ratio, however many modes there are.
 func measureInterleaved(ctx context.Context, cfg config, selected []Mode, log *slog.Logger, rep *Report, stderr io.Writer) {
 	rep.Interleaved = true
 	sessions := make([]*session, 0, len(selected))
@@ -193,42 +195,101 @@ func measureInterleaved(ctx context.Context, cfg config, selected []Mode, log *s
 			return
 		}
 	}
-	rounds := max(1, cfg.repeat)
-	for r := range rounds {
-		for _, s := range roundOrder(sessions, r) {
-			if !s.ok() {
-				continue
-			}
-			fmt.Fprintf(stderr, "bench: round %d/%d: %s ...\n", r+1, rounds, s.res.Mode)
-			s.iperfOnce(ctx, cfg.duration)
-			if ctx.Err() != nil {
-				break
-			}
-		}
+	runners := make([]runner, len(sessions))
+	for i, s := range sessions {
+		runners[i] = loggedRunner{s, stderr}
 	}
-	if base := sessions[0]; ctx.Err() == nil && base.ok() {
-		fmt.Fprintf(stderr, "bench: %s (closing run) ...\n", base.res.Mode)
-		base.iperfOnce(ctx, cfg.duration)
-	}
-	for _, s := range sessions {
+	ratios := interleave(ctx, runners, max(1, cfg.repeat), cfg.duration)
+	for i, s := range sessions {
 		res := s.result()
 		if res.Error != "" && ctx.Err() == nil {
 			fmt.Fprintf(stderr, "bench: %s: %s\n", res.Mode, res.Error)
 		}
+		res.ThroughputRatioRuns = ratios[i]
 		rep.Results = append(rep.Results, res)
 	}
 }
 
-// roundOrder is the order of round r: the baseline first, then the other modes rotated by
-// r, so that no mode always runs right after the baseline (or right before it).
-func roundOrder[T any](sessions []T, r int) []T {
-	if len(sessions) < 3 {
-		return sessions
+// runner is what interleave drives: a session, or a fake in tests.
+type runner interface {
+	ok() bool
+	// run measures once and returns the throughput; false when it failed (ok turns false).
+	run(ctx context.Context, d time.Duration, round, rounds int) (float64, bool)
+}
+
+func (s *session) run(ctx context.Context, d time.Duration, _, _ int) (float64, bool) {
+	s.iperfOnce(ctx, d)
+	if !s.ok() {
+		return 0, false
 	}
-	others := sessions[1:]
-	k := r % len(others)
-	out := append([]T{sessions[0]}, others[k:]...)
-	return append(out, others[:k]...)
+	return s.runs[len(s.runs)-1].bps, true
+}
+
+type loggedRunner struct {
+	*session
+	w io.Writer
+}
+
+func (l loggedRunner) run(ctx context.Context, d time.Duration, round, rounds int) (float64, bool) {
+	fmt.Fprintf(l.w, "bench: round %d/%d: %s ...\n", round+1, rounds, l.res.Mode)
+	return l.session.run(ctx, d, round, rounds)
+}
+
+// interleave runs the schedule of measureInterleaved over rs (rs[0] is the baseline) and
+// returns each runner's ratios, one per run, to the baseline runs around it (none for the
+// baseline itself). It stops when the baseline fails or ctx ends.
+func interleave(ctx context.Context, rs []runner, rounds int, d time.Duration) [][]float64 {
+	ratios := make([][]float64, len(rs))
+	base := rs[0]
+	if !base.ok() {
+		return ratios
+	}
+	prev, ok := base.run(ctx, d, 0, rounds)
+	if !ok {
+		return ratios
+	}
+	others := make([]int, 0, len(rs)-1)
+	for i := 1; i < len(rs); i++ {
+		others = append(others, i)
+	}
+	for r := range rounds {
+		if len(others) == 0 && r > 0 {
+			// The baseline alone: one run per round.
+			if _, ok := base.run(ctx, d, r, rounds); !ok {
+				return ratios
+			}
+		}
+		for _, i := range rotate(others, r) {
+			if ctx.Err() != nil {
+				return ratios
+			}
+			if !rs[i].ok() {
+				continue
+			}
+			v, ok := rs[i].run(ctx, d, r, rounds)
+			if !ok {
+				continue
+			}
+			next, ok := base.run(ctx, d, r, rounds)
+			if !ok {
+				return ratios
+			}
+			if ref := (prev + next) / 2; ref > 0 {
+				ratios[i] = append(ratios[i], v/ref)
+			}
+			prev = next
+		}
+	}
+	return ratios
+}
+
+// rotate returns s rotated left by r, so that no mode always runs first (or last) in a round.
+func rotate[T any](s []T, r int) []T {
+	if len(s) == 0 {
+		return s
+	}
+	k := r % len(s)
+	return append(slices.Clone(s[k:]), s[:k]...)
 }
 
 // selectModes returns the requested modes in registry order, always with the baseline first so

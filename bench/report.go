@@ -114,13 +114,16 @@ func (r *Report) finish() {
 		if !res.ok() {
 			continue
 		}
-		if r.Interleaved {
-			res.ThroughputRatioRuns = pairedRatios(res.ThroughputRuns, first.ThroughputRuns)
+		switch {
+		case r.Interleaved && res.Mode == r.Baseline:
+			one := 1.0
+			res.ThroughputRatio = &one
+		case r.Interleaved:
 			if len(res.ThroughputRatioRuns) > 0 {
 				v := median(res.ThroughputRatioRuns)
 				res.ThroughputRatio = &v
 			}
-		} else if base.ThroughputBps > 0 {
+		case base.ThroughputBps > 0:
 			v := res.ThroughputBps / base.ThroughputBps
 			res.ThroughputRatio = &v
 		}
@@ -129,21 +132,6 @@ func (r *Report) finish() {
 			res.RTTRatio = &v
 		}
 	}
-}
-
-// pairedRatios divides run i of a mode by the mean of baseline runs i and i+1, the two that
-// ran just before and just after it in an interleaved bench.
-func pairedRatios(runs, base []float64) []float64 {
-	var out []float64
-	for i, v := range runs {
-		if i+1 >= len(base) {
-			break
-		}
-		if ref := (base[i] + base[i+1]) / 2; ref > 0 {
-			out = append(out, v/ref)
-		}
-	}
-	return out
 }
 
 func median(v []float64) float64 {
@@ -175,7 +163,7 @@ func (r *Report) printTable(w io.Writer) {
 	}
 	tw.Flush()
 	if r.Interleaved {
-		fmt.Fprintf(w, "\nmodes took turns, one run each per round; each run's ratio is to the %s runs just before and after it:\n", r.Baseline)
+		fmt.Fprintf(w, "\nmodes took turns, each run between two %s runs; its ratio is to their mean:\n", r.Baseline)
 		for _, res := range r.Results {
 			if len(res.ThroughputRatioRuns) == 0 || res.Mode == r.Baseline {
 				continue
