@@ -43,6 +43,7 @@ type config struct {
 	verbose    bool
 	listModes  bool
 	interleave bool
+	quiet      time.Duration // wait for other iperf3 clients before each run (0: do not)
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -58,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.binDir, "bin", "bin", "directory of weaver and weavectl for the modes that run them")
 	fs.BoolVar(&c.interleave, "interleave", true, "keep every mode's lab up and take turns, one iperf3 run per mode per round with "+
 		baselineMode+" first and once more at the end; each run's ratio is to the mean of the baseline runs just before and after it")
+	fs.DurationVar(&c.quiet, "quiet", 3*time.Minute, "before each run, wait up to this long until no other iperf3 client runs on the machine (0: do not wait)")
 	fs.BoolVar(&c.keep, "keep", false, "keep each lab's directory (process logs) after the run")
 	fs.BoolVar(&c.verbose, "v", false, "log the lab's progress")
 	fs.BoolVar(&c.listModes, "list", false, "list the modes and exit")

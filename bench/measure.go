@@ -71,13 +71,14 @@ func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) Resu
 // A session is one mode's lab, set up and idle between iperf3 runs, so that runs of several
 // modes can take turns (interleave) while each keeps its own lab.
 type session struct {
-	res  Result
-	lab  *netlab.Lab
-	path Path
-	srv  *netlab.Proc
-	log  *slog.Logger
-	keep bool
-	runs []iperfResult // in the order they ran
+	res   Result
+	lab   *netlab.Lab
+	path  Path
+	srv   *netlab.Proc
+	log   *slog.Logger
+	keep  bool
+	quiet time.Duration
+	runs  []iperfResult // in the order they ran
 }
 
 func (s *session) ok() bool { return s.res.ok() }
@@ -92,7 +93,7 @@ func (s *session) fail(err error) {
 // RTT on the idle path and starts the iperf3 server. A failure is recorded in the result.
 func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *session {
 	s := &session{res: Result{Mode: m.Name(), Description: m.Description(), StartedAt: time.Now().UTC()},
-		log: log, keep: cfg.keep}
+		log: log, keep: cfg.keep, quiet: cfg.quiet}
 	env := &Env{BinDir: absBin(cfg.binDir), Log: log.With("mode", m.Name())}
 	if err := m.Available(env); err != nil {
 		s.res.Skipped = err.Error()
@@ -152,7 +153,7 @@ func (s *session) iperfOnce(ctx context.Context, d time.Duration) {
 	if !s.ok() {
 		return
 	}
-	r, err := iperfRun(ctx, s.path, d)
+	r, err := iperfRun(ctx, s.path, d, s.quiet)
 	if err != nil {
 		s.fail(err)
 		return
@@ -222,20 +223,19 @@ func startIperfServer(ctx context.Context, path Path) (*netlab.Proc, error) {
 	return srv, nil
 }
 
-// quietLimit bounds how long a run waits for somebody else's iperf3 client to finish.
-const quietLimit = 3 * time.Minute
-
 // iperfRun runs the iperf3 client once against the server of path, once no other iperf3
 // client runs on the machine (another bench or a test: two streams sharing the CPUs would
-// measure each other).
-func iperfRun(ctx context.Context, path Path, d time.Duration) (iperfResult, error) {
-	if err := netlab.WaitFor(ctx, quietLimit, func() error {
-		if n := otherIperfClients("/proc"); n > 0 {
-			return fmt.Errorf("%d other iperf3 clients running", n)
+// measure each other) or after quiet.
+func iperfRun(ctx context.Context, path Path, d, quiet time.Duration) (iperfResult, error) {
+	if quiet > 0 {
+		if err := netlab.WaitFor(ctx, quiet, func() error {
+			if n := otherIperfClients("/proc"); n > 0 {
+				return fmt.Errorf("%d other iperf3 clients running", n)
+			}
+			return nil
+		}); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(os.Stderr, "bench: measuring anyway after %v: %v\n", quiet, err)
 		}
-		return nil
-	}); err != nil && ctx.Err() == nil {
-		fmt.Fprintf(os.Stderr, "bench: measuring anyway after %v: %v\n", quietLimit, err)
 	}
 	secs := max(1, int(math.Round(d.Seconds())))
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
