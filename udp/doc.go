@@ -5,6 +5,9 @@
 // GRO) and falls back by itself: a kernel that answers a GSO send with EIO switches GSO off
 // for good. Optional capabilities are small interfaces found by type assertion: Offloads (is
 // GSO/GRO on), PathMTU (don't-fragment and IP_MTU for the sleeve's PMTU discovery) and
-// StatsReporter. Other systems get a portable one-datagram-per-call Bind. udp/udptest holds
+// StatsReporter. The Linux Bind enters recvmmsg and sendmmsg on its non-blocking socket with
+// RawSyscall6, so that an idle path does not wake the runtime's sysmon on every datagram, and
+// can busy-poll for a while after a datagram before sleeping (Config.BusyPoll, off by
+// default). Other systems get a portable one-datagram-per-call Bind. udp/udptest holds
 // in-memory Binds and an underlay with loss and blocked links for tests without root.
 package udp
