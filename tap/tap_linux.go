@@ -341,9 +341,20 @@ func (d *device) rawRead(fd uintptr) bool {
 	return true
 }
 
+// rawWrite is one write(2) through RawSyscall, like rawRead: the fd is non-blocking, and
+// the runtime's entersyscall would wake its sysmon thread on the first write after an idle
+// spell (a futex wake and a context switch on every hop of an idle path).
 func (d *device) rawWrite(fd uintptr) bool {
-	d.wn, d.werr = unix.Write(int(fd), d.wbuf)
-	return !(d.werr == unix.EAGAIN || d.werr == unix.EINTR)
+	var p unsafe.Pointer
+	if len(d.wbuf) > 0 {
+		p = unsafe.Pointer(&d.wbuf[0])
+	}
+	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(p), uintptr(len(d.wbuf)))
+	d.wn, d.werr = int(n), nil
+	if errno != 0 {
+		d.wn, d.werr = 0, errno
+	}
+	return !(errno == unix.EAGAIN || errno == unix.EINTR)
 }
 
 func (d *device) closedErr(err error) error {
