@@ -3,7 +3,6 @@ package ovs
 import (
 	"os"
 	"testing"
-	"time"
 
 	"github.com/weavemesh/weave/internal/netlab"
 )
@@ -13,25 +12,12 @@ const testEtherType = 0x88b6
 
 // packetSocket opens an AF_PACKET socket for testEtherType on link in namespace ns.
 func packetSocket(t *testing.T, ns, link string) *os.File {
-	t.Helper()
-	f, err := netlab.PacketSocket(ns, link, testEtherType)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
+	return netlab.PacketSocketT(t, ns, link, testEtherType)
 }
 
-// countFrames counts the frames that arrive on s until it stays quiet for 300 ms (a packet
-// socket of one EtherType never sees its own sends).
-func countFrames(t *testing.T, s *os.File) int {
-	t.Helper()
-	n, err := netlab.CountFrames(s, 300*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
+// countFrames counts the frames that arrive on s until it stays quiet (a packet socket of
+// one EtherType never sees its own sends).
+func countFrames(t *testing.T, s *os.File) int { return netlab.CountFramesT(t, s) }
 
 // burst sends n broadcast frames of testEtherType from send and returns how many each of rx
 // received.

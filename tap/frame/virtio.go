@@ -39,52 +39,37 @@ type VirtioNetHdr struct {
 func (h *VirtioNetHdr) IsGSO() bool { return h.GSOType&^VirtioNetHdrGSOECN != VirtioNetHdrGSONone }
 
 // Decode reads the header from b (host byte order).
-func (h *VirtioNetHdr) Decode(b []byte) error {
-	if len(b) < VirtioNetHdrLen {
-		return fmt.Errorf("virtio net header: %d bytes: %w", len(b), ErrMalformed)
-	}
-	h.Flags = b[0]
-	h.GSOType = b[1]
-	h.HdrLen = binary.NativeEndian.Uint16(b[2:4])
-	h.GSOSize = binary.NativeEndian.Uint16(b[4:6])
-	h.CsumStart = binary.NativeEndian.Uint16(b[6:8])
-	h.CsumOffset = binary.NativeEndian.Uint16(b[8:10])
-	return nil
-}
+func (h *VirtioNetHdr) Decode(b []byte) error { return h.decode(b, binary.NativeEndian) }
 
 // Encode writes the header to b (host byte order), which must hold VirtioNetHdrLen bytes.
-func (h *VirtioNetHdr) Encode(b []byte) {
-	_ = b[VirtioNetHdrLen-1]
-	b[0] = h.Flags
-	b[1] = h.GSOType
-	binary.NativeEndian.PutUint16(b[2:4], h.HdrLen)
-	binary.NativeEndian.PutUint16(b[4:6], h.GSOSize)
-	binary.NativeEndian.PutUint16(b[6:8], h.CsumStart)
-	binary.NativeEndian.PutUint16(b[8:10], h.CsumOffset)
-}
+func (h *VirtioNetHdr) Encode(b []byte) { h.encode(b, binary.NativeEndian) }
 
 // DecodeWire and EncodeWire are Decode and Encode in network byte order, for carrying the
 // header between hosts.
-func (h *VirtioNetHdr) DecodeWire(b []byte) error {
+func (h *VirtioNetHdr) DecodeWire(b []byte) error { return h.decode(b, binary.BigEndian) }
+
+// EncodeWire writes the header to b in network byte order.
+func (h *VirtioNetHdr) EncodeWire(b []byte) { h.encode(b, binary.BigEndian) }
+
+func (h *VirtioNetHdr) decode(b []byte, o binary.ByteOrder) error {
 	if len(b) < VirtioNetHdrLen {
 		return fmt.Errorf("virtio net header: %d bytes: %w", len(b), ErrMalformed)
 	}
 	h.Flags = b[0]
 	h.GSOType = b[1]
-	h.HdrLen = binary.BigEndian.Uint16(b[2:4])
-	h.GSOSize = binary.BigEndian.Uint16(b[4:6])
-	h.CsumStart = binary.BigEndian.Uint16(b[6:8])
-	h.CsumOffset = binary.BigEndian.Uint16(b[8:10])
+	h.HdrLen = o.Uint16(b[2:4])
+	h.GSOSize = o.Uint16(b[4:6])
+	h.CsumStart = o.Uint16(b[6:8])
+	h.CsumOffset = o.Uint16(b[8:10])
 	return nil
 }
 
-// EncodeWire writes the header to b in network byte order.
-func (h *VirtioNetHdr) EncodeWire(b []byte) {
+func (h *VirtioNetHdr) encode(b []byte, o binary.ByteOrder) {
 	_ = b[VirtioNetHdrLen-1]
 	b[0] = h.Flags
 	b[1] = h.GSOType
-	binary.BigEndian.PutUint16(b[2:4], h.HdrLen)
-	binary.BigEndian.PutUint16(b[4:6], h.GSOSize)
-	binary.BigEndian.PutUint16(b[6:8], h.CsumStart)
-	binary.BigEndian.PutUint16(b[8:10], h.CsumOffset)
+	o.PutUint16(b[2:4], h.HdrLen)
+	o.PutUint16(b[4:6], h.GSOSize)
+	o.PutUint16(b[6:8], h.CsumStart)
+	o.PutUint16(b[8:10], h.CsumOffset)
 }
