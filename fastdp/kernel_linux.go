@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
+	"github.com/weavemesh/weave/internal/netdev"
 	"golang.org/x/sys/unix"
 )
 
@@ -306,31 +307,8 @@ func underlayMTU(h *netlink.Handle, local netip.Addr) (int, error) {
 			}
 		}
 	}
-	// No default route (a private underlay): the smallest MTU of the links that carry a
-	// global address of their own, leaving out bridges, their ports and tunnels.
-	best := 0
-	for _, l := range links {
-		a := l.Attrs()
-		if a.Flags&net.FlagUp == 0 || a.Flags&net.FlagLoopback != 0 || a.MasterIndex != 0 {
-			continue
-		}
-		switch l.Type() {
-		case "bridge", "vxlan", "tuntap", "openvswitch":
-			continue
-		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			continue
-		}
-		for _, ad := range addrs {
-			if ad.IP.IsGlobalUnicast() {
-				if best == 0 || a.MTU < best {
-					best = a.MTU
-				}
-				break
-			}
-		}
-	}
+	// No default route (a private underlay): see netdev.SmallestAddressedMTU.
+	best := netdev.SmallestAddressedMTU(h, links)
 	if best == 0 {
 		return 0, errors.New("no underlay link found to take the MTU from; set the MTU")
 	}

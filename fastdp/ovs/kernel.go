@@ -200,10 +200,8 @@ func (k *Kernel) SetHeartbeatRemote(addr netip.Addr, on bool) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if on {
-		if !k.beats[addr] && !k.flood[addr] {
-			if err := k.b.addPeer(addr.String(), addr, false); err != nil {
-				return err
-			}
+		if err := k.ensurePortLocked(addr); err != nil {
+			return err
 		}
 		k.beats[addr] = true
 		return nil
@@ -215,16 +213,22 @@ func (k *Kernel) SetHeartbeatRemote(addr netip.Addr, on bool) error {
 	return k.removeLocked(addr)
 }
 
+// ensurePortLocked adds addr's tunnel port, quarantined, unless it has one. Must hold k.mu.
+func (k *Kernel) ensurePortLocked(addr netip.Addr) error {
+	if k.beats[addr] || k.flood[addr] {
+		return nil
+	}
+	return k.b.addPeer(addr.String(), addr, false)
+}
+
 // SetFloodRemote takes addr's tunnel port out of quarantine (on) or puts it back.
 func (k *Kernel) SetFloodRemote(addr netip.Addr, on bool) error {
 	addr = addr.Unmap()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if on {
-		if !k.beats[addr] && !k.flood[addr] {
-			if err := k.b.addPeer(addr.String(), addr, false); err != nil {
-				return err
-			}
+		if err := k.ensurePortLocked(addr); err != nil {
+			return err
 		}
 		k.flood[addr] = true
 		return k.b.SetPeerActive(addr.String(), true)

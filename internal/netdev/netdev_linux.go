@@ -140,32 +140,7 @@ func (Netlink) UnderlayMTU() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list links: %w", err)
 	}
-	// No default route (a private underlay): the smallest MTU of the links that carry a global
-	// address of their own. Bridges, their ports (container veths, our TAP, the OVS uplink) and
-	// tunnels are ours or overlays: counting them would shrink the MTU at every relaunch.
-	best := 0
-	for _, l := range links {
-		a := l.Attrs()
-		if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 || a.MasterIndex != 0 {
-			continue
-		}
-		switch l.Type() {
-		case "bridge", "tuntap", "vxlan", "openvswitch", "geneve", "wireguard":
-			continue
-		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			continue
-		}
-		for _, ad := range addrs {
-			if ad.IP.IsGlobalUnicast() {
-				if best == 0 || a.MTU < best {
-					best = a.MTU
-				}
-				break
-			}
-		}
-	}
+	best := SmallestAddressedMTU(&netlink.Handle{}, links)
 	if best == 0 {
 		return 0, errors.New("no underlay interface: no default route and no up interface with a global address")
 	}
@@ -196,4 +171,36 @@ func (n Netlink) DeleteBridge(name string) error {
 		return fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	return nil
+}
+
+// SmallestAddressedMTU is the underlay MTU of a host without a default route (a private
+// underlay): the smallest MTU of the up links that carry a global address of their own.
+// Bridges, their ports (container veths, our TAP, an OVS uplink) and tunnels are ours or
+// overlays: counting them would shrink the MTU at every relaunch. 0: no such link. h is the
+// netlink handle of the namespace links were listed in.
+func SmallestAddressedMTU(h *netlink.Handle, links []netlink.Link) int {
+	best := 0
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || a.Flags&net.FlagUp == 0 || a.MasterIndex != 0 {
+			continue
+		}
+		switch l.Type() {
+		case "bridge", "tuntap", "vxlan", "openvswitch", "geneve", "wireguard":
+			continue
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			if ad.IP.IsGlobalUnicast() {
+				if best == 0 || a.MTU < best {
+					best = a.MTU
+				}
+				break
+			}
+		}
+	}
+	return best
 }
