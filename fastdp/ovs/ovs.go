@@ -221,6 +221,19 @@ func (b *Backend) op() (context.Context, context.CancelFunc, error) {
 	return ctx, cancel, nil
 }
 
+// locked runs fn under b.mu with a context bounded by the configured timeout: one
+// read-check-write against the database at a time.
+func (b *Backend) locked(fn func(ctx context.Context) error) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ctx, cancel, err := b.op()
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	return fn(ctx)
+}
+
 // transact runs ops and checks every result; then it waits until the cache shows done(),
 // so that the next read-check-write sees this one.
 func (b *Backend) transact(ctx context.Context, what string, done func() bool, ops ...ovsdb.Operation) error {
@@ -277,60 +290,55 @@ func (b *Backend) root() (*vswitch.OpenvSwitch, error) {
 // EnsureBridge creates our bridge (with its internal port, as ovs-vsctl add-br does) unless
 // it exists; an existing bridge of that name that is not ours is refused with ErrNotOurs.
 func (b *Backend) EnsureBridge() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	name := b.cfg.Bridge
-	if br := b.bridge(name); br != nil {
-		if !b.ours(br.ExternalIDs) {
-			return fmt.Errorf("ovs: bridge %s: %w", name, ErrNotOurs)
-		}
-		if br.DatapathType != b.cfg.DatapathType || br.OtherConfig[forwardBPDU] != "true" {
-			upd := *br
-			upd.DatapathType = b.cfg.DatapathType
-			upd.OtherConfig = maps.Clone(br.OtherConfig)
-			if upd.OtherConfig == nil {
-				upd.OtherConfig = map[string]string{}
+	return b.locked(func(ctx context.Context) error {
+		name := b.cfg.Bridge
+		if br := b.bridge(name); br != nil {
+			if !b.ours(br.ExternalIDs) {
+				return fmt.Errorf("ovs: bridge %s: %w", name, ErrNotOurs)
 			}
-			upd.OtherConfig[forwardBPDU] = "true"
-			ops, err := b.ovs.Where(&upd).Update(&upd, &upd.DatapathType, &upd.OtherConfig)
-			if err != nil {
-				return fmt.Errorf("ovs: update bridge %s: %w", name, err)
+			if br.DatapathType != b.cfg.DatapathType || br.OtherConfig[forwardBPDU] != "true" {
+				upd := *br
+				upd.DatapathType = b.cfg.DatapathType
+				upd.OtherConfig = maps.Clone(br.OtherConfig)
+				if upd.OtherConfig == nil {
+					upd.OtherConfig = map[string]string{}
+				}
+				upd.OtherConfig[forwardBPDU] = "true"
+				ops, err := b.ovs.Where(&upd).Update(&upd, &upd.DatapathType, &upd.OtherConfig)
+				if err != nil {
+					return fmt.Errorf("ovs: update bridge %s: %w", name, err)
+				}
+				return b.transact(ctx, "update bridge "+name, func() bool {
+					br := b.bridge(name)
+					return br != nil && br.OtherConfig[forwardBPDU] == "true" && br.DatapathType == b.cfg.DatapathType
+				}, ops...)
 			}
-			return b.transact(ctx, "update bridge "+name, func() bool {
-				br := b.bridge(name)
-				return br != nil && br.OtherConfig[forwardBPDU] == "true" && br.DatapathType == b.cfg.DatapathType
-			}, ops...)
+			return nil
 		}
+		root, err := b.root()
+		if err != nil {
+			return err
+		}
+		iface := &vswitch.Interface{UUID: "iface", Name: name, Type: "internal", ExternalIDs: b.ids(roleBridge)}
+		port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, Trunks: untaggedOnly, ExternalIDs: b.ids(roleBridge)}
+		br := &vswitch.Bridge{UUID: "bridge", Name: name, DatapathType: b.cfg.DatapathType,
+			Ports: []string{port.UUID}, ExternalIDs: b.ids(roleBridge),
+			OtherConfig: map[string]string{forwardBPDU: "true"}}
+		ops, err := b.ovs.Create(iface, port, br)
+		if err != nil {
+			return fmt.Errorf("ovs: create bridge %s: %w", name, err)
+		}
+		mut, err := b.ovs.Where(root).Mutate(root, model.Mutation{
+			Field: &root.Bridges, Mutator: ovsdb.MutateOperationInsert, Value: []string{br.UUID}})
+		if err != nil {
+			return fmt.Errorf("ovs: add bridge %s: %w", name, err)
+		}
+		if err := b.transact(ctx, "create bridge "+name, func() bool { return b.bridge(name) != nil }, append(ops, mut...)...); err != nil {
+			return err
+		}
+		b.log.Info("created OVS bridge", "datapath_type", b.cfg.DatapathType)
 		return nil
-	}
-	root, err := b.root()
-	if err != nil {
-		return err
-	}
-	iface := &vswitch.Interface{UUID: "iface", Name: name, Type: "internal", ExternalIDs: b.ids(roleBridge)}
-	port := &vswitch.Port{UUID: "port", Name: name, Interfaces: []string{iface.UUID}, Trunks: untaggedOnly, ExternalIDs: b.ids(roleBridge)}
-	br := &vswitch.Bridge{UUID: "bridge", Name: name, DatapathType: b.cfg.DatapathType,
-		Ports: []string{port.UUID}, ExternalIDs: b.ids(roleBridge),
-		OtherConfig: map[string]string{forwardBPDU: "true"}}
-	ops, err := b.ovs.Create(iface, port, br)
-	if err != nil {
-		return fmt.Errorf("ovs: create bridge %s: %w", name, err)
-	}
-	mut, err := b.ovs.Where(root).Mutate(root, model.Mutation{
-		Field: &root.Bridges, Mutator: ovsdb.MutateOperationInsert, Value: []string{br.UUID}})
-	if err != nil {
-		return fmt.Errorf("ovs: add bridge %s: %w", name, err)
-	}
-	if err := b.transact(ctx, "create bridge "+name, func() bool { return b.bridge(name) != nil }, append(ops, mut...)...); err != nil {
-		return err
-	}
-	b.log.Info("created OVS bridge", "datapath_type", b.cfg.DatapathType)
-	return nil
+	})
 }
 
 // addPortTagged adds a port with one interface to our bridge, in VLAN tag (nil: untagged
@@ -423,29 +431,24 @@ func (b *Backend) addPeer(peer string, remote netip.Addr, active bool) error {
 	if !remote.IsValid() || remote.IsUnspecified() || remote.IsMulticast() {
 		return fmt.Errorf("ovs: add peer %s: bad remote address %v", peer, remote)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	name := TunnelName(peer)
-	opts := map[string]string{
-		"remote_ip": remote.Unmap().String(),
-		"dst_port":  strconv.Itoa(b.cfg.Port),
-		"key":       strconv.FormatUint(uint64(b.cfg.VNI), 10),
-	}
-	var tag *int
-	if !active {
-		q := QuarantineVLAN
-		tag = &q
-	}
-	if err := b.addPortTagged(ctx, name, "vxlan", opts, true, tag, b.ids(roleTunnel, KeyPeer, peer)); err != nil {
-		return err
-	}
-	b.log.Debug("peer tunnel", "peer", peer, "port", name, "remote", remote)
-	return nil
+	return b.locked(func(ctx context.Context) error {
+		name := TunnelName(peer)
+		opts := map[string]string{
+			"remote_ip": remote.Unmap().String(),
+			"dst_port":  strconv.Itoa(b.cfg.Port),
+			"key":       strconv.FormatUint(uint64(b.cfg.VNI), 10),
+		}
+		var tag *int
+		if !active {
+			q := QuarantineVLAN
+			tag = &q
+		}
+		if err := b.addPortTagged(ctx, name, "vxlan", opts, true, tag, b.ids(roleTunnel, KeyPeer, peer)); err != nil {
+			return err
+		}
+		b.log.Debug("peer tunnel", "peer", peer, "port", name, "remote", remote)
+		return nil
+	})
 }
 
 // SetPeerActive lets frames flow through peer's tunnel port (active) or quarantines the port
@@ -454,39 +457,34 @@ func (b *Backend) addPeer(peer string, remote netip.Addr, active bool) error {
 // with its flood entries). Ports start active. OVS flushes the MACs learned on a port whose
 // VLAN changes, so nothing stale points at it either way.
 func (b *Backend) SetPeerActive(peer string, active bool) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	name := TunnelName(peer)
-	p := b.port(name)
-	if p == nil {
-		return fmt.Errorf("ovs: set peer %s active: no tunnel port %s", peer, name)
-	}
-	if !b.ours(p.ExternalIDs) {
-		return fmt.Errorf("ovs: port %s: %w", name, ErrNotOurs)
-	}
-	var tag *int
-	if !active {
-		q := QuarantineVLAN
-		tag = &q
-	}
-	if (p.Tag == nil) == (tag == nil) {
-		return nil
-	}
-	upd := *p
-	upd.Tag, upd.Trunks = tag, trunksFor(tag)
-	ops, err := b.ovs.Where(&upd).Update(&upd, &upd.Tag, &upd.Trunks)
-	if err != nil {
-		return fmt.Errorf("ovs: set peer %s active=%v: %w", peer, active, err)
-	}
-	return b.transact(ctx, "set tag of "+name, func() bool {
+	return b.locked(func(ctx context.Context) error {
+		name := TunnelName(peer)
 		p := b.port(name)
-		return p != nil && (p.Tag == nil) == active
-	}, ops...)
+		if p == nil {
+			return fmt.Errorf("ovs: set peer %s active: no tunnel port %s", peer, name)
+		}
+		if !b.ours(p.ExternalIDs) {
+			return fmt.Errorf("ovs: port %s: %w", name, ErrNotOurs)
+		}
+		var tag *int
+		if !active {
+			q := QuarantineVLAN
+			tag = &q
+		}
+		if (p.Tag == nil) == (tag == nil) {
+			return nil
+		}
+		upd := *p
+		upd.Tag, upd.Trunks = tag, trunksFor(tag)
+		ops, err := b.ovs.Where(&upd).Update(&upd, &upd.Tag, &upd.Trunks)
+		if err != nil {
+			return fmt.Errorf("ovs: set peer %s active=%v: %w", peer, active, err)
+		}
+		return b.transact(ctx, "set tag of "+name, func() bool {
+			p := b.port(name)
+			return p != nil && (p.Tag == nil) == active
+		}, ops...)
+	})
 }
 
 // PeerActive reports whether peer has a tunnel port of ours and whether it is active.
@@ -500,36 +498,26 @@ func (b *Backend) PeerActive(peer string) (exists, active bool) {
 
 // RemovePeer removes peer's VXLAN port; a peer without one is not an error.
 func (b *Backend) RemovePeer(peer string) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	return b.removePort(ctx, TunnelName(peer))
+	return b.locked(func(ctx context.Context) error {
+		return b.removePort(ctx, TunnelName(peer))
+	})
 }
 
 // RemoveAllPeers removes every tunnel port of ours: what an earlier run left, before the
 // peers come back one by one.
 func (b *Backend) RemoveAllPeers() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	var ports []vswitch.Port
-	_ = b.ovs.WhereCache(func(p *vswitch.Port) bool {
-		return b.ours(p.ExternalIDs) && p.ExternalIDs[KeyRole] == roleTunnel
-	}).List(ctx, &ports)
-	for _, p := range ports {
-		if err := b.removePort(ctx, p.Name); err != nil {
-			return err
+	return b.locked(func(ctx context.Context) error {
+		var ports []vswitch.Port
+		_ = b.ovs.WhereCache(func(p *vswitch.Port) bool {
+			return b.ours(p.ExternalIDs) && p.ExternalIDs[KeyRole] == roleTunnel
+		}).List(ctx, &ports)
+		for _, p := range ports {
+			if err := b.removePort(ctx, p.Name); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // TunnelStats returns the statistics column of every tunnel interface of ours, by peer, as
@@ -569,18 +557,13 @@ func (b *Backend) addLocalPort(dev string, owned bool, tag *int) error {
 	if !ifname.MatchString(dev) || strings.HasPrefix(dev, tunnelPrefix) || dev == b.cfg.Bridge {
 		return fmt.Errorf("ovs: local port name %q not allowed", dev)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	ids := b.ids(roleLocal)
-	if owned {
-		ids[keyOwnedLink] = "true"
-	}
-	return b.addPortTagged(ctx, dev, "", nil, false, tag, ids)
+	return b.locked(func(ctx context.Context) error {
+		ids := b.ids(roleLocal)
+		if owned {
+			ids[keyOwnedLink] = "true"
+		}
+		return b.addPortTagged(ctx, dev, "", nil, false, tag, ids)
+	})
 }
 
 // AttachLinuxBridge joins the Linux bridge (the weave bridge, where containers, the CNI
@@ -599,14 +582,9 @@ func (b *Backend) AttachLinuxBridge(bridge string, mtu int) error {
 
 // RemoveLocalPort detaches dev from our bridge (the device itself stays).
 func (b *Backend) RemoveLocalPort(dev string) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	return b.removePort(ctx, dev)
+	return b.locked(func(ctx context.Context) error {
+		return b.removePort(ctx, dev)
+	})
 }
 
 // InterfaceError returns what ovs-vswitchd reports in the error column of our port's
@@ -621,86 +599,81 @@ func (b *Backend) InterfaceError(name string) string {
 // Cleanup removes every bridge and port of ours (whatever Config.Bridge was when they were
 // made) and deletes the Linux devices of owned local ports. Running it twice is harmless.
 func (b *Backend) Cleanup() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	ctx, cancel, err := b.op()
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	var owned []string
-	var ifs []vswitch.Interface
-	_ = b.ovs.WhereCache(func(i *vswitch.Interface) bool {
-		return b.ours(i.ExternalIDs) && i.ExternalIDs[keyOwnedLink] == "true"
-	}).List(ctx, &ifs)
-	for _, i := range ifs {
-		owned = append(owned, i.Name)
-	}
-
-	root, err := b.root()
-	if err != nil {
-		return err
-	}
-	var ops []ovsdb.Operation
-	var brs []vswitch.Bridge
-	_ = b.ovs.WhereCache(func(br *vswitch.Bridge) bool { return true }).List(ctx, &brs)
-	ourPort := map[string]bool{}
-	var ports []vswitch.Port
-	_ = b.ovs.WhereCache(func(p *vswitch.Port) bool { return b.ours(p.ExternalIDs) }).List(ctx, &ports)
-	for _, p := range ports {
-		ourPort[p.UUID] = true
-	}
-	var gone []string
-	for i := range brs {
-		br := &brs[i]
-		if b.ours(br.ExternalIDs) {
-			gone = append(gone, br.UUID)
-			continue
+	return b.locked(func(ctx context.Context) error {
+		var owned []string
+		var ifs []vswitch.Interface
+		_ = b.ovs.WhereCache(func(i *vswitch.Interface) bool {
+			return b.ours(i.ExternalIDs) && i.ExternalIDs[keyOwnedLink] == "true"
+		}).List(ctx, &ifs)
+		for _, i := range ifs {
+			owned = append(owned, i.Name)
 		}
-		// Someone else's bridge: take only our ports off it.
-		var del []string
-		for _, u := range br.Ports {
-			if ourPort[u] {
-				del = append(del, u)
+
+		root, err := b.root()
+		if err != nil {
+			return err
+		}
+		var ops []ovsdb.Operation
+		var brs []vswitch.Bridge
+		_ = b.ovs.WhereCache(func(br *vswitch.Bridge) bool { return true }).List(ctx, &brs)
+		ourPort := map[string]bool{}
+		var ports []vswitch.Port
+		_ = b.ovs.WhereCache(func(p *vswitch.Port) bool { return b.ours(p.ExternalIDs) }).List(ctx, &ports)
+		for _, p := range ports {
+			ourPort[p.UUID] = true
+		}
+		var gone []string
+		for i := range brs {
+			br := &brs[i]
+			if b.ours(br.ExternalIDs) {
+				gone = append(gone, br.UUID)
+				continue
+			}
+			// Someone else's bridge: take only our ports off it.
+			var del []string
+			for _, u := range br.Ports {
+				if ourPort[u] {
+					del = append(del, u)
+				}
+			}
+			if len(del) > 0 {
+				mut, err := b.ovs.Where(br).Mutate(br, model.Mutation{
+					Field: &br.Ports, Mutator: ovsdb.MutateOperationDelete, Value: del})
+				if err != nil {
+					return fmt.Errorf("ovs: cleanup bridge %s: %w", br.Name, err)
+				}
+				ops = append(ops, mut...)
 			}
 		}
-		if len(del) > 0 {
-			mut, err := b.ovs.Where(br).Mutate(br, model.Mutation{
-				Field: &br.Ports, Mutator: ovsdb.MutateOperationDelete, Value: del})
+		if len(gone) > 0 {
+			mut, err := b.ovs.Where(root).Mutate(root, model.Mutation{
+				Field: &root.Bridges, Mutator: ovsdb.MutateOperationDelete, Value: gone})
 			if err != nil {
-				return fmt.Errorf("ovs: cleanup bridge %s: %w", br.Name, err)
+				return fmt.Errorf("ovs: cleanup: %w", err)
 			}
 			ops = append(ops, mut...)
 		}
-	}
-	if len(gone) > 0 {
-		mut, err := b.ovs.Where(root).Mutate(root, model.Mutation{
-			Field: &root.Bridges, Mutator: ovsdb.MutateOperationDelete, Value: gone})
-		if err != nil {
-			return fmt.Errorf("ovs: cleanup: %w", err)
+		if len(ops) > 0 {
+			done := func() bool {
+				var left []vswitch.Port
+				_ = b.ovs.WhereCache(func(p *vswitch.Port) bool { return b.ours(p.ExternalIDs) }).List(ctx, &left)
+				return len(left) == 0
+			}
+			if err := b.transact(ctx, "cleanup", done, ops...); err != nil {
+				return err
+			}
+			b.log.Info("removed OVS bridges and ports", "bridges", len(gone), "ports", len(ports))
 		}
-		ops = append(ops, mut...)
-	}
-	if len(ops) > 0 {
-		done := func() bool {
-			var left []vswitch.Port
-			_ = b.ovs.WhereCache(func(p *vswitch.Port) bool { return b.ours(p.ExternalIDs) }).List(ctx, &left)
-			return len(left) == 0
-		}
-		if err := b.transact(ctx, "cleanup", done, ops...); err != nil {
-			return err
-		}
-		b.log.Info("removed OVS bridges and ports", "bridges", len(gone), "ports", len(ports))
-	}
-	var errs []error
-	if b.cfg.Links != nil {
-		for _, dev := range owned {
-			if err := b.cfg.Links.DeleteLink(dev); err != nil {
-				errs = append(errs, fmt.Errorf("ovs: cleanup: delete %s: %w", dev, err))
+		var errs []error
+		if b.cfg.Links != nil {
+			for _, dev := range owned {
+				if err := b.cfg.Links.DeleteLink(dev); err != nil {
+					errs = append(errs, fmt.Errorf("ovs: cleanup: delete %s: %w", dev, err))
+				}
 			}
 		}
-	}
-	return errors.Join(errs...)
+		return errors.Join(errs...)
+	})
 }
 
 func mapsEqual(a, b map[string]string) bool {
