@@ -46,8 +46,7 @@ type worker struct {
 	anyGSO    bool                 // some tapOut frame is a super-frame
 	segBufs   [][]byte             // segments of super-frames cut in this batch
 	segSizes  []int
-	nSeg      int // segBufs in use
-	segFrames []overlay.Frame
+	nSeg      int    // segBufs in use
 	nOwn      int    // tapBufs in use by tapOut
 	arena     []byte // ICMP replies and fragments of the current batch
 }
@@ -389,7 +388,7 @@ func (w *worker) cut(fr overlay.Frame, next func(overlay.Frame)) {
 		return
 	}
 	w.r.stats.gsoCut.Add(1)
-	segLen := tap.Headroom + int(h.HdrLen) + int(h.GSOSize) + 64 // HdrLen is a hint: leave slack
+	segLen := tap.Headroom + s.SegmentLen()
 	for k := 0; k < s.Segments(); {
 		if w.nSeg == maxSegBufs {
 			w.flush() // sends what uses the segment buffers, which are then free again
@@ -400,7 +399,7 @@ func (w *worker) cut(fr overlay.Frame, next func(overlay.Frame)) {
 		}
 		// One segment at a time: each buffer is sized for it, and next may flush.
 		if len(w.segBufs[w.nSeg]) < segLen {
-			w.segBufs[w.nSeg] = make([]byte, max(segLen, tap.Headroom+1600))
+			w.segBufs[w.nSeg] = make([]byte, segLen)
 		}
 		i := w.nSeg
 		n, err := tap.Segment(&s, k, w.segBufs[i:i+1], w.segSizes[i:i+1], tap.Headroom)

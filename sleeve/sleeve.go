@@ -379,6 +379,7 @@ func (s *Sleeve) maybeStartLocked(n *neighbour) {
 		n.problem.Store("no UDP address for the peer")
 		return
 	}
+	n.problem.Store("") // an earlier attempt's reason (no UDP address yet) is history
 	n.ready = true
 	s.publishLocked()
 	s.wg.Add(1)

@@ -59,7 +59,7 @@ func (d *device) ReadGSO(bufs [][]byte, sizes []int, gso []frame.VirtioNetHdr, o
 			continue
 		}
 		err = PrepareRead(h, pkt[VirtioNetHdrLen:], &d.sup)
-		size := len(d.sup.pkt)
+		size, hdr := len(d.sup.pkt), d.sup.hdr
 		d.sup = Super{} // do not keep the caller's buffer alive
 		if err != nil {
 			d.dropRead(err, 1)
@@ -67,6 +67,9 @@ func (d *device) ReadGSO(bufs [][]byte, sizes []int, gso []frame.VirtioNetHdr, o
 		}
 		if h.IsGSO() {
 			d.stats.rxSuper.Add(1)
+			// The kernel's hdr_len is its linear part, which may hold payload too: the
+			// exact header length lets the router size the segments (HdrLen+GSOSize).
+			h.HdrLen = uint16(hdr)
 		} else {
 			*h = VirtioNetHdr{} // checksum completed by PrepareRead
 		}
@@ -156,17 +159,14 @@ func (d *device) writeSuper(buf []byte, h *frame.VirtioNetHdr, offset int) (int,
 	if d.segBufs == nil {
 		d.segBufs = make([][]byte, 64)
 		d.segSizes = make([]int, len(d.segBufs))
-		for i := range d.segBufs {
-			d.segBufs[i] = make([]byte, int(h.HdrLen)+int(h.GSOSize))
+	}
+	for i := range d.segBufs {
+		if len(d.segBufs[i]) < s.SegmentLen() {
+			d.segBufs[i] = make([]byte, s.SegmentLen())
 		}
 	}
 	written := 0
 	for next := 0; next < s.Segments(); {
-		for i := range d.segBufs { // a bigger MSS than the buffers were made for
-			if need := int(h.HdrLen) + int(h.GSOSize) + 64; len(d.segBufs[i]) < need {
-				d.segBufs[i] = make([]byte, need)
-			}
-		}
 		k, err := Segment(&s, next, d.segBufs, d.segSizes, 0)
 		if err != nil {
 			d.stats.txDropped.Add(uint64(s.Segments() - next))

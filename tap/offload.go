@@ -61,6 +61,15 @@ type Super struct {
 // Segments is the number of frames the super-frame expands into (1 for an ordinary frame).
 func (s *Super) Segments() int { return s.total }
 
+// SegmentLen is the length of the largest frame Segment writes: headers plus one MSS (the
+// whole frame for an ordinary one).
+func (s *Super) SegmentLen() int {
+	if s.hdr == 0 {
+		return len(s.pkt)
+	}
+	return s.hdr + s.mss
+}
+
 // PrepareRead validates a frame read from an offload device, with its decoded header, and
 // completes a partial checksum of a frame that needs no segmentation. The frame is modified
 // in place. Anything malformed or of a GSO type we did not enable is refused with an error
