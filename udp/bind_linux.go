@@ -73,7 +73,6 @@ type linuxBind struct {
 
 	stats struct {
 		rxDatagrams, rxMessages, txDatagrams, txMessages, gsoFallbacks atomic.Uint64
-		busyPollHits, busyPollParks                                    atomic.Uint64
 	}
 }
 
@@ -141,8 +140,6 @@ func Listen(cfg Config) (Bind, error) {
 		oobLen = unix.CmsgSpace(4)
 	}
 	b.recv = newReceiver(rc, slots, oobLen)
-	b.recv.busyPoll, b.recv.closed = cfg.BusyPoll, &b.closed
-	b.recv.hits, b.recv.parks = &b.stats.busyPollHits, &b.stats.busyPollParks
 	b.wpool.New = func() any {
 		ws := &writeScratch{
 			msgs:  make([]ipv4.Message, IdealBatchSize),
@@ -154,7 +151,7 @@ func Listen(cfg Config) (Bind, error) {
 		}
 		return ws
 	}
-	b.log.Info("udp bind listening", "addr", b.local, "gso", b.gso.Load(), "gro", b.gro, "busy_poll", cfg.BusyPoll,
+	b.log.Info("udp bind listening", "addr", b.local, "gso", b.gso.Load(), "gro", b.gro,
 		"notes", strings.Join(why, "; "))
 	return b, nil
 }
@@ -206,7 +203,6 @@ func (b *linuxBind) Stats() Stats {
 		RxDatagrams: b.stats.rxDatagrams.Load(), RxMessages: b.stats.rxMessages.Load(),
 		TxDatagrams: b.stats.txDatagrams.Load(), TxMessages: b.stats.txMessages.Load(),
 		GSOFallbacks: b.stats.gsoFallbacks.Load(),
-		BusyPollHits: b.stats.busyPollHits.Load(), BusyPollParks: b.stats.busyPollParks.Load(),
 	}
 }
 

@@ -13,9 +13,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"runtime"
-	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -33,15 +31,6 @@ type receiver struct {
 	n      int // messages received
 	errno  syscall.Errno
 	readFn func(fd uintptr) bool // bound once: no closure allocation per call
-
-	// Busy polling (Config.BusyPoll): keep trying for busyPoll after the last datagram
-	// before parking. lastRx is when the last datagram came, as time since epoch (monotonic).
-	busyPoll    time.Duration
-	epoch       time.Time
-	lastRx      time.Duration
-	closed      *atomic.Bool // the Bind's: a spin ends at once when it closes
-	hits, parks *atomic.Uint64
-	emptyPolls  atomic.Uint64 // tries that found nothing, so that tests know a spin is on
 }
 
 func newReceiver(rc syscall.RawConn, slots, oobLen int) *receiver {
@@ -51,7 +40,6 @@ func newReceiver(rc syscall.RawConn, slots, oobLen int) *receiver {
 		names: make([]unix.RawSockaddrInet6, slots),
 		oobs:  make([][]byte, slots),
 		rc:    rc,
-		epoch: time.Now(),
 	}
 	for i := range r.hdrs {
 		if oobLen > 0 {
@@ -62,48 +50,19 @@ func newReceiver(rc syscall.RawConn, slots, oobLen int) *receiver {
 	return r
 }
 
-// busyPollYield is how many empty polls a busy-polling reader makes between yields of its
-// P (a few microseconds), so that goroutines queued behind it still run.
-const busyPollYield = 16
-
-// rawRecv runs inside the poller. Returning false parks the reader until the socket is
-// readable; with busy polling it first keeps polling until the window after the last
-// datagram has passed. It loops here rather than around rc.Read so that a spin costs one
-// syscall per try and nothing of the poller's bookkeeping.
+// rawRecv runs inside the poller: one recvmmsg; returning false parks the reader until the
+// socket is readable.
 func (r *receiver) rawRecv(fd uintptr) bool {
-	tries := 0
 	for {
 		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.count), 0, 0, 0)
-		if errno == unix.EINTR {
+		switch errno {
+		case unix.EINTR:
 			continue
-		}
-		if errno != unix.EAGAIN {
-			r.n, r.errno = int(n), errno
-			if r.busyPoll > 0 {
-				r.lastRx = time.Since(r.epoch)
-				if tries > 0 && errno == 0 {
-					r.hits.Add(1)
-				}
-			}
-			return true
-		}
-		if r.busyPoll <= 0 {
+		case unix.EAGAIN:
 			return false
 		}
-		if r.closed.Load() {
-			// Close waits for this callback to return before it releases the fd.
-			r.n, r.errno = 0, unix.EBADF
-			return true
-		}
-		if time.Since(r.epoch)-r.lastRx >= r.busyPoll {
-			r.parks.Add(1)
-			return false
-		}
-		tries++
-		r.emptyPolls.Add(1)
-		if tries%busyPollYield == 0 {
-			runtime.Gosched()
-		}
+		r.n, r.errno = int(n), errno
+		return true
 	}
 }
 

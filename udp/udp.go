@@ -3,7 +3,6 @@ package udp
 import (
 	"log/slog"
 	"net/netip"
-	"time"
 )
 
 // Bind is the wire side of the data plane: one UDP socket carrying batches of datagrams.
@@ -75,15 +74,6 @@ type Config struct {
 	Addr netip.AddrPort
 	// DisableGSO and DisableGRO turn the offloads off even where the kernel has them.
 	DisableGSO, DisableGRO bool
-	// BusyPoll, when positive, makes the Linux ReadBatch keep polling the socket (non-blocking
-	// recvmmsg) for this long after the last datagram before it sleeps in the poller: a
-	// datagram arriving within the window is read without a wake-up. The reader holds a CPU
-	// for the window after every burst, never longer, and a Close ends the spin at once. 0,
-	// the default, sleeps at once. On the 2-vCPU bench machine any window made the sleeve's
-	// ping slower (the spinning reader holds a CPU the answer needs); it is for hosts with
-	// spare cores, where 50-100us covers a request-response turn-around. Other Binds
-	// ignore it.
-	BusyPoll time.Duration
 	// Logger receives the Bind's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -120,7 +110,4 @@ type Stats struct {
 	RxDatagrams, RxMessages uint64 // datagrams returned by ReadBatch; recvmmsg messages they came in
 	TxDatagrams, TxMessages uint64 // datagrams sent; sendmmsg messages they went out in
 	GSOFallbacks            uint64 // times the kernel refused GSO and it was switched off
-	// With Config.BusyPoll: reads that found datagrams while busy-polling (a sleep and a
-	// wake-up saved), and times the window ran out and the reader went to sleep.
-	BusyPollHits, BusyPollParks uint64
 }
