@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -58,14 +56,7 @@ func TestOVSTwoHosts(t *testing.T) {
 			args = append(args, lab.Hosts[0].Addr.String())
 		}
 		n.r.launch(args...)
-		c, err := n.h.AddContainer("c")
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.c = c
-		if out, err := n.r.ctl(ctx, "attach", n.addr.String()+"/12", c.Name); err != nil {
-			t.Fatalf("attach in %s: %v\n%s", n.h.Name, err, out)
-		}
+		n.attachContainer(ctx, t)
 	}
 	a, b := nodes[0], nodes[1]
 	conn := waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
@@ -203,21 +194,13 @@ func TestOVSMixedWithLinux(t *testing.T) {
 		nodes[i] = &dpNode{h: h, r: newRouter(t, h), addr: containerAddr(i)}
 	}
 	dumpOnFailure(t, nodes[0].r, nodes[1].r)
-	// An explicit MTU: without a default route netdev.UnderlayMTU takes the smallest up link,
-	// which after a first launch is one of our own 1438-byte veths, so a relaunch would come
-	// up 62 bytes smaller than its peer (fastdp then rightly reports "mtu").
-	ovsArgs := []string{"--datapath=ovs", "--ovs-datapath-type=netdev", "--ovs-socket", "unix:" + sock, "--mtu", "1438"}
+	// No --mtu: a relaunch must come up with the same MTU as before, although our own
+	// 1438-byte devices are then up on a host without a default route.
+	ovsArgs := []string{"--datapath=ovs", "--ovs-datapath-type=netdev", "--ovs-socket", "unix:" + sock}
 	nodes[0].r.launch(ovsArgs...)
-	nodes[1].r.launch("--mtu", "1438", h1.Addr.String())
+	nodes[1].r.launch(h1.Addr.String())
 	for _, n := range nodes {
-		c, err := n.h.AddContainer("c")
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.c = c
-		if out, err := n.r.ctl(ctx, "attach", n.addr.String()+"/12", c.Name); err != nil {
-			t.Fatalf("attach in %s: %v\n%s", n.h.Name, err, out)
-		}
+		n.attachContainer(ctx, t)
 	}
 	a, b := nodes[0], nodes[1]
 	conn := waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
@@ -253,7 +236,7 @@ func TestOVSMixedWithLinux(t *testing.T) {
 	if out, err := a.r.ctl(ctx, "stop"); err != nil {
 		t.Fatalf("stop h1: %v\n%s", err, out)
 	}
-	a.r.launch("--mtu", "1438")
+	a.r.launch()
 	waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
 	waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
 	if brs, err := netlab.Vsctl(sock, "list-br"); err != nil || brs != ovsUnderlayBridge {
@@ -269,18 +252,8 @@ func TestOVSMixedWithLinux(t *testing.T) {
 	pingNoDup(t, b, a, 10)
 }
 
-var fastdpBytesOutRE = regexp.MustCompile(`(?m)^weave_fastdp_bytes_total\{direction="out"\} (\S+)$`)
-
 // fastdpBytesOut is fastdp's outgoing byte counter from n's metrics.
 func fastdpBytesOut(t *testing.T, n *dpNode) uint64 {
 	t.Helper()
-	m := fastdpBytesOutRE.FindStringSubmatch(n.r.metrics())
-	if m == nil {
-		t.Fatalf("%s: no weave_fastdp_bytes_total in the metrics", n.h.Name)
-	}
-	f, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return uint64(f)
+	return uint64(metricValue(t, n.r.metrics(), `weave_fastdp_bytes_total{direction="out"}`))
 }
