@@ -252,7 +252,11 @@ func New(cfg Config) (*FastDP, error) {
 			f.log.Warn("fastdp: cannot read the device's counters", "err", err)
 		}
 	}
-	f.log.Info("fastdp ready", "device", cfg.Device, "port", cfg.Port, "vni", cfg.VNI, "mtu", k.MTU())
+	device := cfg.Device
+	if cfg.Kernel != nil {
+		device = fmt.Sprintf("%T", cfg.Kernel) // another kernel path (OVS): no device of ours
+	}
+	f.log.Info("fastdp ready", "device", device, "port", cfg.Port, "vni", cfg.VNI, "mtu", k.MTU())
 	return f, nil
 }
 
