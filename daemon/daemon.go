@@ -209,17 +209,8 @@ func (d *Daemon) Start() error {
 		return fmt.Errorf("mesh: %w", err)
 	}
 	d.mesh = m
-	// The mesh stops by itself on a fatal error (a peer-name collision makes the newer peer
-	// refuse to run): the daemon stops with it.
-	go func() {
-		select {
-		case <-m.Done():
-			if err := m.Err(); err != nil {
-				d.fail(fmt.Errorf("mesh: %w", err))
-			}
-		case <-d.stopReq:
-		}
-	}()
+	// Nothing a remote peer claims stops the mesh (a peer-name conflict is refused per
+	// connection, weave_mesh_refused_total{reason="name_in_use"}); it ends only with Close.
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	d.startIPAMBackground()
 	if err := dp.start(m); err != nil {

@@ -22,7 +22,7 @@ var (
 	descTerminations = prometheus.NewDesc("weave_connection_terminations_total",
 		"Number of peer connections that ended.", nil, nil)
 	descMeshErrors = prometheus.NewDesc("weave_mesh_refused_total",
-		"Control-plane input refused, by reason.", []string{"reason"}, nil)
+		"Control-plane input and connections refused, by reason.", []string{"reason"}, nil)
 	descPeers = prometheus.NewDesc("weave_peers",
 		"Number of peers in the topology, this one included.", nil, nil)
 	descEndpoints = prometheus.NewDesc("weave_endpoints",
@@ -148,7 +148,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			"unknown_channel":    st.UnknownChannel,
 			"no_route":           st.NoRoute,
 			"dropped_send":       st.DroppedSends,
+			"self_claim":         st.SelfClaims,
 		} {
+			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
+		}
+		// Connections refused before, during or right after the handshake, by reason.
+		for reason, v := range c.d.mesh.Counters().Reasons() {
 			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
 		}
 	}

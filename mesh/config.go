@@ -17,9 +17,10 @@ const (
 	DefaultTopologyDelay     = 250 * time.Millisecond
 	DefaultRouteDelay        = 100 * time.Millisecond
 	DefaultDialTimeout       = 10 * time.Second
-	// Accept rate limit: a token bucket of acceptBurst, refilled one per acceptRefill.
-	acceptBurst  = 20
-	acceptRefill = 50 * time.Millisecond
+	// Logs of refused inbound connections: at most refuseLogBurst lines per reason per
+	// refuseLogInterval (see Router.logRefused).
+	refuseLogInterval = 10 * time.Second
+	refuseLogBurst    = 5
 	// Connection retry backoff: initial, ×1.5, capped; a connection that lived longer than
 	// retryReset is retried at once when it dies.
 	retryInitial = 2 * time.Second

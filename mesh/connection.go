@@ -3,6 +3,7 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -14,8 +15,14 @@ import (
 // refuseLinger bounds how long a refused connection is kept open for the peer to read why.
 const refuseLinger = 500 * time.Millisecond
 
-// Handshake feature carrying the incarnation start time, which decides who yields when two
-// live peers share a name.
+// acceptRetry: the pause after a failed Accept (out of file descriptors, say).
+const acceptRetry = 50 * time.Millisecond
+
+// errNameInUse: a peer claimed a name that is ours or belongs to a connected peer.
+var errNameInUse = errors.New("name in use")
+
+// Handshake feature carrying the incarnation start time (shown to a peer refused because
+// its name is in use).
 const featureStarted = "started"
 
 // Handshake feature: "1" when the sender trusts our address (--trusted-subnets).
@@ -74,11 +81,10 @@ func (c *meshConn) close(err error) {
 	})
 }
 
-// acceptLoop accepts with a token bucket (burst acceptBurst, one per acceptRefill) so a
-// flood of connection attempts cannot starve the router.
+// acceptLoop hands each accepted connection to admission control and never waits itself:
+// a flood from one address is refused at once and real peers are accepted in between.
 func (r *Router) acceptLoop(ln net.Listener) {
 	defer r.wg.Done()
-	bucket := newTokenBucket(acceptBurst, acceptRefill, time.Now())
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -89,29 +95,70 @@ func (r *Router) acceptLoop(ln net.Listener) {
 			select {
 			case <-r.ctx.Done():
 				return
-			case <-time.After(acceptRefill):
+			case <-time.After(acceptRetry):
 			}
 			continue
 		}
-		if wait := bucket.take(time.Now()); wait > 0 {
-			select {
-			case <-r.ctx.Done():
-				nc.Close()
-				return
-			case <-time.After(wait):
+		release, err := r.admit.admit(nc.RemoteAddr(), time.Now())
+		if err != nil {
+			nc.Close()
+			if errors.Is(err, errRateLimited) {
+				r.counters.RateLimited.Add(1)
+			} else {
+				r.counters.TooManyHandshakes.Add(1)
 			}
+			r.logRefused(nc.RemoteAddr().String(), err)
+			continue
 		}
-		r.startHandshake(nc, false, "")
+		r.startHandshake(nc, false, "", release)
+	}
+}
+
+// logRefused logs an inbound connection we refused, at most a few lines per reason and
+// interval, so a flood cannot fill the disk (the counters have the totals).
+func (r *Router) logRefused(addr string, err error) {
+	reason := refusalReason(err)
+	r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", "reason", reason, "addr", addr, "err", err)
+}
+
+// refusalReason is the metric label for why an inbound connection was refused.
+func refusalReason(err error) string {
+	switch {
+	case errors.Is(err, errRateLimited):
+		return "rate_limited"
+	case errors.Is(err, errTooManyPending):
+		return "too_many_handshakes"
+	case errors.Is(err, errNameInUse):
+		return "name_in_use"
+	case errors.Is(err, ErrWrongPassword):
+		return "wrong_password"
+	case errors.Is(err, ErrPasswordMismatch):
+		return "password_mismatch"
+	case errors.Is(err, ErrVersionMismatch):
+		return "version"
+	case errors.Is(err, ErrHandshakeTimeout):
+		return "timeout"
+	case errors.Is(err, errBadGreeting):
+		return "bad_greeting"
+	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
+		return "bad_handshake"
+	default:
+		return "other"
 	}
 }
 
 // startHandshake runs the handshake on nc in its own goroutine and registers the result.
-func (r *Router) startHandshake(nc net.Conn, outbound bool, target string) {
+// release (inbound only; may be nil) returns the admission slot when the handshake is over.
+func (r *Router) startHandshake(nc net.Conn, outbound bool, target string, release func()) {
+	if release == nil {
+		release = func() {}
+	}
 	h := &handshakeState{nc: nc, remote: nc.RemoteAddr().String(), outbound: outbound, target: target, since: time.Now()}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		nc.Close()
+		release()
 		return
 	}
 	r.handshakes[h] = struct{}{}
@@ -120,19 +167,30 @@ func (r *Router) startHandshake(nc net.Conn, outbound bool, target string) {
 	go func() {
 		defer r.wg.Done()
 		err := r.handshakeAndAdd(h)
+		release()
 		r.mu.Lock()
 		delete(r.handshakes, h)
 		if target != "" {
 			r.attemptDoneLocked(target, err)
 		}
 		r.mu.Unlock()
-		if err != nil {
+		switch {
+		case err == nil:
+		case outbound:
 			r.log.Info("connection failed", "addr", h.remote, "outbound", outbound, "err", err)
+		default:
+			// Inbound failures are what a hostile source controls: rate-limited.
+			reason := refusalReason(err)
+			r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", "reason", reason, "addr", h.remote, "err", err)
 		}
 	}()
 }
 
 func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
+	timeout := r.cfg.HandshakeTimeout
+	if !outbound {
+		timeout = min(timeout, preAuthTimeout)
+	}
 	feats := map[string]string{}
 	for k, v := range r.cfg.Features {
 		feats[k] = v
@@ -150,7 +208,7 @@ func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
 		Password: r.cfg.Password,
 		Features: feats,
 		Outbound: outbound,
-		Timeout:  r.cfg.HandshakeTimeout,
+		Timeout:  timeout,
 		Counters: &r.counters,
 	}
 }
@@ -176,6 +234,9 @@ func (r *Router) handshakeAndAdd(h *handshakeState) error {
 		r.mu.Lock()
 		r.stats.ConnectionsRefused++
 		r.mu.Unlock()
+		if errors.Is(err, errNameInUse) {
+			r.counters.NameInUse.Add(1)
+		}
 		// Tell the peer why, and let it finish its side of the handshake and close first
 		// (in the duplicate and self cases it refuses the same connection), so it records
 		// the reason rather than a broken pipe.
@@ -206,16 +267,12 @@ func (r *Router) addConn(mc *meshConn) error {
 		if in.UID == r.cfg.UID {
 			return ErrConnectToSelf
 		}
-		their, _ := strconv.ParseUint(in.Features[featureStarted], 10, 64)
-		ce := &CollisionError{Name: in.Name, OurUID: r.cfg.UID, TheirUID: in.UID, TheirNick: in.NickName, OurNick: r.cfg.NickName}
-		ce.WeAreNewer = r.topo.started > their || (r.topo.started == their && r.cfg.UID > in.UID)
-		r.log.Error("PEER NAME COLLISION: a live peer with our name connected",
-			"addr", mc.remote, "our_uid", r.cfg.UID, "their_uid", in.UID, "their_nickname", in.NickName,
-			"we_are_newer", ce.WeAreNewer)
-		if ce.WeAreNewer {
-			r.fail(ce)
-		}
-		return ce
+		// Another peer says it is us. Nothing proves either claim in a plaintext mesh (and a
+		// password only proves membership), so the running peer never yields to it: the
+		// connection is refused. A real clone of this host is told why and keeps retrying
+		// until someone gives it another name.
+		return fmt.Errorf("%w: %s is our own name (their uid %d, nickname %q); if that is a clone of this host, give one of them another name (--name, or delete the peer-name file in its state dir)",
+			errNameInUse, in.Name, in.UID, in.NickName)
 	}
 	var evicted *meshConn
 	r.mu.Lock()
@@ -225,8 +282,9 @@ func (r *Router) addConn(mc *meshConn) error {
 	}
 	if old := r.conns[in.Name]; old != nil && old.intro.UID != in.UID {
 		// Two incarnations under one name: a restarted peer whose old connection has not
-		// died yet, or two live peers with the same name. Keep the connection we have and
-		// tell the newcomer what we know, so it can tell the two cases apart.
+		// died yet, an impostor, or two live peers with the same name. Keep the connection
+		// we have (its peer is unharmed whatever the newcomer claims) and tell the newcomer
+		// what we know, so a restarted peer can tell it is waiting for its old connection.
 		heard := time.Since(time.Unix(0, old.lastRecv.Load()))
 		r.mu.Unlock()
 		started, _ := strconv.ParseUint(old.intro.Features[featureStarted], 10, 64)
@@ -238,19 +296,8 @@ func (r *Router) addConn(mc *meshConn) error {
 		w.str8(old.intro.NickName)
 		mc.c.SetWriteDeadline(time.Now().Add(time.Second))
 		mc.c.Send(w.b)
-		// And the connected one hears of the newcomer, so both log the collision.
-		newStarted, _ := strconv.ParseUint(in.Features[featureStarted], 10, 64)
-		var n wbuf
-		n.u8(tagNameInUse)
-		n.u64(in.UID)
-		n.u64(newStarted)
-		n.u64(0)
-		n.str8(in.NickName)
-		old.enqueue(n.b)
-		r.log.Error("PEER NAME COLLISION or restarted peer: refusing a second connection under one name",
-			"peer", in.Name.String(), "connected_uid", old.intro.UID, "new_uid", in.UID,
-			"new_addr", mc.remote, "connected_last_heard", heard)
-		return fmt.Errorf("%w: %s is already connected with uid %d", ErrDuplicateConn, in.Name, old.intro.UID)
+		return fmt.Errorf("%w (%w): %s is already connected with uid %d, last heard %v ago; refusing uid %d",
+			errNameInUse, ErrDuplicateConn, in.Name, old.intro.UID, heard.Round(time.Millisecond), in.UID)
 	} else if old != nil {
 		// Both ends see the same two ConnIDs, so both keep the same connection: the lower.
 		switch {
@@ -536,13 +583,13 @@ func (r *Router) SendOverlayControl(peer PeerName, connID uint64, msg []byte) er
 }
 
 // handleNameInUse: a neighbour refused us because a peer with our name and another UID is
-// connected to it. If that peer was heard from after we started, it is alive: a collision,
-// and the newer of us must stop. Otherwise it may be our own previous incarnation whose
-// connection has not timed out yet, and we just retry.
+// connected to it: our previous incarnation whose connection has not timed out yet, or
+// another peer using our name. It is only logged: a neighbour's word (or an impostor's,
+// through it) must never stop us; the connection maker retries with backoff.
 func (r *Router) handleNameInUse(c *meshConn, p []byte) error {
 	rd := rbuf{b: p}
 	uid := rd.u64("uid")
-	started := rd.u64("started")
+	_ = rd.u64("started")
 	heardAgo := time.Duration(rd.u64("heard")) * time.Microsecond
 	nick := rd.str8("nickname", maxNickLen)
 	if err := rd.end("name in use"); err != nil {
@@ -551,47 +598,9 @@ func (r *Router) handleNameInUse(c *meshConn, p []byte) error {
 	if uid == r.cfg.UID {
 		return nil
 	}
-	up := time.Since(time.UnixMicro(int64(r.topo.started)))
-	if heardAgo >= up {
-		r.log.Warn("a neighbour still has a connection from a peer with our name; retrying in case it is our previous incarnation",
-			"via", c.intro.Name.String(), "their_uid", uid, "their_nickname", nick, "last_heard", heardAgo)
-		return nil
-	}
-	ce := &CollisionError{Name: r.cfg.Name, OurUID: r.cfg.UID, TheirUID: uid, TheirNick: nick, OurNick: r.cfg.NickName}
-	ce.WeAreNewer = r.topo.started > started || (r.topo.started == started && r.cfg.UID > uid)
-	r.log.Error("PEER NAME COLLISION: a live peer with our name is connected to a neighbour",
-		"via", c.intro.Name.String(), "our_uid", r.cfg.UID, "their_uid", uid, "their_nickname", nick,
-		"we_are_newer", ce.WeAreNewer)
-	if ce.WeAreNewer {
-		r.fail(ce)
-	}
+	r.refuseLog.Log(slog.LevelWarn, "name_in_use_remote", "name in use: a neighbour has a connection from another peer with our name; retrying (if it is our previous incarnation, its connection times out)",
+		"peer", c.intro.Name.String(), "their_uid", uid, "their_nickname", nick, "last_heard", heardAgo)
 	return nil
-}
-
-// tokenBucket limits a rate: burst tokens, one more every refill.
-type tokenBucket struct {
-	tokens float64
-	burst  float64
-	refill time.Duration
-	last   time.Time
-}
-
-func newTokenBucket(burst int, refill time.Duration, now time.Time) *tokenBucket {
-	return &tokenBucket{tokens: float64(burst), burst: float64(burst), refill: refill, last: now}
-}
-
-// take consumes a token and returns how long to wait before acting on it (0: at once).
-func (b *tokenBucket) take(now time.Time) time.Duration {
-	if now.After(b.last) {
-		b.tokens = min(b.burst, b.tokens+float64(now.Sub(b.last))/float64(b.refill))
-		b.last = now
-	}
-	b.tokens--
-	if b.tokens >= 0 {
-		return 0
-	}
-	// In debt: the token is the one that arrives after the wait.
-	return time.Duration(-b.tokens * float64(b.refill))
 }
 
 // DropConnection closes the connection to peer with connID, for an overlay whose data path

@@ -28,7 +28,7 @@ const (
 	targetAttempting
 	targetConnected
 	targetFailed
-	targetSuspended // never retried: it is ourselves, or a name collision
+	targetSuspended // never retried: it is ourselves
 )
 
 func (s targetState) String() string {
@@ -326,7 +326,7 @@ func (r *Router) dial(addr string) {
 			r.kick()
 			return
 		}
-		r.startHandshake(nc, true, addr)
+		r.startHandshake(nc, true, addr, nil)
 		r.kick()
 	}()
 }
@@ -342,12 +342,8 @@ func (r *Router) attemptDoneLocked(addr string, err error) {
 		t.state, t.lastErr, t.interval = targetConnected, nil, 0
 		return
 	}
-	var ce *CollisionError
-	if errors.Is(err, ErrConnectToSelf) || errors.As(err, &ce) {
-		t.state, t.lastErr = targetSuspended, err
-		if errors.Is(err, ErrConnectToSelf) {
-			t.peer = r.cfg.Name
-		}
+	if errors.Is(err, ErrConnectToSelf) {
+		t.state, t.lastErr, t.peer = targetSuspended, err, r.cfg.Name
 		return
 	}
 	if errors.Is(err, ErrDuplicateConn) {

@@ -87,6 +87,9 @@ var (
 	ErrBadHandshake = errors.New("malformed handshake")
 	// ErrHandshakeTimeout: the handshake did not finish within its deadline.
 	ErrHandshakeTimeout = errors.New("handshake timed out")
+	// errBadGreeting: the first bytes are not a weave greeting (a port scanner, another
+	// protocol): counted apart from a weave peer that sent something malformed later.
+	errBadGreeting = fmt.Errorf("%w: not a weave peer", ErrBadHandshake)
 )
 
 // ErrAuthFailed is another name for ErrWrongPassword.
@@ -94,15 +97,41 @@ var ErrAuthFailed = ErrWrongPassword
 
 // ConnCounters counts refused handshakes and fatal connection errors by reason, for metrics.
 // Share one across all connections; the zero value is ready. A nil *ConnCounters counts
-// nothing.
+// nothing. The Router also counts here the connections it refuses around the handshake:
+// before it (rate limited, too many handshakes) and after it (name in use).
 type ConnCounters struct {
-	WrongPassword    atomic.Uint64
-	PasswordMismatch atomic.Uint64
-	VersionMismatch  atomic.Uint64
-	BadHandshake     atomic.Uint64
-	HandshakeTimeout atomic.Uint64
-	MessageTooLarge  atomic.Uint64
-	ReplayOrForgery  atomic.Uint64
+	WrongPassword     atomic.Uint64
+	PasswordMismatch  atomic.Uint64
+	VersionMismatch   atomic.Uint64
+	BadGreeting       atomic.Uint64
+	BadHandshake      atomic.Uint64
+	HandshakeTimeout  atomic.Uint64
+	MessageTooLarge   atomic.Uint64
+	ReplayOrForgery   atomic.Uint64
+	NameInUse         atomic.Uint64
+	RateLimited       atomic.Uint64
+	TooManyHandshakes atomic.Uint64
+	// Aborted: the handshake failed for another reason (the peer closed or reset it).
+	Aborted atomic.Uint64
+}
+
+// Reasons returns the counters by reason label (snake_case), for a
+// weave_mesh_refused_total{reason} metric.
+func (cc *ConnCounters) Reasons() map[string]uint64 {
+	return map[string]uint64{
+		"wrong_password":      cc.WrongPassword.Load(),
+		"password_mismatch":   cc.PasswordMismatch.Load(),
+		"version":             cc.VersionMismatch.Load(),
+		"bad_greeting":        cc.BadGreeting.Load(),
+		"bad_handshake":       cc.BadHandshake.Load(),
+		"timeout":             cc.HandshakeTimeout.Load(),
+		"message_too_large":   cc.MessageTooLarge.Load(),
+		"replay_or_forgery":   cc.ReplayOrForgery.Load(),
+		"name_in_use":         cc.NameInUse.Load(),
+		"rate_limited":        cc.RateLimited.Load(),
+		"too_many_handshakes": cc.TooManyHandshakes.Load(),
+		"aborted":             cc.Aborted.Load(),
+	}
 }
 
 // HandshakeParams describes our end of a connection.
@@ -177,8 +206,12 @@ func (cc *ConnCounters) countHandshakeError(err error) {
 		cc.VersionMismatch.Add(1)
 	case errors.Is(err, ErrHandshakeTimeout):
 		cc.HandshakeTimeout.Add(1)
+	case errors.Is(err, errBadGreeting):
+		cc.BadGreeting.Add(1)
 	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
 		cc.BadHandshake.Add(1)
+	default:
+		cc.Aborted.Add(1)
 	}
 }
 
@@ -385,7 +418,7 @@ func exchange(write, read func() error) error {
 
 func negotiateVersion(ourMin, ourMax byte, theirHello []byte) (byte, error) {
 	if string(theirHello[:len(protocolMagic)]) != protocolMagic {
-		return 0, fmt.Errorf("%w: not a weave peer (greeting %q)", ErrBadHandshake, theirHello)
+		return 0, fmt.Errorf("%w (greeting %q)", errBadGreeting, theirHello)
 	}
 	theirMin, theirMax := theirHello[len(protocolMagic)], theirHello[len(protocolMagic)+1]
 	if theirMin > theirMax || theirMin == 0 {

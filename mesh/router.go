@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // Router is the local peer: it listens for and dials connections, keeps the topology and
@@ -32,12 +34,14 @@ type Router struct {
 	wake   chan struct{}
 
 	closeOnce sync.Once
-	fatal     atomic.Pointer[error]
 	done      chan struct{}
 	ready     atomic.Bool
 	started   atomic.Bool
 	counters  ConnCounters
 	rng       *lockedRand
+	admit     *admission
+	// refuseLog rate-limits the logs of refused inbound connections, per reason.
+	refuseLog *logx.Limiter
 
 	// listener is set by Start.
 	listener net.Listener
@@ -71,6 +75,8 @@ type RouterStats struct {
 	Terminations       uint64 `json:"connection_terminations"`
 	UnknownChannel     uint64 `json:"unknown_channel_messages"`
 	NoRoute            uint64 `json:"no_route"`
+	// SelfClaims: topology entries with our name and another UID (ignored; see topo.selfClaim).
+	SelfClaims uint64 `json:"self_claims"`
 }
 
 type lockedRand struct {
@@ -111,6 +117,7 @@ func New(cfg Config) (*Router, error) {
 		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		rng:        &lockedRand{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))},
+		admit:      newAdmission(),
 		conns:      map[PeerName]*meshConn{},
 		handshakes: map[*handshakeState]struct{}{},
 		targets:    map[string]*target{},
@@ -118,6 +125,7 @@ func New(cfg Config) (*Router, error) {
 		seen:       newSeenSet(8192),
 		surrogate:  map[uint64]time.Time{},
 	}
+	r.refuseLog = logx.NewLimiter(r.log, refuseLogInterval, refuseLogBurst)
 	r.topo = newTopo(topoConfig{
 		Self:        cfg.Name,
 		UID:         cfg.UID,
@@ -208,26 +216,8 @@ func (r *Router) ListenAddr() net.Addr {
 // Ready reports whether the router is started and not closed.
 func (r *Router) Ready() bool { return r.ready.Load() }
 
-// Done is closed when the router has stopped (Close, or a fatal error such as a name
-// collision); Err then says why.
+// Done is closed when the router has stopped (Close). Nothing a remote peer says stops it.
 func (r *Router) Done() <-chan struct{} { return r.done }
-
-// Err returns the fatal error that stopped the router, if any.
-func (r *Router) Err() error {
-	if p := r.fatal.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-// fail records a fatal error (the first one wins) and closes the router. Close runs on a
-// goroutine of its own because it waits for all the others, the caller's included.
-func (r *Router) fail(err error) {
-	if r.fatal.CompareAndSwap(nil, &err) {
-		r.log.Error("mesh router stopping on fatal error", "err", err)
-		go r.Close()
-	}
-}
 
 // Close stops everything and waits for all goroutines. It is idempotent.
 func (r *Router) Close() error {
@@ -264,8 +254,7 @@ func (r *Router) kick() {
 	}
 }
 
-// afterChangeLocked schedules flush and route recalculation after topology changes and
-// turns a detected name collision into a fatal error.
+// afterChangeLocked schedules flush and route recalculation after topology changes.
 func (r *Router) afterChangeLocked() {
 	now := time.Now()
 	if r.topo.dirty() && r.flushAt.IsZero() {
@@ -275,9 +264,6 @@ func (r *Router) afterChangeLocked() {
 	if r.topo.rtDirty && r.routeAt.IsZero() {
 		r.routeAt = now.Add(r.cfg.RouteDelay)
 		r.kick()
-	}
-	if ce := r.topo.collision; ce != nil {
-		r.fail(ce)
 	}
 }
 

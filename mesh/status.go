@@ -74,6 +74,7 @@ func (r *Router) Status() Status {
 		Encryption: len(r.cfg.Password) > 0, Ready: r.ready.Load(), Stats: r.stats,
 		Targets: r.directTargetsLocked(),
 	}
+	s.Stats.SelfClaims = r.topo.stats.SelfClaims
 	for _, e := range r.topo.peers {
 		if e.Version == 0 && e.Name != r.cfg.Name {
 			continue

@@ -1,7 +1,6 @@
 package mesh
 
 import (
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -42,10 +41,11 @@ type topo struct {
 	rtDirty bool
 	rtAt    time.Time
 
-	seen      seenSet
-	mismatch  map[PeerName]time.Time // neighbour -> first hash mismatch not yet repaired
-	collision *CollisionError
-	warned    map[uint64]bool // foreign UIDs already logged as name collisions
+	seen     seenSet
+	mismatch map[PeerName]time.Time // neighbour -> first hash mismatch not yet repaired
+	// selfClaimLogged: when an entry claiming our name was last logged (at most one line a
+	// minute: the entries come from the network).
+	selfClaimLogged time.Time
 
 	stats topoStats
 }
@@ -60,6 +60,10 @@ type topoStats struct {
 	HashChecksSent  uint64
 	RouteRecomputes uint64
 	FutureVersions  uint64
+	// SelfClaims: entries with our name and another UID (an old incarnation of ours, a
+	// clone, or a forgery); ForgedSelf: those of them too far ahead of our clock to follow.
+	SelfClaims uint64
+	ForgedSelf uint64
 }
 
 // maxVersionAhead bounds how far ahead of our clock a peer's version may be.
@@ -81,27 +85,14 @@ type topoConfig struct {
 	Send func(to PeerName, msg []byte)
 }
 
-// CollisionError reports another live peer running with our name.
-type CollisionError struct {
-	Name               PeerName
-	OurUID, TheirUID   uint64
-	WeAreNewer         bool
-	TheirNick, OurNick string
-}
+// maxSelfFollow bounds how far ahead of our clock a version claimed for our name may be
+// for our own version to jump above it. Following a forged far-future version would put our
+// entry near the edge of everybody's maxVersionAhead window, where peers whose clocks lag
+// ours refuse it: the claim would cut us out of their topology.
+const maxSelfFollow = 10 * time.Minute
 
-// ErrNameCollision is wrapped by CollisionError.
-var ErrNameCollision = errors.New("peer name collision")
-
-func (e *CollisionError) Error() string {
-	who := "the other peer is newer and must stop"
-	if e.WeAreNewer {
-		who = "this peer is newer and refuses to run"
-	}
-	return fmt.Sprintf("peer name collision: %s is used by uid %d (%s) and uid %d (%s, us): %s; give one of them another name (--name, or delete the peer-name file in its state dir)",
-		e.Name, e.TheirUID, e.TheirNick, e.OurUID, e.OurNick, who)
-}
-
-func (e *CollisionError) Unwrap() error { return ErrNameCollision }
+// selfClaimLogEvery rate-limits the log of entries claiming our name.
+const selfClaimLogEvery = time.Minute
 
 func newTopo(cfg topoConfig) *topo {
 	if cfg.Log == nil {
@@ -120,7 +111,6 @@ func newTopo(cfg topoConfig) *topo {
 		pending:  map[PeerName]PeerName{},
 		rtDirty:  true,
 		seen:     newSeenSet(8192),
-		warned:   map[uint64]bool{},
 		mismatch: map[PeerName]time.Time{},
 	}
 	return t
@@ -219,9 +209,14 @@ func (t *topo) apply(e *peerEntry) bool {
 		if e.UID == t.self.UID {
 			return false
 		}
-		t.checkCollision(e)
-		// An older incarnation of us (or a colliding peer) must never win: go above it.
+		t.selfClaim(e)
+		// An older incarnation of us (or another claimant) must never win: go above it,
+		// unless it claims a version we cannot plausibly have reached.
 		if e.Version >= t.self.Version {
+			if e.Version > uint64(t.cfg.Now().Add(maxSelfFollow).UnixMicro()) {
+				t.stats.ForgedSelf++
+				return false
+			}
 			t.hash ^= t.self.hash
 			t.self.Version = e.Version
 			t.hash ^= t.self.hash
@@ -237,22 +232,23 @@ func (t *topo) apply(e *peerEntry) bool {
 	return true
 }
 
-// checkCollision tells an old incarnation of ourselves (all its versions predate our start,
-// because versions follow the clock) from a live peer with the same name.
-func (t *topo) checkCollision(e *peerEntry) {
-	if e.Version <= t.started || t.warned[e.UID] {
+// selfClaim notes an entry with our name and another UID. An old incarnation of ours has
+// versions from before our start; anything later is another peer claiming our name. Either
+// way it is only logged: gossip is not proof of anything, and stopping on it would let any
+// peer (or anyone who can reach one) stop us. Connections under our name are refused.
+func (t *topo) selfClaim(e *peerEntry) {
+	t.stats.SelfClaims++
+	if e.Version <= t.started {
 		return
 	}
-	t.warned[e.UID] = true
-	ce := &CollisionError{Name: t.self.Name, OurUID: t.self.UID, TheirUID: e.UID,
-		TheirNick: e.NickName, OurNick: t.self.NickName}
-	ce.WeAreNewer = t.started > e.Started || (t.started == e.Started && t.self.UID > e.UID)
-	t.cfg.Log.Error("PEER NAME COLLISION: another live peer uses our name",
-		"peer", t.self.Name.String(), "our_uid", t.self.UID, "their_uid", e.UID, "their_nickname", e.NickName,
-		"we_are_newer", ce.WeAreNewer)
-	if ce.WeAreNewer && t.collision == nil {
-		t.collision = ce
+	now := t.cfg.Now()
+	if now.Sub(t.selfClaimLogged) < selfClaimLogEvery {
+		return
 	}
+	t.selfClaimLogged = now
+	t.cfg.Log.Warn("name in use: topology gossip claims our name with another uid (a clone of this host, or a forgery); ignored",
+		"peer", t.self.Name.String(), "our_uid", t.self.UID, "their_uid", e.UID, "their_nickname", e.NickName,
+		"claims_total", t.stats.SelfClaims)
 }
 
 func (t *topo) send(to PeerName, tag byte, payload []byte) {
