@@ -143,7 +143,7 @@ func refusalReason(err error) string {
 	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
 		return "bad_handshake"
 	default:
-		return "other"
+		return "aborted"
 	}
 }
 
