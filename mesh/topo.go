@@ -61,9 +61,8 @@ type topoStats struct {
 	RouteRecomputes uint64
 	FutureVersions  uint64
 	// SelfClaims: entries with our name and another UID (an old incarnation of ours, a
-	// clone, or a forgery); ForgedSelf: those of them too far ahead of our clock to follow.
+	// clone, or a forgery).
 	SelfClaims uint64
-	ForgedSelf uint64
 }
 
 // maxVersionAhead bounds how far ahead of our clock a peer's version may be.
@@ -84,12 +83,6 @@ type topoConfig struct {
 	// block and must not call back into the topology.
 	Send func(to PeerName, msg []byte)
 }
-
-// maxSelfFollow bounds how far ahead of our clock a version claimed for our name may be
-// for our own version to jump above it. Following a forged far-future version would put our
-// entry near the edge of everybody's maxVersionAhead window, where peers whose clocks lag
-// ours refuse it: the claim would cut us out of their topology.
-const maxSelfFollow = 10 * time.Minute
 
 // selfClaimLogEvery rate-limits the log of entries claiming our name.
 const selfClaimLogEvery = time.Minute
@@ -210,13 +203,10 @@ func (t *topo) apply(e *peerEntry) bool {
 			return false
 		}
 		t.selfClaim(e)
-		// An older incarnation of us (or another claimant) must never win: go above it,
-		// unless it claims a version we cannot plausibly have reached.
+		// An older incarnation of us (or another claimant) must never win: go above it.
+		// Even a forged version far ahead is followed: peers accepted it, so they accept
+		// ours just above it, and only that takes our entry back everywhere.
 		if e.Version >= t.self.Version {
-			if e.Version > uint64(t.cfg.Now().Add(maxSelfFollow).UnixMicro()) {
-				t.stats.ForgedSelf++
-				return false
-			}
 			t.hash ^= t.self.hash
 			t.self.Version = e.Version
 			t.hash ^= t.self.hash
