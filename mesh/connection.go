@@ -121,9 +121,17 @@ func (r *Router) logRefused(addr string, err error) {
 	r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", "reason", reason, "addr", addr, "err", err)
 }
 
-// refusalReason is the metric label for why an inbound connection was refused.
+// refusalReason names why an inbound connection was refused: the reason label of
+// weave_mesh_refused_total where there is one (ConnCounters.Reasons), and the key of its
+// rate-limited log line.
 func refusalReason(err error) string {
 	switch {
+	case errors.Is(err, ErrDuplicateConn) && !errors.Is(err, errNameInUse):
+		return "duplicate"
+	case errors.Is(err, ErrConnectToSelf):
+		return "self"
+	case errors.Is(err, ErrConnLimit):
+		return "conn_limit"
 	case errors.Is(err, errRateLimited):
 		return "rate_limited"
 	case errors.Is(err, errTooManyPending):
@@ -174,13 +182,15 @@ func (r *Router) startHandshake(nc net.Conn, outbound bool, target string, relea
 			r.attemptDoneLocked(target, err)
 		}
 		r.mu.Unlock()
-		switch {
-		case err == nil:
+		switch reason := refusalReason(err); {
+		case err == nil || r.ctx.Err() != nil:
 		case outbound:
+			r.log.Info("connection failed", "addr", h.remote, "outbound", outbound, "err", err)
+		case reason == "duplicate" || reason == "self":
+			// Simultaneous dials: routine.
 			r.log.Info("connection failed", "addr", h.remote, "outbound", outbound, "err", err)
 		default:
 			// Inbound failures are what a hostile source controls: rate-limited.
-			reason := refusalReason(err)
 			r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", "reason", reason, "addr", h.remote, "err", err)
 		}
 	}()
