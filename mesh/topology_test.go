@@ -413,6 +413,15 @@ func FuzzGossipMessage(f *testing.F) {
 	f.Add(append(w.b, "payload"...))
 	f.Add([]byte{tagGossipBroadcast, 2, 'c', 'h', 0, 0, 0, 0, 0, 1})
 	f.Add([]byte{tagGossip, 200})
+	// A "name in use" notice about us from a neighbour (uid, started, heard, nickname):
+	// logged only, never fatal.
+	var n wbuf
+	n.u8(tagNameInUse)
+	n.u64(7)
+	n.u64(1)
+	n.u64(0)
+	n.str8("impostor")
+	f.Add(n.b)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		mn := NewMemNetwork()
 		cfg := testConfig(mn, 0)
