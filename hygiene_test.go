@@ -70,7 +70,7 @@ func TestImportRules(t *testing.T) {
 	dataPlane := []string{"router", "overlay", "sleeve", "fastdp", "tap", "udp"}
 	rules := []rule{
 		{pkgs: []string{"api"}, stdOnly: true},
-		{pkgs: []string{"mesh"}, forbidden: []string{"router", "overlay", "sleeve", "fastdp", "ipam", "daemon", "api", "plugin", "tap", "udp", "dns"}},
+		{pkgs: []string{"mesh"}, forbidden: []string{"router", "overlay", "sleeve", "fastdp", "ipam", "daemon", "api", "plugin", "tap", "udp"}},
 		{pkgs: []string{"router"}, forbidden: []string{"sleeve", "fastdp", "ipam", "daemon", "internal/netdev"}},
 		{pkgs: []string{"sleeve", "fastdp"}, forbidden: []string{"router", "daemon"}},
 		{pkgs: []string{"overlay"}, forbidden: []string{"router", "sleeve", "fastdp", "daemon"}},

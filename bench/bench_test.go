@@ -139,49 +139,68 @@ func TestReportRatios(t *testing.T) {
 	}
 }
 
-// fakeRunner hands out throughputs in turn and logs who ran, for the schedule.
+// fakeRunner hands out throughputs (and RTTs: rtts[k], or 0.1 ms) in turn and logs who ran,
+// for the schedule.
 type fakeRunner struct {
 	name string
 	vals []float64
+	rtts []float64
 	log  *[]string
 	fail bool
 }
 
 func (f *fakeRunner) ok() bool { return !f.fail }
 
-func (f *fakeRunner) run(_ context.Context, _ time.Duration, _, _ int) (float64, bool) {
+func (f *fakeRunner) run(_ context.Context, _ time.Duration, _, _ int) (sample, bool) {
 	*f.log = append(*f.log, f.name)
 	if len(f.vals) == 0 {
 		f.fail = true
-		return 0, false
+		return sample{}, false
 	}
-	v := f.vals[0]
+	v := sample{bps: f.vals[0], rttMs: 0.1}
 	f.vals = f.vals[1:]
+	if len(f.rtts) > 0 {
+		v.rttMs, f.rtts = f.rtts[0], f.rtts[1:]
+	}
 	return v, true
 }
 
-// Interleaved, every run of a mode sits between two baseline runs and is divided by their
-// mean; the modes after the baseline rotate from round to round.
+func near(got, want [][]float64) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range want {
+		if len(got[i]) != len(want[i]) {
+			return false
+		}
+		for j := range want[i] {
+			if d := got[i][j] - want[i][j]; d > 1e-9 || d < -1e-9 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Interleaved, every run of a mode (its RTT and its throughput) sits between two baseline
+// runs and is divided by their mean; the modes after the baseline rotate from round to round.
 func TestInterleave(t *testing.T) {
 	var log []string
-	base := &fakeRunner{name: "B", vals: []float64{10, 10, 6, 10, 8}, log: &log}
-	a := &fakeRunner{name: "a", vals: []float64{9.5, 6}, log: &log}
-	b := &fakeRunner{name: "b", vals: []float64{8, 9}, log: &log}
-	ratios := interleave(context.Background(), []runner{base, a, b}, 2, time.Second)
+	base := &fakeRunner{name: "B", vals: []float64{10, 10, 6, 10, 8}, rtts: []float64{0.1, 0.1, 0.2, 0.1, 0.1}, log: &log}
+	a := &fakeRunner{name: "a", vals: []float64{9.5, 6}, rtts: []float64{0.3, 0.45}, log: &log}
+	b := &fakeRunner{name: "b", vals: []float64{8, 9}, rtts: []float64{0.2, 0.6}, log: &log}
+	ratios, rtts := interleave(context.Background(), []runner{base, a, b}, 2, time.Second)
 	if got := strings.Join(log, " "); got != "B a B b B b B a B" {
 		t.Fatalf("schedule %q", got)
 	}
 	// a: 9.5/mean(10,10), 6/mean(10,8); b: 8/mean(10,6), 9/mean(6,10)
-	want := [][]float64{nil, {0.95, 6.0 / 9}, {1, 9.0 / 8}}
-	for i := range want {
-		if len(ratios[i]) != len(want[i]) {
-			t.Fatalf("ratios %v, want %v", ratios, want)
-		}
-		for j := range want[i] {
-			if d := ratios[i][j] - want[i][j]; d > 1e-9 || d < -1e-9 {
-				t.Fatalf("ratios %v, want %v", ratios, want)
-			}
-		}
+	if want := [][]float64{nil, {0.95, 6.0 / 9}, {1, 9.0 / 8}}; !near(ratios, want) {
+		t.Fatalf("throughput ratios %v, want %v", ratios, want)
+	}
+	// The RTT takes the same turns: a: 0.3/mean(0.1,0.1), 0.45/mean(0.1,0.1);
+	// b: 0.2/mean(0.1,0.2), 0.6/mean(0.2,0.1).
+	if want := [][]float64{nil, {3, 4.5}, {4.0 / 3, 4}}; !near(rtts, want) {
+		t.Fatalf("RTT ratios %v, want %v", rtts, want)
 	}
 
 	// A mode that fails drops out; a baseline that fails ends the schedule.
@@ -189,7 +208,7 @@ func TestInterleave(t *testing.T) {
 	base = &fakeRunner{name: "B", vals: []float64{10, 10}, log: &log}
 	a = &fakeRunner{name: "a", vals: []float64{5, 5}, log: &log}
 	b = &fakeRunner{name: "b", vals: nil, log: &log}
-	ratios = interleave(context.Background(), []runner{base, a, b}, 3, time.Second)
+	ratios, _ = interleave(context.Background(), []runner{base, a, b}, 3, time.Second)
 	if got := strings.Join(log, " "); got != "B a B b a B" {
 		t.Fatalf("schedule with failures %q", got)
 	}
@@ -203,22 +222,45 @@ func TestReportInterleavedRatios(t *testing.T) {
 	r := &Report{Baseline: baselineMode, Interleaved: true, Results: []Result{
 		{Mode: baselineMode, ThroughputBps: 10e9, ThroughputRuns: []float64{10e9, 10e9, 6e9, 10e9}, RTTAvgMs: 0.1},
 		{Mode: "fastdp", ThroughputBps: 9e9, ThroughputRuns: []float64{9.5e9, 7.2e9, 8e9}, RTTAvgMs: 0.1,
-			ThroughputRatioRuns: []float64{0.95, 0.9, 1}},
+			ThroughputRatioRuns: []float64{0.95, 0.9, 1}, RTTRatioRuns: []float64{1.2, 0.9, 3}},
 	}}
 	r.finish()
 	if f := r.Results[1]; f.ThroughputRatio == nil || *f.ThroughputRatio != 0.95 || r.BaselineDrift == nil || *r.BaselineDrift != 1 {
 		t.Fatalf("ratio %v drift %v, want the median 0.95 and drift 1", f.ThroughputRatio, r.BaselineDrift)
 	}
-	if b := r.Results[0]; b.ThroughputRatio == nil || *b.ThroughputRatio != 1 {
-		t.Fatalf("baseline ratio %v, want 1", b.ThroughputRatio)
+	// The RTT ratio is the median of the paired ones too, not the ratio of two medians
+	// (here 0.1/0.1 = 1).
+	if f := r.Results[1]; f.RTTRatio == nil || *f.RTTRatio != 1.2 {
+		t.Fatalf("RTT ratio %v, want the median 1.2", f.RTTRatio)
+	}
+	if b := r.Results[0]; b.ThroughputRatio == nil || *b.ThroughputRatio != 1 || b.RTTRatio == nil || *b.RTTRatio != 1 {
+		t.Fatalf("baseline ratios %v %v, want 1", b.ThroughputRatio, b.RTTRatio)
 	}
 	var buf bytes.Buffer
 	r.printTable(&buf)
-	if !strings.Contains(buf.String(), "0.950 0.900 1.000  (median 0.950)") {
-		t.Fatalf("table lacks the per-run ratios:\n%s", buf.String())
+	for _, want := range []string{"throughput 0.950 0.900 1.000  (median 0.950, spread 0.900-1.000)",
+		"RTT        1.200 0.900 3.000  (median 1.200, spread 0.900-3.000)"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Fatalf("table lacks %q:\n%s", want, buf.String())
+		}
 	}
 	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
 		t.Fatalf("median of 1..4 = %v", got)
+	}
+}
+
+// Several RTT measurements are summed up as the median average, the extreme min and max,
+// and the mean loss.
+func TestSetRTT(t *testing.T) {
+	var r Result
+	r.setRTT([]netlab.PingResult{
+		{Loss: 0, Min: 100 * time.Microsecond, Avg: 300 * time.Microsecond, Max: time.Millisecond, Mdev: 50 * time.Microsecond},
+		{Loss: 0.5, Min: 50 * time.Microsecond, Avg: 200 * time.Microsecond, Max: 400 * time.Microsecond, Mdev: 20 * time.Microsecond},
+		{Loss: 0.1, Min: 150 * time.Microsecond, Avg: 900 * time.Microsecond, Max: 2 * time.Millisecond, Mdev: 80 * time.Microsecond},
+	})
+	if r.RTTAvgMs != 0.3 || r.RTTMinMs != 0.05 || r.RTTMaxMs != 2 || r.RTTMdevMs != 0.05 ||
+		!slices.Equal(r.RTTRuns, []float64{0.3, 0.2, 0.9}) || r.PingLoss < 0.2-1e-9 || r.PingLoss > 0.2+1e-9 {
+		t.Fatalf("setRTT: %+v", r)
 	}
 }
 
@@ -261,6 +303,22 @@ func TestKernelVXLANBaseline(t *testing.T) {
 	}
 	if res.ThroughputBps < 10e6 || res.PingLoss != 0 || res.RTTAvgMs <= 0 {
 		t.Fatalf("implausible baseline %+v", res)
+	}
+
+	// Interleaved, a session measures nothing at setup (other modes' labs come up after it):
+	// each turn measures the RTT, then the throughput.
+	s := openSession(ctx, config{duration: time.Second, pings: 5, interleave: true}, kernelVXLAN{}, log)
+	defer s.close()
+	if !s.ok() || len(s.rtts) != 0 || len(s.runs) != 0 {
+		t.Fatalf("session after setup: ok %v, %d RTT and %d iperf3 runs, want none: %+v", s.ok(), len(s.rtts), len(s.runs), s.res)
+	}
+	for range 2 {
+		if v, ok := s.run(ctx, time.Second, 0, 2); !ok || v.bps <= 0 || v.rttMs <= 0 {
+			t.Fatalf("turn: %+v %v %+v", v, ok, s.res)
+		}
+	}
+	if res := s.result(); len(res.RTTRuns) != 2 || len(res.ThroughputRuns) != 2 {
+		t.Fatalf("two turns gave RTT runs %v and throughput runs %v", res.RTTRuns, res.ThroughputRuns)
 	}
 
 	// The containers talk over the VXLAN only: without it they are cut off.

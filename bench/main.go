@@ -1,8 +1,9 @@
 // Command bench measures the data paths of the overlay on one machine: for each mode it builds a
 // fresh two-host namespace lab (internal/netlab) with one container per host, then measures
 // iperf3 TCP throughput (one stream) and ping RTT between the containers, and reports every
-// figure as a ratio to a hand-made kernel VXLAN measured in the same run, minutes apart, so that
-// numbers from different machines can be compared by their ratios.
+// figure as a ratio to a hand-made kernel VXLAN measured in the same run (by default right
+// before and after each run of a mode, see -interleave), so that numbers from different
+// machines can be compared by their ratios.
 //
 //	go run ./bench [-out bench/results] [-duration 10s] [-modes underlay,kernel-vxlan,...]
 //
@@ -52,13 +53,15 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.out, "out", "bench/results", "directory for the JSON result (empty: do not write)")
-	fs.DurationVar(&c.duration, "duration", 10*time.Second, "iperf3 run time per mode")
+	fs.DurationVar(&c.duration, "duration", 10*time.Second, "time of each iperf3 run")
 	fs.StringVar(&modes, "modes", "", "comma-separated modes to run (default: all; "+baselineMode+" is always added)")
-	fs.IntVar(&c.pings, "pings", 50, "ping count per mode for the RTT")
-	fs.IntVar(&c.repeat, "repeat", 1, "iperf3 runs per mode; the median counts (use 3 or 5 on a busy machine)")
+	fs.IntVar(&c.pings, "pings", 50, "pings per RTT measurement")
+	fs.IntVar(&c.repeat, "repeat", 1, "runs per mode (use 3 or 5 on a busy machine): with -interleave, rounds, each mode's ratios the median of its "+
+		"per-round ratios; with -interleave=false, iperf3 runs back to back after one RTT measurement, the median run counts")
 	fs.StringVar(&c.binDir, "bin", "bin", "directory of weaver and weavectl for the modes that run them")
-	fs.BoolVar(&c.interleave, "interleave", true, "keep every mode's lab up and take turns, one iperf3 run per mode per round with "+
-		baselineMode+" first and once more at the end; each run's ratio is to the mean of the baseline runs just before and after it")
+	fs.BoolVar(&c.interleave, "interleave", true, "keep every mode's lab up and take turns: in each round every mode runs once (RTT, then iperf3) "+
+		"between two "+baselineMode+" runs (B M1 B M2 B ..., the order rotating each round), and each run's ratios are to the mean of "+
+		"those two baseline runs; false: one mode after the other, each in its own lab, the baseline again at the end")
 	fs.DurationVar(&c.quiet, "quiet", 3*time.Minute, "before each run, wait up to this long until no other iperf3 client runs on the machine (0: do not wait)")
 	fs.BoolVar(&c.keep, "keep", false, "keep each lab's directory (process logs) after the run")
 	fs.BoolVar(&c.verbose, "v", false, "log the lab's progress")
@@ -201,30 +204,36 @@ func measureInterleaved(ctx context.Context, cfg config, selected []Mode, log *s
 	for i, s := range sessions {
 		runners[i] = loggedRunner{s, stderr}
 	}
-	ratios := interleave(ctx, runners, max(1, cfg.repeat), cfg.duration)
+	tput, rtt := interleave(ctx, runners, max(1, cfg.repeat), cfg.duration)
 	for i, s := range sessions {
 		res := s.result()
 		if res.Error != "" && ctx.Err() == nil {
 			fmt.Fprintf(stderr, "bench: %s: %s\n", res.Mode, res.Error)
 		}
-		res.ThroughputRatioRuns = ratios[i]
+		res.ThroughputRatioRuns, res.RTTRatioRuns = tput[i], rtt[i]
 		rep.Results = append(rep.Results, res)
 	}
 }
 
+// sample is one turn of a mode: the RTT on the idle path, then the throughput.
+type sample struct{ bps, rttMs float64 }
+
 // runner is what interleave drives: a session, or a fake in tests.
 type runner interface {
 	ok() bool
-	// run measures once and returns the throughput; false when it failed (ok turns false).
-	run(ctx context.Context, d time.Duration, round, rounds int) (float64, bool)
+	// run measures once; false when it failed (ok turns false).
+	run(ctx context.Context, d time.Duration, round, rounds int) (sample, bool)
 }
 
-func (s *session) run(ctx context.Context, d time.Duration, _, _ int) (float64, bool) {
+// run measures the RTT first, on the idle path, then the throughput: both take turns with
+// the other modes, so neither is measured while another mode's lab is busier than now.
+func (s *session) run(ctx context.Context, d time.Duration, _, _ int) (sample, bool) {
+	s.pingOnce(ctx)
 	s.iperfOnce(ctx, d)
 	if !s.ok() {
-		return 0, false
+		return sample{}, false
 	}
-	return s.runs[len(s.runs)-1].bps, true
+	return sample{bps: s.runs[len(s.runs)-1].bps, rttMs: ms(s.rtts[len(s.rtts)-1].Avg)}, true
 }
 
 type loggedRunner struct {
@@ -232,23 +241,23 @@ type loggedRunner struct {
 	w io.Writer
 }
 
-func (l loggedRunner) run(ctx context.Context, d time.Duration, round, rounds int) (float64, bool) {
+func (l loggedRunner) run(ctx context.Context, d time.Duration, round, rounds int) (sample, bool) {
 	fmt.Fprintf(l.w, "bench: round %d/%d: %s ...\n", round+1, rounds, l.res.Mode)
 	return l.session.run(ctx, d, round, rounds)
 }
 
 // interleave runs the schedule of measureInterleaved over rs (rs[0] is the baseline) and
-// returns each runner's ratios, one per run, to the baseline runs around it (none for the
-// baseline itself). It stops when the baseline fails or ctx ends.
-func interleave(ctx context.Context, rs []runner, rounds int, d time.Duration) [][]float64 {
-	ratios := make([][]float64, len(rs))
+// returns each runner's throughput and RTT ratios, one per run, to the baseline runs around
+// it (none for the baseline itself). It stops when the baseline fails or ctx ends.
+func interleave(ctx context.Context, rs []runner, rounds int, d time.Duration) (tput, rtt [][]float64) {
+	tput, rtt = make([][]float64, len(rs)), make([][]float64, len(rs))
 	base := rs[0]
 	if !base.ok() {
-		return ratios
+		return tput, rtt
 	}
 	prev, ok := base.run(ctx, d, 0, rounds)
 	if !ok {
-		return ratios
+		return tput, rtt
 	}
 	others := make([]int, 0, len(rs)-1)
 	for i := 1; i < len(rs); i++ {
@@ -258,12 +267,12 @@ func interleave(ctx context.Context, rs []runner, rounds int, d time.Duration) [
 		if len(others) == 0 && r > 0 {
 			// The baseline alone: one run per round.
 			if _, ok := base.run(ctx, d, r, rounds); !ok {
-				return ratios
+				return tput, rtt
 			}
 		}
 		for _, i := range rotate(others, r) {
 			if ctx.Err() != nil {
-				return ratios
+				return tput, rtt
 			}
 			if !rs[i].ok() {
 				continue
@@ -274,15 +283,18 @@ func interleave(ctx context.Context, rs []runner, rounds int, d time.Duration) [
 			}
 			next, ok := base.run(ctx, d, r, rounds)
 			if !ok {
-				return ratios
+				return tput, rtt
 			}
-			if ref := (prev + next) / 2; ref > 0 {
-				ratios[i] = append(ratios[i], v/ref)
+			if ref := (prev.bps + next.bps) / 2; ref > 0 {
+				tput[i] = append(tput[i], v.bps/ref)
+			}
+			if ref := (prev.rttMs + next.rttMs) / 2; ref > 0 && v.rttMs > 0 {
+				rtt[i] = append(rtt[i], v.rttMs/ref)
 			}
 			prev = next
 		}
 	}
-	return ratios
+	return tput, rtt
 }
 
 // rotate returns s rotated left by r, so that no mode always runs first (or last) in a round.

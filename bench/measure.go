@@ -49,7 +49,13 @@ type Result struct {
 	// ThroughputRatioRuns (interleaved benches) are each run's ratio to the baseline runs
 	// just before and after it, in the order they ran.
 	ThroughputRatioRuns []float64 `json:"throughput_ratio_runs,omitempty"`
-	RTTRatio            *float64  `json:"rtt_ratio,omitempty"`
+	// RTTRuns are the average RTT of each measurement, in the order they ran (interleaved:
+	// one per round, before that round's iperf3 run); RTTAvgMs is their median.
+	RTTRuns  []float64 `json:"rtt_avg_runs_ms,omitempty"`
+	RTTRatio *float64  `json:"rtt_ratio,omitempty"`
+	// RTTRatioRuns (interleaved benches) are each RTT measurement's ratio to the baseline's
+	// just before and after it; RTTRatio is then their median.
+	RTTRatioRuns []float64 `json:"rtt_ratio_runs,omitempty"`
 }
 
 func (r Result) ok() bool { return r.Error == "" && r.Skipped == "" }
@@ -59,6 +65,7 @@ func (r Result) ok() bool { return r.Error == "" && r.Skipped == "" }
 func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) Result {
 	s := openSession(ctx, cfg, m, log)
 	defer s.close()
+	s.pingOnce(ctx)
 	for range max(1, cfg.repeat) {
 		if !s.ok() {
 			break
@@ -78,7 +85,9 @@ type session struct {
 	log   *slog.Logger
 	keep  bool
 	quiet time.Duration
-	runs  []iperfResult // in the order they ran
+	pings int
+	runs  []iperfResult       // in the order they ran
+	rtts  []netlab.PingResult // in the order they ran
 }
 
 func (s *session) ok() bool { return s.res.ok() }
@@ -89,11 +98,12 @@ func (s *session) fail(err error) {
 	}
 }
 
-// openSession builds a lab for m, wires it, waits until the path carries ping, measures the
-// RTT on the idle path and starts the iperf3 server. A failure is recorded in the result.
+// openSession builds a lab for m, wires it, waits until the path carries ping and starts the
+// iperf3 server. It measures nothing: the caller decides when (pingOnce, iperfOnce), so
+// that interleaved modes measure in turns. A failure is recorded in the result.
 func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *session {
 	s := &session{res: Result{Mode: m.Name(), Description: m.Description(), StartedAt: time.Now().UTC()},
-		log: log, keep: cfg.keep, quiet: cfg.quiet}
+		log: log, keep: cfg.keep, quiet: cfg.quiet, pings: cfg.pings}
 	env := &Env{BinDir: absBin(cfg.binDir), Log: log.With("mode", m.Name())}
 	if err := m.Available(env); err != nil {
 		s.res.Skipped = err.Error()
@@ -132,20 +142,24 @@ func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *ses
 		return s
 	}
 	s.res.SetupSecs = time.Since(setupStart).Seconds()
-
-	// RTT first, on an idle path.
-	pr, err := netlab.PingWith(ctx, path.Client, path.ServerAddr, netlab.PingOptions{Count: cfg.pings, Interval: pingInterval})
-	if err != nil {
-		s.fail(err)
-		return s
-	}
-	s.res.PingLoss = pr.Loss
-	s.res.RTTMinMs, s.res.RTTAvgMs, s.res.RTTMaxMs, s.res.RTTMdevMs = ms(pr.Min), ms(pr.Avg), ms(pr.Max), ms(pr.Mdev)
-
 	if s.srv, err = startIperfServer(ctx, path); err != nil {
 		s.fail(err)
 	}
 	return s
+}
+
+// pingOnce measures the RTT once, on the idle path (no iperf3 run of ours is going); a
+// failure ends the session's runs.
+func (s *session) pingOnce(ctx context.Context) {
+	if !s.ok() {
+		return
+	}
+	pr, err := netlab.PingWith(ctx, s.path.Client, s.path.ServerAddr, netlab.PingOptions{Count: s.pings, Interval: pingInterval})
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	s.rtts = append(s.rtts, pr)
 }
 
 // iperfOnce runs the iperf3 client once and keeps the run; a failure ends the session's runs.
@@ -179,7 +193,25 @@ func (s *session) result() Result {
 	for _, r := range s.runs {
 		res.ThroughputRuns = append(res.ThroughputRuns, r.bps)
 	}
+	res.setRTT(s.rtts)
 	return res
+}
+
+// setRTT summarises the RTT measurements: the median average and deviation, the extreme
+// minimum and maximum, the mean loss.
+func (r *Result) setRTT(rtts []netlab.PingResult) {
+	if len(rtts) == 0 {
+		return
+	}
+	var mdevs []float64
+	r.RTTMinMs, r.RTTMaxMs, r.PingLoss, r.RTTRuns = math.Inf(1), 0, 0, nil
+	for _, p := range rtts {
+		r.RTTRuns = append(r.RTTRuns, ms(p.Avg))
+		mdevs = append(mdevs, ms(p.Mdev))
+		r.RTTMinMs, r.RTTMaxMs = min(r.RTTMinMs, ms(p.Min)), max(r.RTTMaxMs, ms(p.Max))
+		r.PingLoss += p.Loss / float64(len(rtts))
+	}
+	r.RTTAvgMs, r.RTTMdevMs = median(r.RTTRuns), median(mdevs)
 }
 
 // close stops the iperf3 server and tears the lab down; idempotent.

@@ -23,8 +23,9 @@ type Report struct {
 	Pings           int       `json:"pings"`
 	Repeat          int       `json:"iperf_runs_per_mode"`
 	Baseline        string    `json:"baseline"`
-	// Interleaved: the modes took turns, one run each per round (see -interleave); each
-	// result's throughput_ratio is then the median of its throughput_ratio_runs.
+	// Interleaved: the modes took turns, one run (RTT, then iperf3) each per round (see
+	// -interleave); each result's throughput_ratio and rtt_ratio are then the medians of its
+	// throughput_ratio_runs and rtt_ratio_runs.
 	Interleaved bool     `json:"interleaved"`
 	Results     []Result `json:"results"`
 	// BaselineRepeat is the baseline measured again after the other modes; the ratios use the
@@ -116,20 +117,26 @@ func (r *Report) finish() {
 		}
 		switch {
 		case r.Interleaved && res.Mode == r.Baseline:
-			one := 1.0
-			res.ThroughputRatio = &one
+			one, alsoOne := 1.0, 1.0
+			res.ThroughputRatio, res.RTTRatio = &one, &alsoOne
 		case r.Interleaved:
 			if len(res.ThroughputRatioRuns) > 0 {
 				v := median(res.ThroughputRatioRuns)
 				res.ThroughputRatio = &v
 			}
-		case base.ThroughputBps > 0:
-			v := res.ThroughputBps / base.ThroughputBps
-			res.ThroughputRatio = &v
-		}
-		if base.RTTAvgMs > 0 && res.RTTAvgMs > 0 {
-			v := res.RTTAvgMs / base.RTTAvgMs
-			res.RTTRatio = &v
+			if len(res.RTTRatioRuns) > 0 {
+				v := median(res.RTTRatioRuns)
+				res.RTTRatio = &v
+			}
+		default:
+			if base.ThroughputBps > 0 {
+				v := res.ThroughputBps / base.ThroughputBps
+				res.ThroughputRatio = &v
+			}
+			if base.RTTAvgMs > 0 && res.RTTAvgMs > 0 {
+				v := res.RTTAvgMs / base.RTTAvgMs
+				res.RTTRatio = &v
+			}
 		}
 	}
 }
@@ -163,16 +170,17 @@ func (r *Report) printTable(w io.Writer) {
 	}
 	tw.Flush()
 	if r.Interleaved {
-		fmt.Fprintf(w, "\nmodes took turns, each run between two %s runs; its ratio is to their mean:\n", r.Baseline)
+		fmt.Fprintf(w, "\nmodes took turns, each run (RTT, then throughput) between two %s runs; its ratios are to their mean:\n", r.Baseline)
 		for _, res := range r.Results {
-			if len(res.ThroughputRatioRuns) == 0 || res.Mode == r.Baseline {
+			if res.Mode == r.Baseline {
 				continue
 			}
-			parts := make([]string, len(res.ThroughputRatioRuns))
-			for i, v := range res.ThroughputRatioRuns {
-				parts[i] = fmt.Sprintf("%.3f", v)
+			if line := spread(res.ThroughputRatioRuns); line != "" {
+				fmt.Fprintf(w, "  %-16s throughput %s\n", res.Mode, line)
 			}
-			fmt.Fprintf(w, "  %-16s %s  (median %.3f)\n", res.Mode, strings.Join(parts, " "), *res.ThroughputRatio)
+			if line := spread(res.RTTRatioRuns); line != "" {
+				fmt.Fprintf(w, "  %-16s RTT        %s\n", res.Mode, line)
+			}
 		}
 		if r.BaselineDrift != nil {
 			fmt.Fprintf(w, "%s drift from the first run to the last: x%.2f\n", r.Baseline, *r.BaselineDrift)
@@ -186,6 +194,19 @@ func (r *Report) printTable(w io.Writer) {
 		fmt.Fprintf(w, "\n%s measured again at the end: %s, RTT %.3f ms; drift x%.2f (ratios use the mean of both)\n",
 			r.Baseline, gbits(again.ThroughputBps), again.RTTAvgMs, *r.BaselineDrift)
 	}
+}
+
+// spread lists per-run ratios with their median and range ("" for none).
+func spread(runs []float64) string {
+	if len(runs) == 0 {
+		return ""
+	}
+	parts := make([]string, len(runs))
+	for i, v := range runs {
+		parts[i] = fmt.Sprintf("%.3f", v)
+	}
+	return fmt.Sprintf("%s  (median %.3f, spread %.3f-%.3f)", strings.Join(parts, " "), median(runs),
+		slices.Min(runs), slices.Max(runs))
 }
 
 func gbits(bps float64) string {

@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,43 +19,48 @@ import (
 	"github.com/weavemesh/weave/internal/netdev"
 	"github.com/weavemesh/weave/internal/testutil"
 	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/tap"
+	"github.com/weavemesh/weave/tap/taptest"
+	"github.com/weavemesh/weave/udp"
+	"github.com/weavemesh/weave/udp/udptest"
 )
 
-// newTestDaemon assembles a daemon around an in-memory mesh, a fake host and a memory-only
-// allocator: the API handlers run as in production, without root or sockets.
+// newTestDaemon starts a daemon through New and Start over the fakes at the OS boundary
+// (Env: an in-memory mesh transport, UDP and TAP; netdev.Fake; no kernel path): the API
+// handlers run as in production, without root. tests/e2e runs several such daemons.
 func newTestDaemon(t testing.TB) *Daemon {
 	t.Helper()
+	dir, err := os.MkdirTemp("", "weave-daemon-") // t.TempDir may be too long for a socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
 	cfg := DefaultConfig()
-	cfg.StateDir = t.TempDir()
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.Socket = filepath.Join(dir, "s.sock")
+	cfg.MetricsAddr = ""
 	cfg.Logger = logx.Discard()
 	cfg.Links = netdev.NewFake()
 	cfg.NickName = "test"
-	name := mesh.PeerName(0x0200000000aa)
-	m, err := mesh.New(mesh.Config{Name: name, NickName: "test", ListenAddr: "10.0.0.1:6783",
-		Transport: mesh.NewMemNetwork().Transport("10.0.0.1"), NoMemberlist: true})
+	cfg.Name = mesh.PeerName(0x0200000000aa).String()
+	cfg.NoFastDP = true
+	cfg.Env = Env{
+		OpenTAP: func(c tap.Config) (tap.Device, error) { return taptest.New(taptest.Config{Name: c.Name}), nil },
+		ListenUDP: func(c udp.Config) (udp.Bind, error) {
+			return udptest.NewNetwork(1).NewBind(netip.MustParseAddrPort("10.0.0.1:6783"))
+		},
+		MeshTransport:  mesh.NewMemNetwork().Transport("10.0.0.1"),
+		MeshListenAddr: "10.0.0.1:6783",
+	}
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	eps, err := loadEndpoints(cfg.StateDir)
-	if err != nil {
+	if err := d.Start(); err != nil {
+		d.Close()
 		t.Fatal(err)
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, links: cfg.Links, name: name, uid: 1, mtu: 1414,
-		endpoints: eps, mesh: m, ready: make(chan struct{}), done: make(chan struct{}), stopReq: make(chan struct{})}
-	if err := d.newIPAM(m); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.links.EnsureBridge(cfg.Bridge, nil, d.mtu); err != nil {
-		t.Fatal(err)
-	}
-	close(d.ready)
-	t.Cleanup(func() {
-		d.ipam.Close()
-		m.Close()
-	})
+	t.Cleanup(func() { d.Close() })
 	return d
 }
 

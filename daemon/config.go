@@ -8,7 +8,11 @@ import (
 	"time"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/internal/netdev"
+	"github.com/weavemesh/weave/mesh"
+	"github.com/weavemesh/weave/tap"
+	"github.com/weavemesh/weave/udp"
 )
 
 // Config is everything the daemon needs; cmd/weaver fills it from flags and environment.
@@ -62,10 +66,33 @@ type Config struct {
 	Logger *slog.Logger
 	// Links is the host plumbing; nil: netlink in the current namespace.
 	Links netdev.Links
+	// Env is the rest of the OS boundary; its zero value is the real one.
+	Env Env
 	// Version is reported by the API.
 	Version string
 	// ShutdownTimeout bounds Close.
 	ShutdownTimeout time.Duration
+}
+
+// Env replaces the daemon's devices and sockets, so that tests/e2e can run several whole
+// daemons in one process, unprivileged, over the in-memory fakes (taptest, udptest,
+// fastdp.FakeNet, mesh.MemNetwork). Each nil field takes the real implementation; the
+// control API's unix socket and the state dir stay real (they need no privilege).
+type Env struct {
+	// OpenTAP opens the router's TAP; nil: tap.Open.
+	OpenTAP func(tap.Config) (tap.Device, error)
+	// ListenUDP opens the sleeve's socket; nil: udp.Listen.
+	ListenUDP func(udp.Config) (udp.Bind, error)
+	// FastDPKernel replaces the kernel path (the VXLAN device, or OVS with --datapath=ovs).
+	FastDPKernel fastdp.Kernel
+	// FastDPTiming overrides fastdp's heartbeat and hysteresis timing (zero: defaults), so
+	// that a test sees a pair flip in well under a second.
+	FastDPTiming fastdp.Timing
+	// MeshTransport listens and dials for the mesh; nil: TCP.
+	MeshTransport mesh.Transport
+	// MeshListenAddr is the mesh's listen address (host:port); empty: ":Port". An
+	// in-memory transport needs the host, since it is what peers dial.
+	MeshListenAddr string
 }
 
 // DefaultConfig returns the CONTRACT defaults.

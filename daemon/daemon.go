@@ -192,6 +192,8 @@ func (d *Daemon) Start() error {
 		TrustedSubnets: d.cfg.TrustedSubnets,
 		Peers:          d.cfg.Peers,
 		Logger:         d.cfg.Logger, // mesh adds its own component and peer keys
+		Transport:      d.cfg.Env.MeshTransport,
+		ListenAddr:     d.cfg.Env.MeshListenAddr,
 	}
 	dp.configureMesh(&mcfg)
 	m, err := mesh.New(mcfg)

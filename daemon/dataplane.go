@@ -59,12 +59,19 @@ type dataPlane struct {
 type OverlayStats = overlay.Stats
 
 func (d *Daemon) newDataPlane() (*dataPlane, error) {
-	dev, err := tap.Open(tap.Config{Name: d.cfg.TAP, Offload: true, Persist: true,
+	openTAP, listenUDP := tap.Open, udp.Listen
+	if d.cfg.Env.OpenTAP != nil {
+		openTAP = d.cfg.Env.OpenTAP
+	}
+	if d.cfg.Env.ListenUDP != nil {
+		listenUDP = d.cfg.Env.ListenUDP
+	}
+	dev, err := openTAP(tap.Config{Name: d.cfg.TAP, Offload: true, Persist: true,
 		Logger: d.log.With("component", "tap")})
 	if err != nil {
 		return nil, fmt.Errorf("open tap %s: %w", d.cfg.TAP, err)
 	}
-	bind, err := udp.Listen(udp.Config{Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(d.cfg.Port)),
+	bind, err := listenUDP(udp.Config{Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(d.cfg.Port)),
 		Logger: d.log.With("component", "udp")})
 	if err != nil {
 		dev.Close()
@@ -129,6 +136,9 @@ func (dp *dataPlane) newFastDP() error {
 	if err != nil {
 		return fmt.Errorf("fastdp: %w", err)
 	}
+	if k == nil {
+		k = d.cfg.Env.FastDPKernel // nil unless a test runs the daemon over fakes
+	}
 	fdp, err := fastdp.New(fastdp.Config{
 		Name: d.name, Bridge: d.cfg.Bridge, Port: d.cfg.Port + 1, Kernel: k,
 		// The VNI keeps meshes that share a host or an underlay apart; it travels in clear,
@@ -136,6 +146,7 @@ func (dp *dataPlane) newFastDP() error {
 		VNI:     fastdp.VNIFor(d.cfg.IPAllocRange.String()),
 		MTU:     d.mtu, // as the sleeve's: a pair changing overlay keeps its MTU
 		Isolate: []string{d.cfg.TAP},
+		Timing:  d.cfg.Env.FastDPTiming,
 		Logger:  d.log.With("component", "fastdp"),
 		// Called after the kernel is programmed when a pair goes to fastdp, and before its
 		// entries go when it leaves: frames may be lost at a flip, never duplicated.

@@ -435,9 +435,9 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 		a.stats.rejected.Add(1)
 		msg := err.Error()
 		if errors.Is(err, ring.ErrSeedMismatch) || errors.Is(err, ring.ErrRangeMismatch) {
-			msg += "; the peers on one side must give up their ring: on each of them forget it (ForgetRing in the API)" +
-				" or stop the peer, remove ipam.db from its state dir and start it again; the addresses its containers use" +
-				" are re-claimed and any clash is reported"
+			msg += "; the peers on one side must give up their ring: on each of them stop the router, remove ipam.db" +
+				" from its state dir and launch it again; it re-learns the ring from its peers, re-claims the addresses" +
+				" its containers use and reports any clash"
 		}
 		if msg != a.ringErr {
 			a.log.Error("refused ring update", "from", src, "err", err)

@@ -247,6 +247,9 @@ func TestSeedMismatchIsRefusedNotFatal(t *testing.T) {
 	if !strings.Contains(st.Error, "seeded by different peers") || !strings.Contains(st.Error, "remove ipam.db") {
 		t.Fatalf("no clear message: %q", st.Error)
 	}
+	if strings.Contains(st.Error, "ForgetRing") { // no API or CLI verb exposes it
+		t.Errorf("the repair names a call users cannot make: %q", st.Error)
+	}
 	if st.Counts.RejectedUpdates == 0 {
 		t.Fatal("rejection not counted")
 	}

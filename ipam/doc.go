@@ -12,7 +12,7 @@
 // merged is refused and reported, never a reason to drop a connection; space of peers the
 // cluster agrees are dead can be reclaimed automatically (Config.ReclaimAfter), and a peer
 // that comes back re-claims the addresses it still uses, each clash reported rather than
-// duplicated; rings seeded apart are repaired with ForgetRing instead of deleting databases
-// by hand; an acceptor's Paxos promises are persisted, so a restart mid-election cannot make
+// duplicated; a ring seeded apart is refused with the repair in the error (README.md, "When
+// rings disagree"); an acceptor's Paxos promises are persisted, so a restart mid-election cannot make
 // it vote twice. README.md describes the operations side.
 package ipam

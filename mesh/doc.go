@@ -1,6 +1,6 @@
 // Package mesh is the control plane: peer identity, encrypted TCP connections between peers,
 // topology gossip with spanning-tree broadcast, unicast and broadcast routes, gossip channels
-// for other packages (IPAM, DNS), and hashicorp/memberlist riding the mesh for failure
+// for other packages (IPAM), and hashicorp/memberlist riding the mesh for failure
 // detection. It imports nothing of the project above it.
 //
 // A Router is the local peer. It takes a Transport (TCP in production, a MemNetwork in tests,

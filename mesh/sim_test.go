@@ -299,16 +299,23 @@ func TestSimRoutesConverge(t *testing.T) {
 }
 
 // TestSimPerChangeTrafficIndependentOfN: the traffic one new link causes grows with the
-// degree, not with the square of the number of peers.
+// degree, not with the number of peers. Measured over 8 seeds, one change costs each peer
+// on average 317 B at 25 peers, 329 at 50, 306 at 100, 336 at 200 and 374 at 400 (average
+// degree 3.5 to 4), one seed differing from another by up to 1.5x: flat, as
+// mesh/PROTOCOL.md says. The mean of three seeds at 8x the peers must stay within 1.3x; a
+// cost growing with log N would be 1.65x here, with N 8x.
 func TestSimPerChangeTrafficIndependentOfN(t *testing.T) {
-	small := runSim(t, 25, 25, 1)
-	large := runSim(t, 200, 200, 1)
-	t.Logf("per change: 25 peers %.0f B/peer in %v; 200 peers %.0f B/peer in %v",
-		small.changeBytes, small.changeTime, large.changeBytes, large.changeTime)
-	// Per peer, the change costs about the same whatever N is; N² behaviour would make
-	// it 8x more per peer here.
-	if large.changeBytes > 3*small.changeBytes {
-		t.Fatalf("per-change bytes per peer grew from %.0f to %.0f for 8x the peers", small.changeBytes, large.changeBytes)
+	mean := func(n int) float64 {
+		sum := 0.0
+		for seed := range uint64(3) {
+			sum += runSim(t, n, n, seed).changeBytes
+		}
+		return sum / 3
+	}
+	small, large := mean(25), mean(200)
+	t.Logf("per change, mean of 3 seeds: 25 peers %.0f B/peer; 200 peers %.0f B/peer (x%.2f)", small, large, large/small)
+	if large > 1.3*small || large < small/1.3 {
+		t.Fatalf("per-change bytes per peer went from %.0f to %.0f for 8x the peers: not flat", small, large)
 	}
 }
 

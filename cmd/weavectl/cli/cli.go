@@ -50,7 +50,7 @@ func commands() []command {
 		{"launch", "[flags] [PEER...]", "start the router detached and wait until it is ready", runLaunch},
 		{"stop", "", "stop the router, keeping bridge, containers and state", runStop},
 		{"reset", "", "stop the router and remove its bridge, devices and state", runReset},
-		{"status", "[peers|connections|targets|ipam|dns] [--json]", "show the router's status", runStatus},
+		{"status", "[peers|connections|targets|ipam] [--json]", "show the router's status", runStatus},
 		{"report", "", "print the whole state as JSON", runReport},
 		{"connect", "[--replace] PEER...", "add connection targets", runConnect},
 		{"forget", "PEER...", "remove connection targets", runForget},

@@ -294,6 +294,19 @@ func TestErrorsAreOneLineWithNonZeroExit(t *testing.T) {
 	}
 }
 
+// There is no name service (weaveDNS has no successor yet): the CLI must not offer one.
+func TestStatusOffersNoDNSSection(t *testing.T) {
+	f := newFakeDaemon(t)
+	code, _, errs := runCLI(t, f.socket, "status", "dns")
+	if code != 2 || !strings.Contains(errs, `unknown section "dns"`) {
+		t.Errorf("status dns: exit %d, %q", code, errs)
+	}
+	_, out, errs := runCLI(t, f.socket, "help")
+	if strings.Contains(out+errs, "dns") {
+		t.Errorf("usage mentions dns:\n%s%s", out, errs)
+	}
+}
+
 func TestLaunchRefusesWhenRunning(t *testing.T) {
 	f := newFakeDaemon(t)
 	code, _, errs := runCLI(t, f.socket, "launch")

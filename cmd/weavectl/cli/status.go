@@ -81,8 +81,6 @@ func runStatus(c *ctx, args []string) error {
 			return printJSON(w, r.IPAM)
 		}
 		printIPAM(w, r)
-	case "dns":
-		return fmt.Errorf("no name service in this release: weaveDNS has no successor yet (use your own DNS or /etc/hosts)")
 	case "targets":
 		if asJSON {
 			return printJSON(w, r.Router.Targets)

@@ -1,2 +1,0 @@
-// Package dns will serve container names over the mesh gossip (weaveDNS successor).
-package dns
