@@ -49,8 +49,8 @@ func fuzzSleeve(t testing.TB) (*Sleeve, *reader, *countingReceiver) {
 			t.Fatal(err)
 		}
 		ep := netip.MustParseAddrPort("192.0.2.9:6783")
-		n.ep.Store(&ep)
-		n.ready = true
+		n.path.ep.Store(&ep)
+		n.handshake.ready = true
 		s.byName[p.name] = n
 	}
 	s.publishLocked()
@@ -74,7 +74,7 @@ func record(src, dst mesh.PeerName, payload []byte) []byte {
 
 func sealedDatagram(s *Sleeve, peer mesh.PeerName, seq uint64, body []byte) []byte {
 	n := (*s.peers.Load())[peer]
-	sl := sealer{name: peer, aead: n.open.aead, key: n.open.key, seq: seq - 1}
+	sl := sealer{name: peer, aead: n.crypto.open.aead, key: n.crypto.open.key, seq: seq - 1}
 	out := make([]byte, sealedHeaderLen+len(body)+tagLen)
 	if sl.aead != nil {
 		copy(out[sealedHeaderLen:], body)
@@ -136,7 +136,7 @@ func TestDatagramDecoding(t *testing.T) {
 	}
 	n := (*s.peers.Load())[fuzzPlainPeer]
 	feed(plainDatagram(record(0, 0, []byte{ctlHeartbeat, 0, 0, 0, 0, 0, 0, 0x12, 0x34, hbHeardYou})))
-	if !n.heardFrom.Load() || !n.theyHeardUs.Load() {
+	if !n.path.heardFrom.Load() || !n.path.theyHeardUs.Load() {
 		t.Fatal("heartbeat not taken")
 	}
 }

@@ -105,10 +105,10 @@ type assembly struct {
 // pieces, up to what one batch of datagrams carries.
 func (s *Sleeve) MaxGSO(hop mesh.PeerName) int {
 	n := (*s.peers.Load())[hop]
-	if n == nil || !n.gso || !n.established.Load() {
+	if n == nil || !n.gso.on || !n.path.established.Load() {
 		return 0
 	}
-	if until := n.gsoOffUntil.Load(); until != 0 && time.Now().UnixNano() < until {
+	if until := n.gso.offUntil.Load(); until != 0 && time.Now().UnixNano() < until {
 		return 0
 	}
 	return n.maxGSO()
@@ -134,23 +134,23 @@ type gsoLossState struct {
 
 // gsoReport takes the peer's counts of our super-frames (cumulative, from a heartbeat).
 func (r *reader) gsoReport(nb *neighbour, done, lost uint32) {
-	st := &nb.gsoLoss
+	st := &nb.gso.loss
 	dDone, dLost := done-st.lastDone, lost-st.lastLost
 	first := !st.seen
 	st.lastDone, st.lastLost, st.seen = done, lost, true
 	if first || dLost < gsoLossMin || uint64(dLost)*100 <= uint64(dDone+dLost)*gsoLossPercent {
 		return
 	}
-	if until := nb.gsoOffUntil.Load(); until != 0 && r.now < until {
+	if until := nb.gso.offUntil.Load(); until != 0 && r.now < until {
 		return // already off: losses in flight before it took effect
 	}
 	st.hold = min(max(2*st.hold, gsoHoldMin), gsoHoldMax)
-	nb.gsoOffUntil.Store(r.now + int64(st.hold))
+	nb.gso.offUntil.Store(r.now + int64(st.hold))
 	r.s.stats.gsoBackoffs.Add(1)
 	// Full-size datagrams vanishing is also what a path MTU that shrank without telling
 	// anyone (ICMP filtered) looks like: check it now rather than at the next re-probe.
 	select {
-	case nb.reprobe <- struct{}{}:
+	case nb.events.reprobe <- struct{}{}:
 	default:
 	}
 	r.s.log.Info("sending cut TCP segments instead of whole super-frames: the path loses datagrams",
@@ -184,7 +184,7 @@ func (n *neighbour) packSuper(b *batch, fr *overlay.Frame, limit int, locked, le
 		n.sendOrSubmit(b, locked)
 		b = n.getBatch(limit)
 	}
-	hdr := pieceHdr{on: true, id: uint16(n.gsoID.Add(1)), src: fr.Src, dst: fr.Dst, total: uint32(size), gso: fr.GSO}
+	hdr := pieceHdr{on: true, id: uint16(n.gso.id.Add(1)), src: fr.Src, dst: fr.Dst, total: uint32(size), gso: fr.GSO}
 	for off := 0; off < size; off += pd {
 		end := min(off+pd, size)
 		i := b.n
@@ -213,7 +213,7 @@ func (r *reader) piece(nb *neighbour, payload []byte) {
 		s.stats.malformed.Add(1)
 		return
 	}
-	a := &nb.asm
+	a := &nb.gso.asm
 	if p.offset == 0 {
 		lost := uint32(0)
 		if a.buf != nil && a.got > 0 {
@@ -225,7 +225,7 @@ func (r *reader) piece(nb *neighbour, payload []byte) {
 		a.nextID, a.idSeen = p.id+1, true
 		if lost > 0 {
 			s.stats.gsoIncomplete.Add(uint64(lost))
-			nb.asmLost.Add(lost)
+			nb.gso.asmLost.Add(lost)
 		}
 		if a.buf == nil {
 			a.buf = s.getAsm()
@@ -235,7 +235,7 @@ func (r *reader) piece(nb *neighbour, payload []byte) {
 		a.hdr.src != p.src || a.hdr.dst != p.dst {
 		if a.got > 0 { // a piece was lost or came out of order
 			s.stats.gsoIncomplete.Add(1)
-			nb.asmLost.Add(1)
+			nb.gso.asmLost.Add(1)
 			a.got = 0
 		}
 		return // (one whose first piece never came is counted by the id gap)
@@ -247,7 +247,7 @@ func (r *reader) piece(nb *neighbour, payload []byte) {
 	}
 	buf := a.buf
 	a.buf, a.got = nil, 0
-	nb.asmDone.Add(1)
+	nb.gso.asmDone.Add(1)
 	r.held = append(r.held, buf) // back to the pool once the router is done with it
 	r.done = append(r.done, overlay.Frame{Src: a.hdr.src, Dst: a.hdr.dst, GSO: a.hdr.gso,
 		Data: buf[asmHeadroom : asmHeadroom+int(a.hdr.total)], Buf: buf, Off: asmHeadroom})

@@ -87,7 +87,7 @@ func TestReassembly(t *testing.T) {
 		t.Errorf("lost super-frames counted %d, want 4", got)
 	}
 	nb := (*s.peers.Load())[fuzzPlainPeer]
-	if d, l := nb.asmDone.Load(), nb.asmLost.Load(); d != 5 || l != 4 {
+	if d, l := nb.gso.asmDone.Load(), nb.gso.asmLost.Load(); d != 5 || l != 4 {
 		t.Errorf("the peer's heartbeats would report %d received and %d lost, want 5 and 4", d, l)
 	}
 	before := s.stats.malformed.Load()
@@ -117,11 +117,11 @@ func TestLossReportTurnsGSOOff(t *testing.T) {
 	r.gsoReport(nb, 1000, 50) // the first report is only a baseline
 	r.gsoReport(nb, 2000, 52) // 2 lost of 1002: noise
 	r.gsoReport(nb, 3000, 54)
-	if nb.gsoOffUntil.Load() != 0 || s.stats.gsoBackoffs.Load() != 0 {
+	if nb.gso.offUntil.Load() != 0 || s.stats.gsoBackoffs.Load() != 0 {
 		t.Fatalf("small losses turned gso off")
 	}
 	r.gsoReport(nb, 3100, 74) // 20 lost of 120
-	if until := nb.gsoOffUntil.Load(); until < r.now+int64(gsoHoldMin) || s.stats.gsoBackoffs.Load() != 1 {
+	if until := nb.gso.offUntil.Load(); until < r.now+int64(gsoHoldMin) || s.stats.gsoBackoffs.Load() != 1 {
 		t.Fatalf("heavy loss did not turn gso off for %v (until %d, now %d)", gsoHoldMin, until, r.now)
 	}
 	r.gsoReport(nb, 3100, 94) // still in flight while off: no second back-off
@@ -129,9 +129,9 @@ func TestLossReportTurnsGSOOff(t *testing.T) {
 		t.Errorf("losses while off counted as a new back-off")
 	}
 	// After the hold-off, losses again: twice as long.
-	r.now = nb.gsoOffUntil.Load() + 1
+	r.now = nb.gso.offUntil.Load() + 1
 	r.gsoReport(nb, 3200, 120)
-	if until := nb.gsoOffUntil.Load(); until < r.now+int64(2*gsoHoldMin) {
+	if until := nb.gso.offUntil.Load(); until < r.now+int64(2*gsoHoldMin) {
 		t.Errorf("the second hold-off is not doubled")
 	}
 }

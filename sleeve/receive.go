@@ -175,9 +175,9 @@ func (r *reader) datagram(nb *neighbour, d []byte, i int, ep netip.AddrPort) {
 			r.scratch[i] = make([]byte, max(len(d), maxDatagram))
 		}
 		var err error
-		body, err = nb.open.open(r.scratch[i], d)
+		body, err = nb.crypto.open.open(r.scratch[i], d)
 		buf = r.scratch[i] // secretbox opens into scratch[0:]
-		if nb.open.aead != nil {
+		if nb.crypto.open.aead != nil {
 			buf, pos = r.bufs[i], sealedHeaderLen // AES-GCM opens in place
 		}
 		switch {
@@ -251,24 +251,24 @@ func (r *reader) control(nb *neighbour, p []byte, ep netip.AddrPort) {
 			s.stats.malformed.Add(1)
 			return
 		}
-		nb.lastHeard.Store(r.now)
+		nb.path.lastHeard.Store(r.now)
 		if len(p) >= ctlHeartbeatGSOLen {
 			r.gsoReport(nb, binary.BigEndian.Uint32(p[10:14]), binary.BigEndian.Uint32(p[14:18]))
 		}
 		// Follow the peer's address (NAT): a heartbeat is authentic when the connection is
 		// sealed, and an unsealed connection trusts its network anyway.
-		if cur := nb.ep.Load(); cur == nil || *cur != ep {
+		if cur := nb.path.ep.Load(); cur == nil || *cur != ep {
 			e := ep
-			nb.ep.Store(&e)
+			nb.path.ep.Store(&e)
 			s.log.Info("sleeve peer address", "remote", nb.name.String(), "endpoint", ep.String())
 		}
-		kick := !nb.heardFrom.Swap(true)
-		if p[9]&hbHeardYou != 0 && !nb.theyHeardUs.Swap(true) {
+		kick := !nb.path.heardFrom.Swap(true)
+		if p[9]&hbHeardYou != 0 && !nb.path.theyHeardUs.Swap(true) {
 			kick = true
 		}
 		if kick {
 			select {
-			case nb.kick <- struct{}{}:
+			case nb.events.kick <- struct{}{}:
 			default:
 			}
 		}
@@ -278,9 +278,9 @@ func (r *reader) control(nb *neighbour, p []byte, ep netip.AddrPort) {
 			return
 		}
 		size := binary.BigEndian.Uint16(p[9:11])
-		ch := nb.acks
+		ch := nb.events.acks
 		if p[0] == ctlProbeAck {
-			ch = nb.probeAcked
+			ch = nb.events.probeAcked
 		}
 		select {
 		case ch <- size:

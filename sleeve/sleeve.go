@@ -245,12 +245,12 @@ func (s *Sleeve) PeerInfo(peer mesh.PeerName) (PeerInfo, bool) {
 	if n == nil {
 		return PeerInfo{}, false
 	}
-	info := PeerInfo{ConnID: n.connID, Established: n.established.Load(), Cipher: cipherNone}
-	if ep := n.ep.Load(); ep != nil {
+	info := PeerInfo{ConnID: n.connID, Established: n.path.established.Load(), Cipher: cipherNone}
+	if ep := n.path.ep.Load(); ep != nil {
 		info.Endpoint = *ep
 	}
-	if n.cipher != "" {
-		info.Cipher = n.cipher
+	if n.crypto.cipher != "" {
+		info.Cipher = n.crypto.cipher
 	}
 	if mf := n.maxFrame(); mf > 0 {
 		info.MTU = mf - 14
@@ -265,7 +265,7 @@ func (s *Sleeve) PeerInfo(peer mesh.PeerName) (PeerInfo, bool) {
 func (s *Sleeve) publishLocked() {
 	m := make(map[mesh.PeerName]*neighbour, len(s.byName))
 	for k, v := range s.byName {
-		if v.ready {
+		if v.handshake.ready {
 			m[k] = v
 		}
 	}
@@ -339,18 +339,18 @@ func (s *Sleeve) sendHelloLocked(n *neighbour) {
 	if err := s.mesh.SendOverlayControl(n.name, n.connID, msg); err != nil {
 		s.log.Debug("cannot send sleeve hello", "remote", n.name.String(), "err", err)
 	}
-	n.helloSent = true
+	n.handshake.helloSent = true
 	s.maybeStartLocked(n)
 }
 
 // helloLocked takes the peer's hello: its UDP port and whether it trusts us. Must hold s.mu.
 func (s *Sleeve) helloLocked(n *neighbour, msg []byte) {
-	if len(msg) < 4 || n.helloRecv {
+	if len(msg) < 4 || n.handshake.helloRecv {
 		s.stats.malformed.Add(1)
 		return
 	}
-	n.helloRecv = true
-	n.theyTrust = msg[1] == 1
+	n.handshake.helloRecv = true
+	n.handshake.theyTrust = msg[1] == 1
 	port := binary.BigEndian.Uint16(msg[2:4])
 	if n.info.RemoteAddr == nil || port == 0 {
 		s.stats.malformed.Add(1)
@@ -358,7 +358,7 @@ func (s *Sleeve) helloLocked(n *neighbour, msg []byte) {
 	}
 	if ap, err := netip.ParseAddrPort(n.info.RemoteAddr.String()); err == nil {
 		ep := netip.AddrPortFrom(ap.Addr().Unmap(), port)
-		n.ep.Store(&ep)
+		n.path.ep.Store(&ep)
 	}
 	s.maybeStartLocked(n)
 }
@@ -366,32 +366,32 @@ func (s *Sleeve) helloLocked(n *neighbour, msg []byte) {
 // maybeStartLocked starts the neighbour once both hellos have passed: then both ends know
 // whether the other trusts them, and so agree on sealing. Must hold s.mu.
 func (s *Sleeve) maybeStartLocked(n *neighbour) {
-	if !n.helloSent || !n.helloRecv || n.ready || s.closed {
+	if !n.handshake.helloSent || !n.handshake.helloRecv || n.handshake.ready || s.closed {
 		return
 	}
 	if err := n.setupCrypto(s.ciphers); err != nil {
 		s.log.Error("no data path to peer", "remote", n.name.String(), "err", err)
-		n.problem.Store(err.Error())
+		n.path.problem.Store(err.Error())
 		return
 	}
-	if n.ep.Load() == nil {
+	if n.path.ep.Load() == nil {
 		s.log.Error("no UDP address for peer", "remote", n.name.String(), "addr", n.info.RemoteAddr)
-		n.problem.Store("no UDP address for the peer")
+		n.path.problem.Store("no UDP address for the peer")
 		return
 	}
-	n.problem.Store("") // an earlier attempt's reason (no UDP address yet) is history
-	n.ready = true
+	n.path.problem.Store("") // an earlier attempt's reason (no UDP address yet) is history
+	n.handshake.ready = true
 	s.publishLocked()
 	s.wg.Add(1)
 	go n.routineSend()
-	s.log.Info("sleeve connection starting", "remote", n.name.String(), "endpoint", n.ep.Load().String(),
-		"cipher", n.cipher, "conn_id", n.connID)
+	s.log.Info("sleeve connection starting", "remote", n.name.String(), "endpoint", n.path.ep.Load().String(),
+		"cipher", n.crypto.cipher, "conn_id", n.connID)
 }
 
 // Forward implements overlay.Forwarder.
 func (s *Sleeve) Forward(hop mesh.PeerName, frames []overlay.Frame) {
 	n := (*s.peers.Load())[hop]
-	if n == nil || !n.established.Load() {
+	if n == nil || !n.path.established.Load() {
 		s.stats.AddOut(0, 0, uint64(len(frames)))
 		return
 	}
@@ -401,7 +401,7 @@ func (s *Sleeve) Forward(hop mesh.PeerName, frames []overlay.Frame) {
 // MaxFrame implements overlay.Forwarder.
 func (s *Sleeve) MaxFrame(hop mesh.PeerName) int {
 	n := (*s.peers.Load())[hop]
-	if n == nil || !n.established.Load() {
+	if n == nil || !n.path.established.Load() {
 		return 0
 	}
 	return n.maxFrame()
