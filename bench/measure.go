@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netlab"
 )
 
@@ -104,7 +105,7 @@ func (s *session) fail(err error) {
 func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *session {
 	s := &session{res: Result{Mode: m.Name(), Description: m.Description(), StartedAt: time.Now().UTC()},
 		log: log, keep: cfg.keep, quiet: cfg.quiet, pings: cfg.pings}
-	env := &Env{BinDir: absBin(cfg.binDir), Log: log.With("mode", m.Name())}
+	env := &Env{BinDir: absBin(cfg.binDir), Log: log.With(logx.KeyMode, m.Name())}
 	if err := m.Available(env); err != nil {
 		s.res.Skipped = err.Error()
 		return s
@@ -224,7 +225,7 @@ func (s *session) close() {
 		return
 	}
 	if err := s.lab.Close(); err != nil {
-		s.log.Warn("tear down lab", "mode", s.res.Mode, "err", err)
+		s.log.Warn("tear down lab", logx.KeyMode, s.res.Mode, logx.KeyErr, err)
 	}
 	if s.keep {
 		fmt.Fprintf(os.Stderr, "bench: %s: logs kept in %s\n", s.res.Mode, s.lab.Dir)

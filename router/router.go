@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/tap"
@@ -205,7 +206,7 @@ func (r *Router) RoutesChanged() {
 func (r *Router) PeerGone(peer mesh.PeerName) {
 	if gone := r.macs.forgetPeer(peer); len(gone) > 0 {
 		r.forget(gone)
-		r.log.Debug("forgot MACs of a removed peer", "remote", peer.String(), "macs", len(gone))
+		r.log.Debug("forgot MACs of a removed peer", logx.KeyPeer, peer.String(), logx.KeyCount, len(gone))
 	}
 	r.RoutesChanged()
 }
@@ -324,7 +325,7 @@ func (r *Router) routineHousekeeping() {
 				lastExpiry = now
 				if gone := r.macs.expire(now.UnixNano(), r.name); len(gone) > 0 {
 					r.forget(gone)
-					r.log.Debug("expired MACs", "macs", len(gone))
+					r.log.Debug("expired MACs", logx.KeyCount, len(gone))
 				}
 			}
 		}
@@ -370,7 +371,7 @@ func (r *Router) routineReadTAP(dev tap.Device) {
 				return
 			default:
 			}
-			r.log.Warn("tap read failed", "err", err)
+			r.log.Warn("tap read failed", logx.KeyErr, err)
 			time.Sleep(10 * time.Millisecond) // a transient error must not spin a core
 			continue
 		}
@@ -411,7 +412,7 @@ func (r *Router) writeTAP(bufs [][]byte, gso []frame.VirtioNetHdr) {
 	if err != nil {
 		r.stats.tapErr.Add(uint64(len(bufs) - n))
 		if !errors.Is(err, net.ErrClosed) {
-			r.log.Debug("tap write failed", "err", fmt.Errorf("tap write: %w", err))
+			r.log.Debug("tap write failed", logx.KeyErr, fmt.Errorf("tap write: %w", err))
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/tap"
@@ -341,7 +342,7 @@ func (w *worker) finish() {
 		moved, from := r.macs.learn(l.mac, l.peer, w.now)
 		if moved {
 			r.stats.moves.Add(1)
-			r.log.Debug("MAC moved", "mac", l.mac.String(), "from", from.String(), "to", l.peer.String())
+			r.log.Debug("MAC moved", logx.KeyMAC, l.mac.String(), logx.KeyFrom, from.String(), logx.KeyPeer, l.peer.String())
 		}
 		if r.learnr != nil {
 			switch {

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/tap/frame"
@@ -154,7 +155,7 @@ func (r *reader) gsoReport(nb *neighbour, done, lost uint32) {
 	default:
 	}
 	r.s.log.Info("sending cut TCP segments instead of whole super-frames: the path loses datagrams",
-		"remote", nb.name.String(), "lost", dLost, "received", dDone, "for", st.hold)
+		logx.KeyPeer, nb.name.String(), logx.KeyLost, dLost, logx.KeyTotal, dDone+dLost, logx.KeyDuration, st.hold)
 }
 
 func (n *neighbour) pieceData() int { return n.bodyLimit() - recordHeaderLen - pieceHeaderLen }

@@ -3,6 +3,8 @@ package sleeve
 import (
 	"encoding/binary"
 	"time"
+
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // Heartbeats and control records: a connection is established once heartbeats pass both
@@ -64,7 +66,7 @@ func (n *neighbour) tick() {
 		n.path.heardFrom.Store(false)
 		n.path.theyHeardUs.Store(false)
 		if n.path.established.Swap(false) {
-			n.s.log.Warn("sleeve heartbeats stopped", "remote", n.name.String(), "timeout", cfg.Timeout)
+			n.s.log.Warn("sleeve heartbeats stopped", logx.KeyPeer, n.name.String(), logx.KeyDuration, cfg.Timeout)
 			n.s.mesh.SetEstablished(n.name, n.connID, false)
 		}
 	}
@@ -77,10 +79,10 @@ func (n *neighbour) tick() {
 	}
 	if n.send.probe.verified && !n.path.established.Load() {
 		n.path.established.Store(true)
-		n.s.log.Info("sleeve connection established", "remote", n.name.String(), "cipher", n.cipherName(),
-			"mtu", n.maxFrame()-14, "endpoint", n.path.ep.Load().String())
+		n.s.log.Info("sleeve connection established", logx.KeyPeer, n.name.String(), logx.KeyCipher, n.cipherName(),
+			logx.KeyMTU, n.maxFrame()-14, logx.KeyAddr, n.path.ep.Load().String())
 		if err := n.s.mesh.SetEstablished(n.name, n.connID, true); err != nil {
-			n.s.log.Debug("set established", "remote", n.name.String(), "err", err)
+			n.s.log.Debug("set established", logx.KeyPeer, n.name.String(), logx.KeyErr, err)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/udp"
 )
 
@@ -36,13 +37,13 @@ func (n *neighbour) sendFailed(err error) {
 		// The kernel learned a smaller path MTU (ICMP): take it at once, then verify.
 		if k := n.kernelPMTU(); k > 0 && k-n.ipOverhead() < int(n.path.maxPayload.Load()) {
 			n.path.maxPayload.Store(int32(k - n.ipOverhead()))
-			n.s.log.Info("path MTU shrank", "remote", n.name.String(), "pmtu", k)
+			n.s.log.Info("path MTU shrank", logx.KeyPeer, n.name.String(), logx.KeyPMTU, k)
 		}
 		n.startProbe()
 		return
 	}
 	if !isClosed(err) {
-		n.s.log.Debug("sleeve send failed", "remote", n.name.String(), "err", err)
+		n.s.log.Debug("sleeve send failed", logx.KeyPeer, n.name.String(), logx.KeyErr, err)
 	}
 }
 
@@ -123,7 +124,7 @@ func (n *neighbour) finishProbe(mtu int) {
 	n.send.lastMTU = time.Now()
 	old := n.path.maxPayload.Swap(int32(mtu - n.ipOverhead()))
 	if int(old) != mtu-n.ipOverhead() {
-		n.s.log.Info("effective MTU verified", "remote", n.name.String(), "pmtu", mtu, "mtu", n.maxFrame()-14)
+		n.s.log.Info("effective MTU verified", logx.KeyPeer, n.name.String(), logx.KeyPMTU, mtu, logx.KeyMTU, n.maxFrame()-14)
 	}
 	n.tick()
 }

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 )
@@ -81,7 +82,7 @@ func (s *Sleeve) routineReceive() {
 				return
 			default:
 			}
-			s.log.Warn("sleeve socket read failed", "err", err)
+			s.log.Warn("sleeve socket read failed", logx.KeyErr, err)
 			time.Sleep(10 * time.Millisecond) // a persistent error must not spin a core
 			continue
 		}
@@ -260,7 +261,7 @@ func (r *reader) control(nb *neighbour, p []byte, ep netip.AddrPort) {
 		if cur := nb.path.ep.Load(); cur == nil || *cur != ep {
 			e := ep
 			nb.path.ep.Store(&e)
-			s.log.Info("sleeve peer address", "remote", nb.name.String(), "endpoint", ep.String())
+			s.log.Info("sleeve peer address", logx.KeyPeer, nb.name.String(), logx.KeyAddr, ep.String())
 		}
 		kick := !nb.path.heardFrom.Swap(true)
 		if p[9]&hbHeardYou != 0 && !nb.path.theyHeardUs.Swap(true) {

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/udp"
@@ -172,7 +173,7 @@ func New(cfg Config) (*Sleeve, error) {
 		// Everything goes out with DF: datagrams are sized to the verified path MTU, and an
 		// EMSGSIZE tells us at once when the path shrinks.
 		if err := p.SetDontFragment(true); err != nil {
-			s.log.Warn("cannot set don't-fragment on the sleeve socket", "err", err)
+			s.log.Warn("cannot set don't-fragment on the sleeve socket", logx.KeyErr, err)
 		}
 	}
 	return s, nil
@@ -337,7 +338,7 @@ func (s *Sleeve) sendHelloLocked(n *neighbour) {
 	}
 	binary.BigEndian.PutUint16(msg[2:4], s.bind.LocalAddr().Port())
 	if err := s.mesh.SendOverlayControl(n.name, n.connID, msg); err != nil {
-		s.log.Debug("cannot send sleeve hello", "remote", n.name.String(), "err", err)
+		s.log.Debug("cannot send sleeve hello", logx.KeyPeer, n.name.String(), logx.KeyErr, err)
 	}
 	n.handshake.helloSent = true
 	s.maybeStartLocked(n)
@@ -370,12 +371,12 @@ func (s *Sleeve) maybeStartLocked(n *neighbour) {
 		return
 	}
 	if err := n.setupCrypto(s.ciphers); err != nil {
-		s.log.Error("no data path to peer", "remote", n.name.String(), "err", err)
+		s.log.Error("no data path to peer", logx.KeyPeer, n.name.String(), logx.KeyErr, err)
 		n.path.problem.Store(err.Error())
 		return
 	}
 	if n.path.ep.Load() == nil {
-		s.log.Error("no UDP address for peer", "remote", n.name.String(), "addr", n.info.RemoteAddr)
+		s.log.Error("no UDP address for peer", logx.KeyPeer, n.name.String(), logx.KeyAddr, n.info.RemoteAddr)
 		n.path.problem.Store("no UDP address for the peer")
 		return
 	}
@@ -384,8 +385,8 @@ func (s *Sleeve) maybeStartLocked(n *neighbour) {
 	s.publishLocked()
 	s.wg.Add(1)
 	go n.routineSend()
-	s.log.Info("sleeve connection starting", "remote", n.name.String(), "endpoint", n.path.ep.Load().String(),
-		"cipher", n.crypto.cipher, "conn_id", n.connID)
+	s.log.Info("sleeve connection starting", logx.KeyPeer, n.name.String(), logx.KeyAddr, n.path.ep.Load().String(),
+		logx.KeyCipher, n.crypto.cipher, logx.KeyConn, n.connID)
 }
 
 // Forward implements overlay.Forwarder.

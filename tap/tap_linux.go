@@ -23,6 +23,7 @@ import (
 	"unsafe"
 
 	"github.com/songgao/water"
+	"github.com/weavemesh/weave/internal/logx"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,21 +43,21 @@ func Open(cfg Config) (Device, error) {
 
 // open is Open with the offload opener replaceable, so tests can make the kernel refuse.
 func open(cfg Config, offloadOpener func(Config, int) ([]*device, string, error)) (Device, error) {
-	log := cfg.logger().With("component", "tap")
+	log := cfg.logger().With(logx.KeyComponent, "tap")
 	queues := max(cfg.Queues, 1)
 	if cfg.Offload {
 		devs, name, err := offloadOpener(cfg, queues)
 		if err == nil {
-			log.Info("tap opened with offloads", "name", name, "queues", queues)
+			log.Info("tap opened with offloads", logx.KeyDevice, name, logx.KeyCount, queues)
 			return finishOpen(cfg, devs, name, log)
 		}
-		log.Warn("tap offloads unavailable, using the plain path", "name", cfg.Name, "err", err)
+		log.Warn("tap offloads unavailable, using the plain path", logx.KeyDevice, cfg.Name, logx.KeyErr, err)
 	}
 	devs, name, err := openWater(cfg, queues)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("tap opened", "name", name, "queues", queues)
+	log.Info("tap opened", logx.KeyDevice, name, logx.KeyCount, queues)
 	return finishOpen(cfg, devs, name, log)
 }
 
@@ -79,7 +80,7 @@ func finishOpen(cfg Config, devs []*device, name string, log *slog.Logger) (Devi
 	}
 	for _, d := range devs {
 		d.mtu = mtu
-		d.log = log.With("name", name)
+		d.log = log.With(logx.KeyDevice, name)
 	}
 	if len(devs) == 1 {
 		return devs[0], nil
@@ -454,7 +455,7 @@ func (d *device) dropRead(err error, frames int) {
 	d.stats.rxDropped.Add(uint64(frames))
 	// Hostile or unexpected kernel input must not flood the log: the first few, then every 1000th.
 	if d.rdropLog < 10 || d.rdropLog%1000 == 0 {
-		d.log.Warn("tap frame dropped on read", "err", err, "frames", frames)
+		d.log.Warn("tap frame dropped on read", logx.KeyErr, err, logx.KeyCount, frames)
 	}
 	d.rdropLog++
 }

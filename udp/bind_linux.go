@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
@@ -108,7 +109,7 @@ func Listen(cfg Config) (Bind, error) {
 		rc:    rc,
 		v6:    network != "udp4",
 		local: conn.LocalAddr().(*net.UDPAddr).AddrPort(),
-		log:   cfg.logger().With("component", "udp"),
+		log:   cfg.logger().With(logx.KeyComponent, "udp"),
 	}
 	b.pc = newMmsgConn(rc)
 	// Bursts of GSO/GRO traffic overrun the default 208 KiB socket buffers: ask for 7 MiB
@@ -151,8 +152,18 @@ func Listen(cfg Config) (Bind, error) {
 		}
 		return ws
 	}
-	b.log.Info("udp bind listening", "addr", b.local, "gso", b.gso.Load(), "gro", b.gro,
-		"notes", strings.Join(why, "; "))
+	var offloads []string
+	if b.gso.Load() {
+		offloads = append(offloads, "gso")
+	}
+	if b.gro {
+		offloads = append(offloads, "gro")
+	}
+	mode := strings.Join(offloads, "+")
+	if mode == "" {
+		mode = "no offloads"
+	}
+	b.log.Info("udp bind listening", logx.KeyAddr, b.local, logx.KeyMode, mode, logx.KeyReason, strings.Join(why, "; "))
 	return b, nil
 }
 
@@ -337,7 +348,7 @@ func (b *linuxBind) WriteBatch(bufs [][]byte, ep netip.AddrPort) error {
 		if err != nil && gso && errors.Is(err, unix.EIO) {
 			b.gso.Store(false)
 			b.stats.gsoFallbacks.Add(1)
-			b.log.Warn("udp gso refused by the kernel (egress device lacks checksum offload), disabling it", "err", err)
+			b.log.Warn("udp gso refused by the kernel (egress device lacks checksum offload), disabling it", logx.KeyErr, err)
 			continue // repack this chunk without GSO
 		}
 		if err != nil {

@@ -10,18 +10,6 @@ import (
 	"time"
 )
 
-// Canonical keys, so that logs of every component can be filtered the same way
-// (docs/LOGGING.md lists them).
-const (
-	KeyComponent = "component"
-	KeyPeer      = "peer"
-	KeyConn      = "conn"
-	KeyAddr      = "addr"
-	KeyOverlay   = "overlay"
-	KeyNetns     = "netns"
-	KeyErr       = "err"
-)
-
 // New returns a logger writing text (format "text" or "") or JSON ("json") at level
 // ("debug", "info", "warn", "error").
 func New(w io.Writer, level, format string) (*slog.Logger, error) {
@@ -89,7 +77,7 @@ func (l *Limiter) Log(level slog.Level, key, msg string, args ...any) {
 			l.keys[key] = st
 		}
 		if st.suppressed > 0 {
-			args = append(args, "suppressed", st.suppressed)
+			args = append(args, KeySuppressed, st.suppressed)
 		}
 		st.start, st.count, st.suppressed = now, 0, 0
 	}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/testutil"
 )
 
@@ -130,7 +131,7 @@ func Build(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	if err := Sweep(PrefixRoot); err != nil {
 		// A leftover we could not remove does not stop us: our names are unique.
-		log.Warn("sweep of stale labs failed", "err", err)
+		log.Warn("sweep of stale labs failed", logx.KeyErr, err)
 	}
 	prefix, err := newPrefix(os.Getpid())
 	if err != nil {
@@ -140,7 +141,7 @@ func Build(ctx context.Context, opts Options) (_ *Lab, err error) {
 		Prefix:   prefix,
 		Dir:      opts.Dir,
 		Underlay: prefix + "-u",
-		log:      log.With("lab", prefix),
+		log:      log.With(logx.KeyNetns, prefix),
 		mtu:      opts.MTU,
 		keep:     opts.KeepDir,
 	}
@@ -178,7 +179,9 @@ func Build(ctx context.Context, opts Options) (_ *Lab, err error) {
 		}
 		l.Hosts = append(l.Hosts, h)
 	}
-	l.log.Info("lab built", "hosts", len(l.Hosts), "nat", opts.NAT, "mtu", l.mtu, "dir", l.Dir)
+	// mode says which hosts sit behind a NAT
+	l.log.Info("lab built", logx.KeyCount, len(l.Hosts), logx.KeyMode, fmt.Sprintf("nat=%v", opts.NAT), logx.KeyMTU, l.mtu,
+		logx.KeyPath, l.Dir)
 	return l, nil
 }
 
@@ -411,7 +414,7 @@ func (l *Lab) teardown() error {
 	for _, p := range slices.Backward(procs) {
 		if err := p.Stop(); err != nil {
 			// A process that had failed on its own is the test's business, not a teardown error.
-			l.log.Debug("process ended with error", "proc", p.Name, "err", err)
+			l.log.Debug("process ended with error", logx.KeyErr, fmt.Errorf("%s: %w", p.Name, err))
 		}
 	}
 	for _, ns := range slices.Backward(namespaces) {
@@ -427,7 +430,7 @@ func (l *Lab) teardown() error {
 			errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
 		}
 	}
-	l.log.Info("lab torn down", "namespaces", len(namespaces), "errors", len(errs))
+	l.log.Info("lab torn down", logx.KeyCount, len(namespaces), logx.KeyErr, errors.Join(errs...))
 	return errors.Join(errs...)
 }
 
