@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // logKeys is the log vocabulary: the values of the logx.Key* constants, read from
@@ -50,16 +52,24 @@ func logKeys(t *testing.T) map[string]string {
 	return keys
 }
 
-// TestLogKeysDocumented: every key of the vocabulary is explained in docs/LOGGING.md.
+// TestLogKeysDocumented: every key of the vocabulary is explained in docs/LOGGING.md, and
+// logx.Keys (what the tests' check handler allows) lists exactly the constants.
 func TestLogKeysDocumented(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join("docs", "LOGGING.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, key := range logKeys(t) {
+	keys := logKeys(t)
+	for name, key := range keys {
 		if !strings.Contains(string(doc), "`"+key+"`") {
 			t.Errorf("logx.%s (%q) is not in docs/LOGGING.md", name, key)
 		}
+		if !slices.Contains(logx.Keys(), key) {
+			t.Errorf("logx.Keys() lacks logx.%s", name)
+		}
+	}
+	if len(logx.Keys()) != len(keys) {
+		t.Errorf("logx.Keys() has %d keys, keys.go declares %d", len(logx.Keys()), len(keys))
 	}
 }
 
