@@ -204,3 +204,11 @@ func (f *Fake) Inspect(netnsPath, ifName string) (Attached, bool, error) {
 	}
 	return Attached{MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 1}, CIDRs: slices.Clone(a.CIDRs)}, true, nil
 }
+
+// AddLink records a link as if something else had made it (a half-made veth, a device of
+// another program), for tests of what the code under test does with it.
+func (f *Fake) AddLink(name string, l FakeLink) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links[name] = l
+}
