@@ -161,8 +161,8 @@ func TestOVSTwoHosts(t *testing.T) {
 	}
 }
 
-// linkNames lists h's links, sorted, one per line.
-func linkNames(t *testing.T, ctx context.Context, h *netlab.Host) string {
+// linkNames lists the links of h (a host or a container), sorted, one per line.
+func linkNames(t *testing.T, ctx context.Context, h runner) string {
 	t.Helper()
 	return mustRun(t, ctx, h, "sh", "-c", "ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort")
 }
