@@ -179,6 +179,7 @@ func TestHostileKillDuringParallelAttaches(t *testing.T) {
 	t.Logf("%d of %d attaches failed by the kill", failed, len(cs))
 
 	r.launch()
+	t.Logf("after the restart:\n%s", grepLines(r.metrics(), "weave_endpoint_events_total{"))
 	ps := endpointsAgree(t, ctx, r, cs)
 	for name, err := range errs {
 		if err == nil && ps[name] == "" {
@@ -246,7 +247,7 @@ func TestHostileUnwritableStateDir(t *testing.T) {
 	h := lab.Hosts[0]
 	r := newRouter(t, h)
 	dumpOnFailure(t, r)
-	r.launch("10.201.0.77")
+	r.launch("--ipalloc-init", "consensus=1", "10.201.0.77")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c1, err := h.AddContainer("c1")
