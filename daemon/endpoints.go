@@ -494,23 +494,38 @@ func (d *Daemon) expose(ctx context.Context, req api.ExposeRequest) (api.Endpoin
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.m[key]
-	for _, c := range cidrs {
-		if err := d.links.Expose(d.cfg.Bridge, c); err != nil {
-			return api.Endpoint{}, api.Errorf(api.CodeInternal, "expose %s: %v", c, err)
-		}
+	prev := s.m[key]
+	e := &endpoint{ID: api.ExposeID, IfName: d.cfg.Bridge, HostIf: d.cfg.Bridge, MAC: d.name.String()}
+	if prev != nil {
+		cp := *prev
+		e = &cp
 	}
-	if e == nil {
-		e = &endpoint{ID: api.ExposeID, IfName: d.cfg.Bridge, HostIf: d.cfg.Bridge, MAC: d.name.String()}
-		s.m[key] = e
-	}
+	var added []netip.Prefix
 	for _, c := range cidrs {
 		if !slices.Contains(e.CIDRs, c) {
-			e.CIDRs = append(e.CIDRs, c)
+			e.CIDRs = append(slices.Clone(e.CIDRs), c)
+			added = append(added, c)
 		}
 	}
+	// Recorded first, as attach: a state dir that cannot be written changes nothing.
+	s.m[key] = e
 	if err := s.saveLocked(); err != nil {
-		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
+		s.restoreLocked(key, prev)
+		d.release(api.ExposeID, d.cfg.Bridge, added)
+		return api.Endpoint{}, d.persistError("expose", err)
+	}
+	for _, c := range cidrs {
+		if err := d.links.Expose(d.cfg.Bridge, c); err != nil {
+			for _, a := range added {
+				_ = d.links.Hide(d.cfg.Bridge, a)
+			}
+			d.release(api.ExposeID, d.cfg.Bridge, added)
+			s.restoreLocked(key, prev)
+			if serr := s.saveLocked(); serr != nil {
+				d.log.Warn("expose failed and the record cannot be restored", "err", serr)
+			}
+			return api.Endpoint{}, api.Errorf(api.CodeInternal, "expose %s: %v", c, err)
+		}
 	}
 	return api.Endpoint{ID: api.ExposeID, MAC: e.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
 }
@@ -531,19 +546,27 @@ func (d *Daemon) hide(_ context.Context, req api.ExposeRequest) (api.Endpoint, e
 	if len(cidrs) == 0 {
 		cidrs = slices.Clone(e.CIDRs)
 	}
+	cp := *e
+	cp.CIDRs = slices.DeleteFunc(slices.Clone(e.CIDRs), func(c netip.Prefix) bool { return slices.Contains(cidrs, c) })
+	if len(cp.CIDRs) == 0 {
+		delete(s.m, key)
+	} else {
+		s.m[key] = &cp
+	}
+	if err := s.saveLocked(); err != nil {
+		s.m[key] = e
+		return api.Endpoint{}, d.persistError("hide", err)
+	}
 	for _, c := range cidrs {
 		if err := d.links.Hide(d.cfg.Bridge, c); err != nil {
+			s.m[key] = e
+			if serr := s.saveLocked(); serr != nil {
+				d.log.Warn("hide failed and the record cannot be restored", "err", serr)
+			}
 			return api.Endpoint{}, api.Errorf(api.CodeInternal, "hide %s: %v", c, err)
 		}
 	}
-	e.CIDRs = slices.DeleteFunc(e.CIDRs, func(c netip.Prefix) bool { return slices.Contains(cidrs, c) })
-	if len(e.CIDRs) == 0 {
-		delete(s.m, key)
-	}
 	d.release(api.ExposeID, d.cfg.Bridge, cidrs)
-	if err := s.saveLocked(); err != nil {
-		return api.Endpoint{}, api.Errorf(api.CodeInternal, "%v", err)
-	}
 	return api.Endpoint{ID: api.ExposeID, MAC: e.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
 }
 

@@ -86,7 +86,17 @@ func TestAttachUnwritableStateDirChangesNothing(t *testing.T) {
 		t.Errorf("ps after failed attaches: %+v", eps)
 	}
 	if n := d.epEvents.persistErrors.Load(); n != 3 {
-		t.Errorf("persist_error counted %d times, want 3", n)
+		t.Errorf("persist_error counted %d times for 3 attaches, want 3", n)
+	}
+	// Nor expose: no address on the bridge, none held.
+	if _, err := d.expose(ctx, api.ExposeRequest{}); err == nil {
+		t.Error("expose succeeded with an unwritable state dir")
+	}
+	if br, _ := fake.Link(d.cfg.Bridge); len(br.Addrs) != 0 {
+		t.Errorf("bridge has %v after a failed expose", br.Addrs)
+	}
+	if got := allocations(d, api.ExposeID, d.cfg.Bridge); len(got) != 0 {
+		t.Errorf("expose holds %v after failing", got)
 	}
 	// Detach cannot be recorded either: the endpoint stays whole.
 	if _, err := d.detach(ctx, api.DetachRequest{Target: selfNetns, IfName: "eth1"}); err == nil {
