@@ -218,8 +218,10 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 func (Netlink) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
 	ns, err := OpenNetns(netnsPath)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // the namespace is gone and its veth with it
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrNotNetns) {
+			// The namespace is gone and its veth with it (an unmounted netns leaves its
+			// bind-mount target behind as a plain file).
+			return nil
 		}
 		return err
 	}
