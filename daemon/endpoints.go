@@ -325,9 +325,9 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Endpoin
 		case fresh && prev == nil:
 			d.release(id, ifName, nil)
 		case fresh:
-			d.release(id, ifName, slices.DeleteFunc(slices.Clone(cidrs), func(c netip.Prefix) bool { return slices.Contains(prev.CIDRs, c) }))
+			d.releaseOnly(id, ifName, slices.DeleteFunc(slices.Clone(cidrs), func(c netip.Prefix) bool { return slices.Contains(prev.CIDRs, c) }))
 		default:
-			d.release(id, ifName, adding)
+			d.releaseOnly(id, ifName, adding)
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -384,6 +384,13 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Endpoin
 	s.mu.Unlock()
 	d.log.Info("attached", "netns", nsPath, "id", id, "cidrs", prefixesToStrings(done.CIDRs))
 	return api.Endpoint{ID: id, MAC: done.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
+}
+
+// releaseOnly gives back exactly cidrs; unlike release, none means none, not all.
+func (d *Daemon) releaseOnly(id, iface string, cidrs []netip.Prefix) {
+	if len(cidrs) > 0 {
+		d.release(id, iface, cidrs)
+	}
 }
 
 // restoreLocked puts back the record key had before (none: removes it); must hold s.mu.
@@ -511,7 +518,7 @@ func (d *Daemon) expose(ctx context.Context, req api.ExposeRequest) (api.Endpoin
 	s.m[key] = e
 	if err := s.saveLocked(); err != nil {
 		s.restoreLocked(key, prev)
-		d.release(api.ExposeID, d.cfg.Bridge, added)
+		d.releaseOnly(api.ExposeID, d.cfg.Bridge, added)
 		return api.Endpoint{}, d.persistError("expose", err)
 	}
 	for _, c := range cidrs {
@@ -519,7 +526,7 @@ func (d *Daemon) expose(ctx context.Context, req api.ExposeRequest) (api.Endpoin
 			for _, a := range added {
 				_ = d.links.Hide(d.cfg.Bridge, a)
 			}
-			d.release(api.ExposeID, d.cfg.Bridge, added)
+			d.releaseOnly(api.ExposeID, d.cfg.Bridge, added)
 			s.restoreLocked(key, prev)
 			if serr := s.saveLocked(); serr != nil {
 				d.log.Warn("expose failed and the record cannot be restored", "err", serr)

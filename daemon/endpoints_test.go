@@ -136,8 +136,26 @@ func TestAttachFailureRollsBack(t *testing.T) {
 	}
 	// The device works again: the same target attaches.
 	fake.AttachErr = nil
-	if _, err := d.attach(attachCtx(t), api.AttachRequest{Target: selfNetns}); err != nil {
+	ep, err := d.attach(attachCtx(t), api.AttachRequest{Target: selfNetns})
+	if err != nil {
 		t.Fatalf("attach after the failure: %v", err)
+	}
+	// A failed re-attach (same addresses, or one more) takes back only what it added: the
+	// endpoint keeps its interface, record and address.
+	fake.AttachErr = func(netdev.AttachSpec) error { return errors.New("injected") }
+	for _, cidrs := range [][]string{nil, {"10.32.44.44/12"}} {
+		if _, err := d.attach(attachCtx(t), api.AttachRequest{Target: selfNetns, CIDRs: cidrs}); err == nil {
+			t.Fatal("re-attach succeeded although the device failed")
+		}
+		if got := allocations(d, selfNetns, "ethwe"); len(got) != 1 || got[0].String() != ep.CIDRs[0] {
+			t.Errorf("after a failed re-attach with %v IPAM holds %v, want %v", cidrs, got, ep.CIDRs)
+		}
+		if eps := d.endpointList(); len(eps) != 1 || len(eps[0].CIDRs) != 1 || eps[0].CIDRs[0] != ep.CIDRs[0] {
+			t.Errorf("ps after a failed re-attach with %v: %+v", cidrs, eps)
+		}
+		if a, ok := fake.Attachment(selfNetns, "ethwe"); !ok || len(a.CIDRs) != 1 {
+			t.Errorf("interface after a failed re-attach with %v: %+v %v", cidrs, a, ok)
+		}
 	}
 }
 
