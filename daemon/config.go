@@ -10,6 +10,7 @@ import (
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/internal/netdev"
+	"github.com/weavemesh/weave/ipam"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/tap"
 	"github.com/weavemesh/weave/udp"
@@ -133,6 +134,24 @@ func (c *Config) validate() error {
 	}
 	if c.Bridge == "" || len(c.Bridge) > 15 || c.TAP == "" || len(c.TAP) > 15 {
 		errs = append(errs, fmt.Errorf("bridge %q and tap %q names must be 1-15 characters", c.Bridge, c.TAP))
+	}
+	if err := mesh.CheckNickName(c.NickName); err != nil {
+		errs = append(errs, fmt.Errorf("--nickname: %w", err))
+	}
+	if c.IPAllocRange.IsValid() {
+		// The peer name is not known yet; any valid one checks the rest.
+		ic := ipam.Config{Range: c.IPAllocRange, DefaultSubnet: c.IPAllocDefaultSubnet, Init: c.IPAllocInit,
+			InitialPeerCount: len(c.Peers) + 1, Name: mesh.PeerName(1)}
+		if err := ic.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.IPAllocDefaultSubnet.IsValid() {
+		errs = append(errs, errors.New("--ipalloc-default-subnet without an --ipalloc-range"))
+	}
+	for _, p := range c.TrustedSubnets {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("--trusted-subnets: bad subnet %v", p))
+		}
 	}
 	if err := c.validateDatapath(); err != nil {
 		errs = append(errs, err)

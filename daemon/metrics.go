@@ -27,6 +27,9 @@ var (
 		"Number of peers in the topology, this one included.", nil, nil)
 	descEndpoints = prometheus.NewDesc("weave_endpoints",
 		"Number of interfaces attached to the bridge (the exposed host included).", nil, nil)
+	descEndpointEvents = prometheus.NewDesc("weave_endpoint_events_total",
+		"Attach and detach events: targets refused (not a network namespace), changes refused because the state dir could not be written, attaches rolled back, and, on start, unfinished attaches undone, endpoints forgotten because their interface is gone, endpoints adopted.",
+		[]string{"event"}, nil)
 	descReady = prometheus.NewDesc("weave_ready",
 		"1 when the router is ready.", nil, nil)
 )
@@ -92,6 +95,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(len(rep.Router.Peers)))
 	ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(len(rep.Endpoints)))
+	for event, v := range c.d.epEvents.snapshot() {
+		ch <- prometheus.MustNewConstMetric(descEndpointEvents, prometheus.CounterValue, float64(v), event)
+	}
 	ready := 0.0
 	if rep.Ready {
 		ready = 1

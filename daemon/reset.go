@@ -31,6 +31,12 @@ func Reset(cfg Config) error {
 		return err
 	}
 	defer lock.Close()
+	// Another router (other state dir) may own the bridge in this namespace: not ours to remove.
+	owner, err := lockBridge(cfg.Bridge, 20*time.Second)
+	if err != nil {
+		return err
+	}
+	defer owner.Close()
 	return cleanupHost(cfg)
 }
 

@@ -149,7 +149,7 @@ func New(cfg Config) (*Router, error) {
 	// Targets given at launch are kept too, so that a stop and a launch without arguments
 	// resume the same mesh (forget removes them).
 	if len(cfg.Peers) > 0 {
-		if err := r.persistTargetsLocked(); err != nil {
+		if err := r.persistTargetsLocked(r.directTargetsLocked()); err != nil {
 			return nil, err
 		}
 	}

@@ -88,6 +88,9 @@ func (c *cluster) start(i int, o opts, dir string) *node {
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.Socket = filepath.Join(dir, "s.sock")
 	cfg.MetricsAddr = "" // no TCP port outside the fakes
+	// The bridge-ownership lock is real (an abstract socket in this network namespace):
+	// a name per process and node keeps parallel test binaries and nodes apart.
+	cfg.Bridge = fmt.Sprintf("we%d-%d", os.Getpid(), i)
 	cfg.Password = []byte(o.password)
 	cfg.NoFastDP = o.noFastDP
 	cfg.MTU = mtu
