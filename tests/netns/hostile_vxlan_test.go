@@ -143,10 +143,6 @@ func TestHostileVXLANPlaintextMesh(t *testing.T) {
 	waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
 	waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
 	pingOK(t, a, b.addr, 56) // a's container now has b's container in its ARP cache
-	if st := guardState(t, a.h); !st.Present || st.Port != fastdpPort || !slices.Equal(st.Allowed, []netip.Addr{b.h.Addr}) {
-		t.Fatalf("guard in %s: %+v; want port %d admitting only %s", a.h.Name, st, fastdpPort, b.h.Addr)
-	}
-	refused0 := refused(t, a)
 
 	victimMAC := containerMAC(t, a)
 	sock := netlab.PacketSocketT(t, a.c.Name, "ethwe", netlab.EtherTypeAll)
@@ -158,8 +154,12 @@ func TestHostileVXLANPlaintextMesh(t *testing.T) {
 		t.Errorf("%d frames injected by the outsider %s reached %s's container", n, outsider.Addr, a.h.Name)
 	}
 	noPoison(t, a, macOutsider)
-	if got := refused(t, a) - refused0; got < 3 {
-		t.Errorf("weave_fastdp_refused_total rose by %v, want at least the 3 injected datagrams", got)
+	if st := guardState(t, a.h); !st.Present || st.Port != fastdpPort || !slices.Equal(st.Allowed, []netip.Addr{b.h.Addr}) {
+		t.Errorf("guard in %s: %+v; want port %d admitting only %s", a.h.Name, st, fastdpPort, b.h.Addr)
+	}
+	// The counter starts with the router; nothing but the injections was refused.
+	if got := refused(t, a); got < 3 {
+		t.Errorf("weave_fastdp_refused_total is %v, want at least the 3 injected datagrams", got)
 	}
 
 	pingNoDup(t, a, b, 5)
@@ -191,7 +191,6 @@ func TestHostileVXLANPasswordMesh(t *testing.T) {
 		}
 	}
 	pingOK(t, a, b.addr, 56)
-	refused0 := refused(t, a)
 
 	victimMAC := containerMAC(t, a)
 	sock := netlab.PacketSocketT(t, a.c.Name, "ethwe", netlab.EtherTypeAll)
@@ -199,7 +198,9 @@ func TestHostileVXLANPasswordMesh(t *testing.T) {
 	inject(t, b.h, a, b.addr, victimMAC, macMember)
 	// The control: b's container pings a's over the encrypted sleeve after the injections.
 	if out, err := b.c.Run(ctx, "ping", "-c", "1", "-W", "5", a.addr.String()); err != nil {
-		t.Fatalf("sleeve ping after the injection: %v\n%s", err, out)
+		// Its request still reaches a's container; the reply fails when the injected ARP
+		// poisoned a's cache, which the checks below report.
+		t.Errorf("sleeve ping after the injection: %v\n%s", err, out)
 	}
 	counts := arrived(t, sock, containerMAC(t, b), macOutsider, macMember)
 	for who, mac := range map[string][6]byte{"an outsider": macOutsider, "a member's underlay address": macMember} {
@@ -208,8 +209,8 @@ func TestHostileVXLANPasswordMesh(t *testing.T) {
 		}
 		noPoison(t, a, mac)
 	}
-	if got := refused(t, a) - refused0; got < 6 {
-		t.Errorf("weave_fastdp_refused_total rose by %v, want at least the 6 injected datagrams", got)
+	if got := refused(t, a); got < 6 {
+		t.Errorf("weave_fastdp_refused_total is %v, want at least the 6 injected datagrams", got)
 	}
 }
 
