@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/fastdp/guard"
+	"github.com/weavemesh/weave/fastdp/ovs"
 	"github.com/weavemesh/weave/internal/netlab"
 	"github.com/weavemesh/weave/internal/testutil"
 )
@@ -282,4 +284,86 @@ func bridgeHardwareAddr(ctx context.Context, n *dpNode) ([6]byte, error) {
 		return [6]byte{}, fmt.Errorf("bridge MAC %q: %v", out, err)
 	}
 	return [6]byte(hw), nil
+}
+
+// TestHostileVXLANOVS: the same injections against routers with --datapath=ovs (userspace
+// datapath, as the OVS tests run it here). OVS decapsulates only datagrams whose source is
+// the remote_ip of one of our per-peer tunnel ports, and whatever reaches the host stack on
+// the VXLAN port meets the guard. Without a password an outsider reaches nothing while a
+// fastdp peer's frames (the control) do; with a password there is no OVS bridge of ours at
+// all, and neither an outsider nor a member's address reaches anything.
+func TestHostileVXLANOVS(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCommands(t, "ovsdb-server", "ovsdb-tool", "ovs-vswitchd", "ovs-vsctl", "ethtool", "ping")
+	for _, tc := range []struct {
+		name     string
+		password bool
+	}{{"plaintext", false}, {"password", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			lab := netlab.New(t, netlab.Options{Hosts: 3})
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			schema := filepath.Join(testutil.RepoRoot(t), "fastdp", "ovs", "schema", "vswitch.ovsschema")
+			var nodes []*dpNode
+			var socks []string
+			for i, h := range lab.Hosts[:2] {
+				sock, err := h.StartOVS(ctx, schema)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := h.OVSNetdevUnderlay(ctx, sock, ovsUnderlayBridge); err != nil {
+					t.Fatal(err)
+				}
+				socks = append(socks, sock)
+				nodes = append(nodes, &dpNode{h: h, r: newRouter(t, h), addr: containerAddr(i)})
+			}
+			dumpOnFailure(t, nodes[0].r, nodes[1].r)
+			for i, n := range nodes {
+				args := []string{"--datapath=ovs", "--ovs-datapath-type=netdev", "--ovs-socket", "unix:" + socks[i]}
+				if tc.password {
+					args = append(args, "--password", "hostile-ovs-secret")
+				}
+				if i == 1 {
+					args = append(args, lab.Hosts[0].Addr.String())
+				}
+				n.r.launch(args...)
+				n.attachContainer(ctx, t)
+			}
+			a, b, outsider := nodes[0], nodes[1], lab.Hosts[2]
+			if tc.password {
+				waitOverlay(t, a, b, "sleeve", "encryption", 30*time.Second)
+				for i, n := range nodes {
+					if brs, err := netlab.Vsctl(socks[i], "list-br"); err != nil || brs != ovsUnderlayBridge {
+						t.Errorf("%s: OVS bridges with a password %q %v, want only the lab's %s (no %s)", n.h.Name, brs, err, ovsUnderlayBridge, ovs.DefaultBridge)
+					}
+				}
+			} else {
+				waitOverlay(t, a, b, "fastdp", "", 30*time.Second)
+				waitOverlay(t, b, a, "fastdp", "", 10*time.Second)
+			}
+			pingOK(t, a, b.addr, 56)
+
+			victimMAC := containerMAC(t, a)
+			sock := netlab.PacketSocketT(t, a.c.Name, "ethwe", netlab.EtherTypeAll)
+			inject(t, outsider, a, b.addr, victimMAC, macOutsider)
+			stop, srcs := macMember, [][6]byte{macOutsider}
+			if tc.password {
+				inject(t, b.h, a, b.addr, victimMAC, macMember)
+				if out, err := b.c.Run(ctx, "ping", "-c", "1", "-W", "5", a.addr.String()); err != nil {
+					t.Errorf("sleeve ping after the injection: %v\n%s", err, out)
+				}
+				stop, srcs = containerMAC(t, b), append(srcs, macMember)
+			} else {
+				inject(t, b.h, a, unusedAddr, victimMAC, macMember)
+			}
+			counts := arrived(t, sock, stop, srcs...)
+			for _, mac := range srcs {
+				if counts[mac] != 0 {
+					t.Errorf("%d frames injected with source MAC %x reached %s's container", counts[mac], mac, a.h.Name)
+				}
+				noPoison(t, a, mac)
+			}
+			pingNoDup(t, a, b, 3)
+		})
+	}
 }
