@@ -220,7 +220,8 @@ func TestHostileVXLANPasswordMesh(t *testing.T) {
 // fastdp peer is admitted; after kill -9 of our router and the peer's departure, the
 // relaunched router admits nobody (a stale allowance would let the old address inject),
 // a datagram from the old peer's address reaches nothing; a clean stop keeps the guard
-// (the VXLAN device stays too); reset removes the table.
+// (the VXLAN device stays too); a relaunch with a password removes the device and keeps a
+// guard that admits nobody; reset removes the table.
 func TestHostileVXLANRestartDropsStaleAllowances(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireCommands(t, "ping")
@@ -264,6 +265,18 @@ func TestHostileVXLANRestartDropsStaleAllowances(t *testing.T) {
 	a.r.kill() // clean stop: the guard stays with the device
 	if st := guardState(t, a.h); !st.Present {
 		t.Fatal("a clean stop removed the guard while the VXLAN device stays")
+	}
+	// Relaunched with a password, the router removes the VXLAN device of the plaintext run
+	// (its entries would still carry frames) and keeps a guard that admits nobody.
+	if out := mustRun(t, ctx, a.h, "ip", "-o", "link", "show", "type", "vxlan"); strings.TrimSpace(out) == "" {
+		t.Fatal("no VXLAN device after the plaintext run: the check below proves nothing")
+	}
+	a.r.launch("--password", "hostile-vxlan-secret")
+	if out := mustRun(t, ctx, a.h, "ip", "-o", "link", "show", "type", "vxlan"); strings.TrimSpace(out) != "" {
+		t.Errorf("the plaintext run's VXLAN device survived a relaunch with a password:\n%s", out)
+	}
+	if st := guardState(t, a.h); !st.Present || len(st.Allowed) != 0 {
+		t.Errorf("guard with a password: %+v; want present and admitting nobody", st)
 	}
 	if out, err := a.r.ctl(ctx, "reset"); err != nil {
 		t.Fatalf("reset: %v\n%s", err, out)
