@@ -151,6 +151,8 @@ func (dp *dataPlane) newFastDP() error {
 	g, gerr := guard.Open(guard.Config{Port: d.cfg.Port + 1, Logger: d.log.With("component", "fastdp")})
 	if gerr == nil {
 		dp.guard = g
+	} else {
+		d.log.Warn("cannot install the nftables guard of the VXLAN port", "port", d.cfg.Port+1, "err", gerr)
 	}
 	if st := fastdpPolicy(d.cfg); st != nil {
 		dp.noFdp = *st
@@ -158,7 +160,7 @@ func (dp *dataPlane) newFastDP() error {
 		return dp.removeKernelPaths()
 	}
 	if gerr != nil {
-		d.log.Warn("cannot filter the VXLAN port (nftables): every connection uses the sleeve", "err", gerr)
+		d.log.Warn("no guard for the VXLAN port: every connection uses the sleeve")
 		dp.noFdp = fastdp.Unavailable(fastdp.ReasonNoKernel, fmt.Errorf("no nftables filter for the VXLAN port: %w", gerr))
 		return dp.removeKernelPaths()
 	}

@@ -433,16 +433,6 @@ func (f *FastDP) allowLocked(addr netip.Addr, on bool) error {
 	return nil
 }
 
-// Allowed returns the underlay addresses the filter admits now (for tests and status).
-func (f *FastDP) Allowed() []netip.Addr {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	out := make([]netip.Addr, 0, len(f.allowed))
-	for a := range f.allowed {
-		out = append(out, a)
-	}
-	return out
-}
 
 func (f *FastDP) kerr(err error) {
 	if err != nil {
