@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netdev"
 	"github.com/weavemesh/weave/internal/testutil"
@@ -55,8 +56,11 @@ func newTestDaemon(t testing.TB) *Daemon {
 		ListenUDP: func(c udp.Config) (udp.Bind, error) {
 			return udptest.NewNetwork(1).NewBind(netip.MustParseAddrPort("10.0.0.1:6783"))
 		},
-		MeshTransport:  mesh.NewMemNetwork().Transport("10.0.0.1"),
-		MeshListenAddr: "10.0.0.1:6783",
+		// No nftables table or device cleanup in the test machine's own namespace.
+		Guard:             func(int) (Guard, error) { return fastdp.NewFakeFilter(), nil },
+		RemoveKernelPaths: func() error { return nil },
+		MeshTransport:     mesh.NewMemNetwork().Transport("10.0.0.1"),
+		MeshListenAddr:    "10.0.0.1:6783",
 	}
 	d, err := New(cfg)
 	if err != nil {

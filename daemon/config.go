@@ -89,11 +89,26 @@ type Env struct {
 	// FastDPTiming overrides fastdp's heartbeat and hysteresis timing (zero: defaults), so
 	// that a test sees a pair flip in well under a second.
 	FastDPTiming fastdp.Timing
+	// Guard installs the underlay filter of the VXLAN port; nil: the nftables guard
+	// (fastdp/guard) in this network namespace.
+	Guard func(port int) (Guard, error)
+	// RemoveKernelPaths removes the VXLAN device or OVS setup an earlier run left when this
+	// run has no kernel path; nil: the real ones in this network namespace.
+	RemoveKernelPaths func() error
 	// MeshTransport listens and dials for the mesh; nil: TCP.
 	MeshTransport mesh.Transport
 	// MeshListenAddr is the mesh's listen address (host:port); empty: ":Port". An
 	// in-memory transport needs the host, since it is what peers dial.
 	MeshListenAddr string
+}
+
+// Guard is the filter in front of the kernel path's VXLAN port: fastdp admits the peers it
+// heartbeats with, everything else is dropped and counted.
+type Guard interface {
+	fastdp.Filter
+	// Refused counts the datagrams dropped (weave_fastdp_refused_total).
+	Refused() (uint64, error)
+	Close() error
 }
 
 // DefaultConfig returns the CONTRACT defaults.

@@ -49,6 +49,9 @@ var (
 		"IPAM input refused or in conflict, by reason.", []string{"reason"}, nil)
 	descSleeveRefused = prometheus.NewDesc("weave_sleeve_refused_total",
 		"Datagrams or super-frames the sleeve refused, by reason.", []string{"reason"}, nil)
+	descFastdpRefused = prometheus.NewDesc("weave_fastdp_refused_total",
+		"VXLAN datagrams dropped on the fastdp port because their sender is not a peer fastdp runs with, by reason.",
+		[]string{"reason"}, nil)
 	descGSOBackoffs = prometheus.NewDesc("weave_sleeve_gso_backoffs_total",
 		"Times a peer reported lost super-frames and the sleeve sent it cut TCP segments for a while instead.", nil, nil)
 	descRouterEvents = prometheus.NewDesc("weave_router_frames_total",
@@ -116,6 +119,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for reason, v := range c.d.dp.sleeveRefused() {
 			ch <- prometheus.MustNewConstMetric(descSleeveRefused, prometheus.CounterValue, float64(v), reason)
+		}
+		if n, ok := c.d.dp.fastdpRefused(); ok {
+			ch <- prometheus.MustNewConstMetric(descFastdpRefused, prometheus.CounterValue, float64(n), "unknown_source")
 		}
 		ch <- prometheus.MustNewConstMetric(descGSOBackoffs, prometheus.CounterValue, float64(c.d.dp.sleeve.Stats().GSOBackoffs))
 		rs := c.d.dp.routerStats()
