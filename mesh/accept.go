@@ -54,7 +54,7 @@ func (r *Router) logRefused(addr string, err error) {
 }
 
 // refusalReason names why an inbound connection was refused: the reason label of
-// weave_mesh_refused_total where there is one (ConnCounters.Reasons), and the key of its
+// weave_mesh_refused_total where there is one (connCounters.reasons), and the key of its
 // rate-limited log line.
 func refusalReason(err error) string {
 	switch {

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,8 +28,8 @@ const featureTrusted = "trusted"
 // meshConn is one established (handshaken) connection to a neighbour.
 type meshConn struct {
 	r        *Router
-	c        *Conn
-	intro    RemoteIntro
+	c        *framedConn
+	intro    remoteIntro
 	outbound bool
 	remote   string // remote address
 	target   string // connection-maker target that dialled it ("" when inbound)
@@ -118,7 +119,7 @@ func (r *Router) startHandshake(nc net.Conn, outbound bool, target string, relea
 	}()
 }
 
-func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
+func (r *Router) handshakeParams(outbound bool, remote string) handshakeParams {
 	timeout := r.cfg.HandshakeTimeout
 	if !outbound {
 		timeout = min(timeout, preAuthTimeout)
@@ -133,7 +134,7 @@ func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
 	if r.trusts(remote) {
 		feats[featureTrusted] = "1"
 	}
-	return HandshakeParams{
+	return handshakeParams{
 		Name:     r.cfg.Name,
 		NickName: r.cfg.NickName,
 		UID:      r.cfg.UID,
@@ -146,7 +147,7 @@ func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
 }
 
 func (r *Router) handshakeAndAdd(h *handshakeState) error {
-	conn, intro, err := Handshake(h.nc, r.handshakeParams(h.outbound, h.remote))
+	conn, intro, err := handshake(context.Background(), h.nc, r.handshakeParams(h.outbound, h.remote))
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ package mesh
 //	             count u8, then per entry: keyLen u8, key, valueLen u16 BE, value
 //	             with the reserved keys Name, NickName, UID, ConnID and the caller's Features.
 //
-// After that the connection carries framed messages (see Conn).
+// After that the connection carries framed messages (see framedConn).
 
 import (
 	"bufio"
@@ -40,8 +40,8 @@ const (
 	ProtocolMaxVersion byte = 3
 )
 
-// DefaultHandshakeTimeout bounds a handshake when HandshakeParams.Timeout is zero (as Weave).
-const DefaultHandshakeTimeout = 10 * time.Second
+// defaultHandshakeTimeout bounds a handshake when handshakeParams.Timeout is zero (as Weave).
+const defaultHandshakeTimeout = 10 * time.Second
 
 // Limits on the intro message: enough for any real peer, small enough that an unauthenticated
 // peer cannot make us hold much.
@@ -92,14 +92,11 @@ var (
 	errBadGreeting = fmt.Errorf("%w: not a weave peer", ErrBadHandshake)
 )
 
-// ErrAuthFailed is another name for ErrWrongPassword.
-var ErrAuthFailed = ErrWrongPassword
-
-// ConnCounters counts refused handshakes and fatal connection errors by reason, for metrics.
-// Share one across all connections; the zero value is ready. A nil *ConnCounters counts
+// connCounters counts refused handshakes and fatal connection errors by reason, for metrics.
+// Share one across all connections; the zero value is ready. A nil *connCounters counts
 // nothing. The Router also counts here the connections it refuses around the handshake:
 // before it (rate limited, too many handshakes) and after it (name in use).
-type ConnCounters struct {
+type connCounters struct {
 	WrongPassword     atomic.Uint64
 	PasswordMismatch  atomic.Uint64
 	VersionMismatch   atomic.Uint64
@@ -115,9 +112,9 @@ type ConnCounters struct {
 	Aborted atomic.Uint64
 }
 
-// Reasons returns the counters by reason label (snake_case), for a
+// reasons returns the counters by reason label (snake_case), for a
 // weave_mesh_refused_total{reason} metric.
-func (cc *ConnCounters) Reasons() map[string]uint64 {
+func (cc *connCounters) reasons() map[string]uint64 {
 	return map[string]uint64{
 		"wrong_password":      cc.WrongPassword.Load(),
 		"password_mismatch":   cc.PasswordMismatch.Load(),
@@ -134,8 +131,8 @@ func (cc *ConnCounters) Reasons() map[string]uint64 {
 	}
 }
 
-// HandshakeParams describes our end of a connection.
-type HandshakeParams struct {
+// handshakeParams describes our end of a connection.
+type handshakeParams struct {
 	Name                   PeerName // our identity; must be non-zero
 	NickName               string
 	UID                    uint64 // must be non-zero
@@ -145,18 +142,18 @@ type HandshakeParams struct {
 	// 1-64 printable ASCII characters and may not be one of the reserved intro keys (Name,
 	// NickName, UID, ConnID); values are UTF-8, at most 1024 bytes; at most 32 entries.
 	Features map[string]string
-	// Outbound: we dialled. Recorded (Conn.Outbound) for the caller; it never orients the keys,
-	// which follow the public keys, because both ends of a crossed or forged connection could
-	// claim it.
+	// Outbound: we dialled. Recorded (framedConn.Outbound) for the caller; it never orients
+	// the keys, which follow the public keys, because both ends of a crossed or forged
+	// connection could claim it.
 	Outbound bool
-	Timeout  time.Duration // whole-handshake deadline; zero: DefaultHandshakeTimeout
-	Counters *ConnCounters // optional: failures are counted here
+	Timeout  time.Duration // whole-handshake deadline; zero: defaultHandshakeTimeout
+	Counters *connCounters // optional: failures are counted here
 	// Rand is the randomness source for ephemeral keys and the connection ID; nil: crypto/rand.
 	Rand io.Reader
 }
 
-// RemoteIntro is what the peer told us about itself, validated.
-type RemoteIntro struct {
+// remoteIntro is what the peer told us about itself, validated.
+type remoteIntro struct {
 	Name     PeerName
 	NickName string
 	UID      uint64
@@ -167,20 +164,14 @@ type RemoteIntro struct {
 	Encrypted bool
 }
 
-// Handshake runs the connection handshake on c (freshly dialled or accepted) and returns the
+// handshake runs the connection handshake on c (freshly dialled or accepted) and returns the
 // framed connection and the validated peer introduction. It takes ownership of c: on error c is
 // closed. Errors wrap one of the sentinels above when the reason is known, and are counted in
 // p.Counters. It does not judge the peer's identity (connection to self, name collisions):
-// that is the caller's, using the returned RemoteIntro.
-func Handshake(c net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
-	return HandshakeContext(context.Background(), c, p)
-}
-
-// HandshakeContext is Handshake that also ends, closing c, when ctx is done (the router uses it
-// so that Close does not wait for handshakes in flight). The error then wraps ctx's cause and is
-// not counted as a failure of the peer.
-func HandshakeContext(ctx context.Context, c net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
-	conn, intro, err := handshake(ctx, c, p)
+// that is the caller's, using the returned remoteIntro. It also ends, closing c, when ctx is
+// done; the error then wraps ctx's cause and is not counted as a failure of the peer.
+func handshake(ctx context.Context, c net.Conn, p handshakeParams) (*framedConn, remoteIntro, error) {
+	conn, intro, err := handshakeDeadline(ctx, c, p)
 	if err != nil {
 		_ = c.Close()
 		if ctx.Err() != nil {
@@ -188,12 +179,12 @@ func HandshakeContext(ctx context.Context, c net.Conn, p HandshakeParams) (*Conn
 		} else {
 			p.Counters.countHandshakeError(err)
 		}
-		return nil, RemoteIntro{}, fmt.Errorf("handshake with %s: %w", c.RemoteAddr(), err)
+		return nil, remoteIntro{}, fmt.Errorf("handshake with %s: %w", c.RemoteAddr(), err)
 	}
 	return conn, intro, nil
 }
 
-func (cc *ConnCounters) countHandshakeError(err error) {
+func (cc *connCounters) countHandshakeError(err error) {
 	if cc == nil {
 		return
 	}
@@ -215,7 +206,7 @@ func (cc *ConnCounters) countHandshakeError(err error) {
 	}
 }
 
-func (p *HandshakeParams) validate() error {
+func (p *handshakeParams) validate() error {
 	if p.Name == UnknownPeerName || uint64(p.Name)>>peerNameBits != 0 {
 		return fmt.Errorf("invalid handshake params: bad peer name %#x", uint64(p.Name))
 	}
@@ -247,7 +238,7 @@ func (p *HandshakeParams) validate() error {
 		}
 	}
 	if p.Timeout <= 0 {
-		p.Timeout = DefaultHandshakeTimeout
+		p.Timeout = defaultHandshakeTimeout
 	}
 	if p.Rand == nil {
 		p.Rand = rand.Reader
@@ -255,15 +246,17 @@ func (p *HandshakeParams) validate() error {
 	return nil
 }
 
-func handshake(ctx context.Context, nc net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
+// handshakeDeadline is handshake bounded by p.Timeout and ctx, leaving the closing and the
+// counting to handshake.
+func handshakeDeadline(ctx context.Context, nc net.Conn, p handshakeParams) (*framedConn, remoteIntro, error) {
 	if err := p.validate(); err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	if err := nc.SetDeadline(time.Now().Add(p.Timeout)); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("set deadline: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("set deadline: %w", err)
 	}
 	// Cancellation moves the deadline into the past: every blocked read and write returns.
 	fired := make(chan struct{})
@@ -282,15 +275,15 @@ func handshake(ctx context.Context, nc net.Conn, p HandshakeParams) (*Conn, Remo
 		if ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
 			err = fmt.Errorf("%w after %v: %w", ErrHandshakeTimeout, p.Timeout, err)
 		}
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	if err := nc.SetDeadline(time.Time{}); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("clear deadline: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("clear deadline: %w", err)
 	}
 	return conn, intro, nil
 }
 
-func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
+func runHandshake(nc net.Conn, p *handshakeParams) (*framedConn, remoteIntro, error) {
 	br := bufio.NewReaderSize(nc, 32<<10)
 	encrypted := len(p.Password) > 0
 
@@ -301,11 +294,11 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 		func() error { _, err := nc.Write(ourHello); return err },
 		func() error { _, err := io.ReadFull(br, theirHello); return err },
 	); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("exchange versions: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("exchange versions: %w", err)
 	}
 	version, err := negotiateVersion(p.MinVersion, p.MaxVersion, theirHello)
 	if err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 
 	// 2. Encryption flag and ephemeral public key.
@@ -313,7 +306,7 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 	ourKeyMsg := make([]byte, keyMsgSize)
 	if encrypted {
 		if ourKey, err = newEphemeralKey(p.Rand); err != nil {
-			return nil, RemoteIntro{}, err
+			return nil, remoteIntro{}, err
 		}
 		ourKeyMsg[0] = flagEncrypted
 		copy(ourKeyMsg[1:], ourKey.pub[:])
@@ -323,31 +316,31 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 		func() error { _, err := nc.Write(ourKeyMsg); return err },
 		func() error { _, err := io.ReadFull(br, theirKeyMsg); return err },
 	); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("exchange keys: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("exchange keys: %w", err)
 	}
 	switch theirKeyMsg[0] {
 	case flagPlain:
 		if encrypted {
-			return nil, RemoteIntro{}, fmt.Errorf("password configured here but peer requested an unencrypted connection: %w", ErrPasswordMismatch)
+			return nil, remoteIntro{}, fmt.Errorf("password configured here but peer requested an unencrypted connection: %w", ErrPasswordMismatch)
 		}
 	case flagEncrypted:
 		if !encrypted {
-			return nil, RemoteIntro{}, fmt.Errorf("peer %s requires a password but none is configured here: %w", nc.RemoteAddr(), ErrPasswordMismatch)
+			return nil, remoteIntro{}, fmt.Errorf("peer %s requires a password but none is configured here: %w", nc.RemoteAddr(), ErrPasswordMismatch)
 		}
 	default:
-		return nil, RemoteIntro{}, fmt.Errorf("%w: encryption flag %d", ErrBadHandshake, theirKeyMsg[0])
+		return nil, remoteIntro{}, fmt.Errorf("%w: encryption flag %d", ErrBadHandshake, theirKeyMsg[0])
 	}
 
-	var conn *Conn
+	var conn *framedConn
 	if encrypted {
 		theirPub := (*[32]byte)(theirKeyMsg[1:])
 		keys, err := deriveSessionKeys(ourKey, theirPub, p.Password)
 		clear(ourKey.priv[:])
 		if err != nil {
-			return nil, RemoteIntro{}, err
+			return nil, remoteIntro{}, err
 		}
 		if conn, err = newConn(nc, br, &keys, nil); err != nil {
-			return nil, RemoteIntro{}, err
+			return nil, remoteIntro{}, err
 		}
 		// 3. Key confirmation: the first sealed message in each direction.
 		weAreLo := bytes.Compare(ourKey.pub[:], theirPub[:]) < 0
@@ -359,23 +352,23 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 			func() (err error) { confirm, err = conn.receive(); return err },
 		); err != nil {
 			if errors.Is(err, ErrReplayOrForgery) {
-				return nil, RemoteIntro{}, ErrWrongPassword
+				return nil, remoteIntro{}, ErrWrongPassword
 			}
-			return nil, RemoteIntro{}, fmt.Errorf("exchange key confirmation: %w", err)
+			return nil, remoteIntro{}, fmt.Errorf("exchange key confirmation: %w", err)
 		}
 		if subtle.ConstantTimeCompare(confirm, transcript[:]) != 1 {
 			// Opened with the right keys but over different cleartext: someone rewrote the
 			// version or key messages on the way.
-			return nil, RemoteIntro{}, fmt.Errorf("%w: transcript mismatch (handshake altered in transit)", ErrBadHandshake)
+			return nil, remoteIntro{}, fmt.Errorf("%w: transcript mismatch (handshake altered in transit)", ErrBadHandshake)
 		}
 	} else if conn, err = newConn(nc, br, nil, nil); err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 
 	// 4. Introductions.
 	ourConnID, err := randomUint64(p.Rand)
 	if err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	ourIntro := encodeIntro(p, ourConnID)
 	conn.recvLimit = maxIntroSize
@@ -385,13 +378,13 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 		func() (err error) { theirIntroMsg, err = conn.receive(); return err },
 	); err != nil {
 		if errors.Is(err, ErrMessageTooLarge) {
-			return nil, RemoteIntro{}, fmt.Errorf("%w: intro: %w", ErrBadHandshake, err)
+			return nil, remoteIntro{}, fmt.Errorf("%w: intro: %w", ErrBadHandshake, err)
 		}
-		return nil, RemoteIntro{}, fmt.Errorf("exchange intro: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("exchange intro: %w", err)
 	}
 	intro, err := decodeIntro(theirIntroMsg)
 	if err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	intro.ConnID ^= ourConnID
 	intro.Version = version
@@ -469,7 +462,7 @@ func checkFeature(k, v string) error {
 }
 
 // encodeIntro writes the intro message; p has been validated, so every length fits.
-func encodeIntro(p *HandshakeParams, connID uint64) []byte {
+func encodeIntro(p *handshakeParams, connID uint64) []byte {
 	entries := [][2]string{
 		{introName, p.Name.String()},
 		{introNickName, p.NickName},
@@ -490,9 +483,9 @@ func encodeIntro(p *HandshakeParams, connID uint64) []byte {
 }
 
 // decodeIntro parses and validates a peer's intro message. ConnID is the peer's own value.
-func decodeIntro(b []byte) (RemoteIntro, error) {
-	bad := func(format string, args ...any) (RemoteIntro, error) {
-		return RemoteIntro{}, fmt.Errorf("%w: intro: %s", ErrBadHandshake, fmt.Sprintf(format, args...))
+func decodeIntro(b []byte) (remoteIntro, error) {
+	bad := func(format string, args ...any) (remoteIntro, error) {
+		return remoteIntro{}, fmt.Errorf("%w: intro: %s", ErrBadHandshake, fmt.Sprintf(format, args...))
 	}
 	if len(b) > maxIntroSize {
 		return bad("%d bytes, max %d", len(b), maxIntroSize)
@@ -536,7 +529,7 @@ func decodeIntro(b []byte) (RemoteIntro, error) {
 		return bad("%d trailing bytes", len(b))
 	}
 
-	var in RemoteIntro
+	var in remoteIntro
 	for _, k := range []string{introName, introNickName, introUID, introConnID} {
 		if _, ok := all[k]; !ok {
 			return bad("missing %s", k)

@@ -37,7 +37,7 @@ type Router struct {
 	done      chan struct{}
 	ready     atomic.Bool
 	started   atomic.Bool
-	counters  ConnCounters
+	counters  connCounters
 	rng       *lockedRand
 	admit     *admission
 	// refuseLog rate-limits the logs of refused inbound connections, per reason.

@@ -144,5 +144,7 @@ func (r *Router) Status() Status {
 	return s
 }
 
-// Counters returns the handshake and connection failure counters (for metrics).
-func (r *Router) Counters() *ConnCounters { return &r.counters }
+// Refusals returns how many connections were refused before, during or right after the
+// handshake, and how many died of a fatal message error, by reason label (snake_case), for
+// the weave_mesh_refused_total{reason} metric.
+func (r *Router) Refusals() map[string]uint64 { return r.counters.reasons() }

@@ -431,7 +431,7 @@ func FuzzGossipMessage(f *testing.F) {
 			t.Fatal(err)
 		}
 		r.NewGossip("ch", newTestGossiper())
-		mc := &meshConn{r: r, intro: RemoteIntro{Name: 2}, done: make(chan struct{}), sendq: make(chan []byte, 16)}
+		mc := &meshConn{r: r, intro: remoteIntro{Name: 2}, done: make(chan struct{}), sendq: make(chan []byte, 16)}
 		r.dispatch(mc, b)
 		r.Close()
 	})
