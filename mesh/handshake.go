@@ -25,6 +25,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,8 @@ const (
 	introUID      = "UID"
 	introConnID   = "ConnID"
 )
+
+var reservedIntroKeys = []string{introName, introNickName, introUID, introConnID}
 
 // Errors callers branch on; returned wrapped with the peer's address and the details.
 var (
@@ -424,9 +427,7 @@ func negotiateVersion(ourMin, ourMax byte, theirHello []byte) (byte, error) {
 	return v, nil
 }
 
-func isReservedIntroKey(k string) bool {
-	return k == introName || k == introNickName || k == introUID || k == introConnID
-}
+func isReservedIntroKey(k string) bool { return slices.Contains(reservedIntroKeys, k) }
 
 func checkNickName(n string) error {
 	if len(n) > MaxNickNameLen {
@@ -530,7 +531,7 @@ func decodeIntro(b []byte) (remoteIntro, error) {
 	}
 
 	var in remoteIntro
-	for _, k := range []string{introName, introNickName, introUID, introConnID} {
+	for _, k := range reservedIntroKeys {
 		if _, ok := all[k]; !ok {
 			return bad("missing %s", k)
 		}
@@ -550,7 +551,7 @@ func decodeIntro(b []byte) (remoteIntro, error) {
 	if in.ConnID, err = strconv.ParseUint(all[introConnID], 10, 64); err != nil {
 		return bad("bad ConnID %q", all[introConnID])
 	}
-	for _, k := range []string{introName, introNickName, introUID, introConnID} {
+	for _, k := range reservedIntroKeys {
 		delete(all, k)
 	}
 	if len(all) > MaxFeatures {

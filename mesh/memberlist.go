@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log"
@@ -244,7 +245,7 @@ func (r *Router) livenessStatus() []MemberStatus {
 	for _, m := range r.ml.members {
 		out = append(out, *m)
 	}
-	slices.SortFunc(out, func(a, b MemberStatus) int { return cmpName(a.Peer, b.Peer) })
+	slices.SortFunc(out, func(a, b MemberStatus) int { return cmp.Compare(a.Peer, b.Peer) })
 	return out
 }
 

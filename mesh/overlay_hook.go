@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 )
 
 // OverlayHook lets a data-plane overlay follow the mesh connections. Methods are called
@@ -58,12 +59,7 @@ func (r *Router) trusts(addr string) bool {
 	if err != nil {
 		return false
 	}
-	for _, p := range r.cfg.TrustedSubnets {
-		if p.Contains(ap.Addr().Unmap()) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(r.cfg.TrustedSubnets, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) })
 }
 
 // SetEstablished marks the connection to peer (with connID) as established, or not, for

@@ -3,6 +3,7 @@ package mesh
 // Peer entries: what the mesh knows about each peer, and the rule that merges two copies.
 
 import (
+	"cmp"
 	"hash/fnv"
 	"slices"
 )
@@ -41,23 +42,16 @@ func (e *peerEntry) newerThan(o *peerEntry) bool {
 }
 
 func (e *peerEntry) conn(name PeerName) *connSummary {
-	i, ok := slices.BinarySearchFunc(e.Conns, name, func(c connSummary, n PeerName) int {
-		return cmpName(c.Name, n)
-	})
+	i, ok := connIndex(e.Conns, name)
 	if !ok {
 		return nil
 	}
 	return &e.Conns[i]
 }
 
-func cmpName(a, b PeerName) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+// connIndex finds name in conns, which are sorted by name, as slices.BinarySearch does.
+func connIndex(conns []connSummary, name PeerName) (int, bool) {
+	return slices.BinarySearchFunc(conns, name, func(c connSummary, n PeerName) int { return cmp.Compare(c.Name, n) })
 }
 
 // digestHash identifies (name, uid, version); XOR of all of them is the topology hash two

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -318,7 +319,7 @@ func (r *Router) step() time.Time {
 	if !r.routeAt.IsZero() && !now.Before(r.routeAt) {
 		r.routeAt = time.Time{}
 		r.topo.recompute()
-		if !mapsEqual(r.lastRoutes, r.topo.rt.unicast) {
+		if !maps.Equal(r.lastRoutes, r.topo.rt.unicast) {
 			r.lastRoutes = r.topo.rt.unicast
 			routeFns = slices.Clone(r.onRoutes)
 		}
@@ -342,18 +343,6 @@ func (r *Router) step() time.Time {
 		f()
 	}
 	return next
-}
-
-func mapsEqual(a, b map[PeerName]PeerName) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // jittered returns d ± 10%, so peers started together do not gossip in lockstep.

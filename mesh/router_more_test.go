@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -579,7 +580,7 @@ func TestRouters100Converge(t *testing.T) {
 			r.topo.recompute()
 			got := r.topo.rt.unicast
 			r.mu.Unlock()
-			if !mapsEqual(got, want) || len(got) != n-1 {
+			if !maps.Equal(got, want) || len(got) != n-1 {
 				return fmt.Errorf("%s: %d routes, want %d", r.Name(), len(got), len(want))
 			}
 			return nil

@@ -5,6 +5,7 @@ package mesh
 // every count and length (fuzzed by FuzzDecodeTopology and FuzzGossipMessage).
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 )
@@ -63,7 +64,7 @@ func decodeEntry(r *rbuf) *peerEntry {
 		return nil
 	}
 	// Sorted, duplicate-free connection lists are what lookups and route BFS rely on.
-	slices.SortFunc(e.Conns, func(a, b connSummary) int { return cmpName(a.Name, b.Name) })
+	slices.SortFunc(e.Conns, func(a, b connSummary) int { return cmp.Compare(a.Name, b.Name) })
 	e.Conns = slices.CompactFunc(e.Conns, func(a, b connSummary) bool { return a.Name == b.Name })
 	e.hash = e.digestHash()
 	return e

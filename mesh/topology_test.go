@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -28,7 +29,7 @@ func randomGraph(rng *rand.Rand, n, extra int) map[PeerName]*peerEntry {
 		for _, p := range [][2]PeerName{{a, b}, {b, a}} {
 			e := peers[p[0]]
 			e.Conns = append(e.Conns, connSummary{Name: p[1], Addr: "x", Outbound: p[0] < p[1], Established: true})
-			slices.SortFunc(e.Conns, func(x, y connSummary) int { return cmpName(x.Name, y.Name) })
+			slices.SortFunc(e.Conns, func(x, y connSummary) int { return cmp.Compare(x.Name, y.Name) })
 		}
 	}
 	for i := 1; i < n; i++ {
