@@ -27,7 +27,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -95,45 +94,6 @@ var (
 	errBadGreeting = fmt.Errorf("%w: not a weave peer", ErrBadHandshake)
 )
 
-// connCounters counts refused handshakes and fatal connection errors by reason, for metrics.
-// Share one across all connections; the zero value is ready. A nil *connCounters counts
-// nothing. The Router also counts here the connections it refuses around the handshake:
-// before it (rate limited, too many handshakes) and after it (name in use).
-type connCounters struct {
-	WrongPassword     atomic.Uint64
-	PasswordMismatch  atomic.Uint64
-	VersionMismatch   atomic.Uint64
-	BadGreeting       atomic.Uint64
-	BadHandshake      atomic.Uint64
-	HandshakeTimeout  atomic.Uint64
-	MessageTooLarge   atomic.Uint64
-	ReplayOrForgery   atomic.Uint64
-	NameInUse         atomic.Uint64
-	RateLimited       atomic.Uint64
-	TooManyHandshakes atomic.Uint64
-	// Aborted: the handshake failed for another reason (the peer closed or reset it).
-	Aborted atomic.Uint64
-}
-
-// reasons returns the counters by reason label (snake_case), for a
-// weave_mesh_refused_total{reason} metric.
-func (cc *connCounters) reasons() map[string]uint64 {
-	return map[string]uint64{
-		"wrong_password":      cc.WrongPassword.Load(),
-		"password_mismatch":   cc.PasswordMismatch.Load(),
-		"version":             cc.VersionMismatch.Load(),
-		"bad_greeting":        cc.BadGreeting.Load(),
-		"bad_handshake":       cc.BadHandshake.Load(),
-		"timeout":             cc.HandshakeTimeout.Load(),
-		"message_too_large":   cc.MessageTooLarge.Load(),
-		"replay_or_forgery":   cc.ReplayOrForgery.Load(),
-		"name_in_use":         cc.NameInUse.Load(),
-		"rate_limited":        cc.RateLimited.Load(),
-		"too_many_handshakes": cc.TooManyHandshakes.Load(),
-		"aborted":             cc.Aborted.Load(),
-	}
-}
-
 // handshakeParams describes our end of a connection.
 type handshakeParams struct {
 	Name                   PeerName // our identity; must be non-zero
@@ -180,33 +140,11 @@ func handshake(ctx context.Context, c net.Conn, p handshakeParams) (*framedConn,
 		if ctx.Err() != nil {
 			err = fmt.Errorf("handshake cancelled: %w (%w)", context.Cause(ctx), err)
 		} else {
-			p.Counters.countHandshakeError(err)
+			p.Counters.count(err)
 		}
 		return nil, remoteIntro{}, fmt.Errorf("handshake with %s: %w", c.RemoteAddr(), err)
 	}
 	return conn, intro, nil
-}
-
-func (cc *connCounters) countHandshakeError(err error) {
-	if cc == nil {
-		return
-	}
-	switch {
-	case errors.Is(err, ErrWrongPassword):
-		cc.WrongPassword.Add(1)
-	case errors.Is(err, ErrPasswordMismatch):
-		cc.PasswordMismatch.Add(1)
-	case errors.Is(err, ErrVersionMismatch):
-		cc.VersionMismatch.Add(1)
-	case errors.Is(err, ErrHandshakeTimeout):
-		cc.HandshakeTimeout.Add(1)
-	case errors.Is(err, errBadGreeting):
-		cc.BadGreeting.Add(1)
-	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
-		cc.BadHandshake.Add(1)
-	default:
-		cc.Aborted.Add(1)
-	}
 }
 
 func (p *handshakeParams) validate() error {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -155,10 +156,7 @@ func (t *meshTransport) Shutdown() error {
 		return nil
 	}
 	t.closed = true
-	streams := make([]*meshStream, 0, len(t.streams))
-	for _, s := range t.streams {
-		streams = append(streams, s)
-	}
+	streams := slices.Collect(maps.Values(t.streams))
 	t.mu.Unlock()
 	for _, s := range streams {
 		s.closeLocal(errStreamClosed)

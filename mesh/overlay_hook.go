@@ -62,13 +62,22 @@ func (r *Router) trusts(addr string) bool {
 	return slices.ContainsFunc(r.cfg.TrustedSubnets, func(p netip.Prefix) bool { return p.Contains(ap.Addr().Unmap()) })
 }
 
+// overlayConnLocked returns the connection to peer if it is still the one with connID, else
+// nil: the overlay may act on a connection that has since been replaced.
+func (r *Router) overlayConnLocked(peer PeerName, connID uint64) *meshConn {
+	if c := r.conns[peer]; c != nil && c.intro.ConnID == connID {
+		return c
+	}
+	return nil
+}
+
 // SetEstablished marks the connection to peer (with connID) as established, or not, for
 // data: the overlay calls it when its own heartbeats pass both ways, or stop.
 func (r *Router) SetEstablished(peer PeerName, connID uint64, established bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	c := r.conns[peer]
-	if c == nil || c.intro.ConnID != connID {
+	c := r.overlayConnLocked(peer, connID)
+	if c == nil {
 		return fmt.Errorf("set established %s/%x: %w", peer, connID, ErrUnknownConn)
 	}
 	if c.established == established {
@@ -84,9 +93,9 @@ func (r *Router) SetEstablished(peer PeerName, connID uint64, established bool) 
 // connID. It never blocks; it fails if the connection is gone or its queue is full.
 func (r *Router) SendOverlayControl(peer PeerName, connID uint64, msg []byte) error {
 	r.mu.Lock()
-	c := r.conns[peer]
+	c := r.overlayConnLocked(peer, connID)
 	r.mu.Unlock()
-	if c == nil || c.intro.ConnID != connID {
+	if c == nil {
 		return fmt.Errorf("overlay control to %s/%x: %w", peer, connID, ErrUnknownConn)
 	}
 	m := make([]byte, 1+len(msg))
@@ -103,9 +112,9 @@ func (r *Router) SendOverlayControl(peer PeerName, connID uint64, msg []byte) er
 // with backoff as for any other failure.
 func (r *Router) DropConnection(peer PeerName, connID uint64, reason error) error {
 	r.mu.Lock()
-	c := r.conns[peer]
+	c := r.overlayConnLocked(peer, connID)
 	r.mu.Unlock()
-	if c == nil || c.intro.ConnID != connID {
+	if c == nil {
 		return fmt.Errorf("drop connection %s/%x: %w", peer, connID, ErrUnknownConn)
 	}
 	r.connDown(c, fmt.Errorf("dropped by the overlay: %w", reason))

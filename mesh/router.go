@@ -231,10 +231,7 @@ func (r *Router) Close() error {
 		}
 		r.mu.Lock()
 		r.closed = true
-		conns := make([]*meshConn, 0, len(r.conns))
-		for _, c := range r.conns {
-			conns = append(conns, c)
-		}
+		conns := slices.Collect(maps.Values(r.conns))
 		for h := range r.handshakes {
 			h.nc.Close()
 		}
