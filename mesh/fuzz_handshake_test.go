@@ -33,7 +33,7 @@ func FuzzHandshakeIntro(f *testing.F) {
 			}
 			return
 		}
-		if in.Name == UnknownPeerName || in.UID == 0 || len(in.NickName) > MaxNickNameLen || len(in.Features) > MaxFeatures {
+		if in.Name == UnknownPeerName || in.UID == 0 || len(in.NickName) > maxNickLen || len(in.Features) > maxFeatures {
 			t.Fatalf("accepted an invalid intro: %+v", in)
 		}
 		q := handshakeParams{Name: in.Name, NickName: in.NickName, UID: in.UID, Features: in.Features}

@@ -141,8 +141,8 @@ func (p *handshakeParams) validate() error {
 		return fmt.Errorf("invalid handshake params: version range [%d,%d] outside supported [%d,%d]",
 			p.MinVersion, p.MaxVersion, ProtocolMinVersion, ProtocolMaxVersion)
 	}
-	if len(p.Features) > MaxFeatures {
-		return fmt.Errorf("invalid handshake params: %d features, max %d", len(p.Features), MaxFeatures)
+	if len(p.Features) > maxFeatures {
+		return fmt.Errorf("invalid handshake params: %d features, max %d", len(p.Features), maxFeatures)
 	}
 	for k, v := range p.Features {
 		if isReservedIntroKey(k) {

@@ -14,14 +14,13 @@ import (
 )
 
 // Limits on the intro message: enough for any real peer, small enough that an unauthenticated
-// peer cannot make us hold much.
+// peer cannot make us hold much. A nickname is limited by maxNickLen, as in topology entries.
 const (
-	MaxNickNameLen     = 255
-	MaxFeatures        = 32 // caller's features, not counting the reserved keys
-	MaxFeatureKeyLen   = 64
-	MaxFeatureValueLen = 1024
-	maxIntroEntries    = MaxFeatures + 4
-	maxIntroSize       = 1 + maxIntroEntries*(1+MaxFeatureKeyLen+2+MaxFeatureValueLen)
+	maxFeatures        = 32 // caller's features, not counting the reserved keys
+	maxFeatureKeyLen   = 64
+	maxFeatureValueLen = 1024
+	maxIntroEntries    = maxFeatures + 4
+	maxIntroSize       = 1 + maxIntroEntries*(1+maxFeatureKeyLen+2+maxFeatureValueLen)
 )
 
 // Reserved intro keys (Weave's feature names).
@@ -37,8 +36,8 @@ var reservedIntroKeys = []string{introName, introNickName, introUID, introConnID
 func isReservedIntroKey(k string) bool { return slices.Contains(reservedIntroKeys, k) }
 
 func checkNickName(n string) error {
-	if len(n) > MaxNickNameLen {
-		return fmt.Errorf("nickname of %d bytes, max %d", len(n), MaxNickNameLen)
+	if len(n) > maxNickLen {
+		return fmt.Errorf("nickname of %d bytes, max %d", len(n), maxNickLen)
 	}
 	if !utf8.ValidString(n) {
 		return errors.New("nickname is not UTF-8")
@@ -52,16 +51,16 @@ func checkNickName(n string) error {
 }
 
 func checkFeature(k, v string) error {
-	if len(k) == 0 || len(k) > MaxFeatureKeyLen {
-		return fmt.Errorf("feature key %q: length %d not in [1,%d]", k, len(k), MaxFeatureKeyLen)
+	if len(k) == 0 || len(k) > maxFeatureKeyLen {
+		return fmt.Errorf("feature key %q: length %d not in [1,%d]", k, len(k), maxFeatureKeyLen)
 	}
 	for i := 0; i < len(k); i++ {
 		if k[i] <= ' ' || k[i] > '~' {
 			return fmt.Errorf("feature key %q: not printable ASCII", k)
 		}
 	}
-	if len(v) > MaxFeatureValueLen {
-		return fmt.Errorf("feature %q: value of %d bytes, max %d", k, len(v), MaxFeatureValueLen)
+	if len(v) > maxFeatureValueLen {
+		return fmt.Errorf("feature %q: value of %d bytes, max %d", k, len(v), maxFeatureValueLen)
 	}
 	if !utf8.ValidString(v) {
 		return fmt.Errorf("feature %q: value is not UTF-8", k)
@@ -161,8 +160,8 @@ func decodeIntro(b []byte) (remoteIntro, error) {
 	for _, k := range reservedIntroKeys {
 		delete(all, k)
 	}
-	if len(all) > MaxFeatures {
-		return bad("%d features, max %d", len(all), MaxFeatures)
+	if len(all) > maxFeatures {
+		return bad("%d features, max %d", len(all), maxFeatures)
 	}
 	in.Features = all
 	return in, nil

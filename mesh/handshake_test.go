@@ -417,17 +417,17 @@ func TestHandshakeInvalidParams(t *testing.T) {
 		"zero name":       func(p *handshakeParams) { p.Name = 0 },
 		"name > 48 bits":  func(p *handshakeParams) { p.Name = 1 << 50 },
 		"zero UID":        func(p *handshakeParams) { p.UID = 0 },
-		"long nickname":   func(p *handshakeParams) { p.NickName = strings.Repeat("n", MaxNickNameLen+1) },
+		"long nickname":   func(p *handshakeParams) { p.NickName = strings.Repeat("n", maxNickLen+1) },
 		"control in nick": func(p *handshakeParams) { p.NickName = "a\nb" },
 		"reserved key":    func(p *handshakeParams) { p.Features = map[string]string{"UID": "7"} },
 		"empty key":       func(p *handshakeParams) { p.Features = map[string]string{"": "7"} },
 		"long value": func(p *handshakeParams) {
-			p.Features = map[string]string{"k": strings.Repeat("v", MaxFeatureValueLen+1)}
+			p.Features = map[string]string{"k": strings.Repeat("v", maxFeatureValueLen+1)}
 		},
 		"bad versions": func(p *handshakeParams) { p.MinVersion, p.MaxVersion = 1, 9 },
 		"too many features": func(p *handshakeParams) {
 			p.Features = map[string]string{}
-			for i := range MaxFeatures + 1 {
+			for i := range maxFeatures + 1 {
 				p.Features[fmt.Sprint("k", i)] = "v"
 			}
 		},
