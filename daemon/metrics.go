@@ -165,7 +165,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
 		}
 		// Connections refused before, during or right after the handshake, by reason.
-		for reason, v := range c.d.mesh.Counters().Reasons() {
+		for reason, v := range c.d.mesh.Refusals() {
 			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
 		}
 	}

@@ -31,10 +31,10 @@ func claimName(t *testing.T, h *netlab.Host, addr string, name mesh.PeerName) st
 	if err != nil {
 		t.Fatalf("impostor dial %s: %v", addr, err)
 	}
-	conn, _, err := mesh.Handshake(nc, mesh.HandshakeParams{
+	conn, err := mesh.RawPeer{
 		Name: name, NickName: "impostor", UID: uint64(time.Now().UnixNano()) | 1,
-		Features: map[string]string{"started": "1"}, Outbound: true, Timeout: 5 * time.Second,
-	})
+		Features: map[string]string{"started": "1"}, Timeout: 5 * time.Second,
+	}.Handshake(nc)
 	if err != nil {
 		t.Fatalf("impostor handshake with %s: %v", addr, err)
 	}
