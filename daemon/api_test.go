@@ -11,10 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netdev"
 	"github.com/weavemesh/weave/internal/testutil"
@@ -28,6 +30,8 @@ import (
 // newTestDaemon starts a daemon through New and Start over the fakes at the OS boundary
 // (Env: an in-memory mesh transport, UDP and TAP; netdev.Fake; no kernel path): the API
 // handlers run as in production, without root. tests/e2e runs several such daemons.
+var testDaemons atomic.Int32
+
 func newTestDaemon(t testing.TB) *Daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "weave-daemon-") // t.TempDir may be too long for a socket path
@@ -44,13 +48,19 @@ func newTestDaemon(t testing.TB) *Daemon {
 	cfg.NickName = "test"
 	cfg.Name = mesh.PeerName(0x0200000000aa).String()
 	cfg.NoFastDP = true
+	// The bridge-ownership lock is real (an abstract socket in this network namespace): a
+	// name per test daemon keeps parallel tests and test binaries apart.
+	cfg.Bridge = fmt.Sprintf("wd%d-%d", os.Getpid(), testDaemons.Add(1))
 	cfg.Env = Env{
 		OpenTAP: func(c tap.Config) (tap.Device, error) { return taptest.New(taptest.Config{Name: c.Name}), nil },
 		ListenUDP: func(c udp.Config) (udp.Bind, error) {
 			return udptest.NewNetwork(1).NewBind(netip.MustParseAddrPort("10.0.0.1:6783"))
 		},
-		MeshTransport:  mesh.NewMemNetwork().Transport("10.0.0.1"),
-		MeshListenAddr: "10.0.0.1:6783",
+		// No nftables table or device cleanup in the test machine's own namespace.
+		Guard:             func(int) (Guard, error) { return fastdp.NewFakeFilter(), nil },
+		RemoveKernelPaths: func() error { return nil },
+		MeshTransport:     mesh.NewMemNetwork().Transport("10.0.0.1"),
+		MeshListenAddr:    "10.0.0.1:6783",
 	}
 	d, err := New(cfg)
 	if err != nil {
@@ -126,7 +136,7 @@ func TestAPIExposeAllocatesOnceAndReportShowsIt(t *testing.T) {
 	if again.CIDRs[0] != first.CIDRs[0] {
 		t.Errorf("second expose allocated again: %v then %v", first.CIDRs, again.CIDRs)
 	}
-	if l, _ := d.links.(*netdev.Fake).Link("weave"); len(l.Addrs) != 1 {
+	if l, _ := d.links.(*netdev.Fake).Link(d.cfg.Bridge); len(l.Addrs) != 1 {
 		t.Errorf("bridge addresses %v", l.Addrs)
 	}
 	_, body = call(t, h, "GET", api.PathReport, "")

@@ -10,6 +10,7 @@ import (
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/internal/netdev"
+	"github.com/weavemesh/weave/ipam"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/tap"
 	"github.com/weavemesh/weave/udp"
@@ -88,11 +89,26 @@ type Env struct {
 	// FastDPTiming overrides fastdp's heartbeat and hysteresis timing (zero: defaults), so
 	// that a test sees a pair flip in well under a second.
 	FastDPTiming fastdp.Timing
+	// Guard installs the underlay filter of the VXLAN port; nil: the nftables guard
+	// (fastdp/guard) in this network namespace.
+	Guard func(port int) (Guard, error)
+	// RemoveKernelPaths removes the VXLAN device or OVS setup an earlier run left when this
+	// run has no kernel path; nil: the real ones in this network namespace.
+	RemoveKernelPaths func() error
 	// MeshTransport listens and dials for the mesh; nil: TCP.
 	MeshTransport mesh.Transport
 	// MeshListenAddr is the mesh's listen address (host:port); empty: ":Port". An
 	// in-memory transport needs the host, since it is what peers dial.
 	MeshListenAddr string
+}
+
+// Guard is the filter in front of the kernel path's VXLAN port: fastdp admits the peers it
+// heartbeats with, everything else is dropped and counted.
+type Guard interface {
+	fastdp.Filter
+	// Refused counts the datagrams dropped (weave_fastdp_refused_total).
+	Refused() (uint64, error)
+	Close() error
 }
 
 // DefaultConfig returns the CONTRACT defaults.
@@ -133,6 +149,24 @@ func (c *Config) validate() error {
 	}
 	if c.Bridge == "" || len(c.Bridge) > 15 || c.TAP == "" || len(c.TAP) > 15 {
 		errs = append(errs, fmt.Errorf("bridge %q and tap %q names must be 1-15 characters", c.Bridge, c.TAP))
+	}
+	if err := mesh.CheckNickName(c.NickName); err != nil {
+		errs = append(errs, fmt.Errorf("--nickname: %w", err))
+	}
+	if c.IPAllocRange.IsValid() {
+		// The peer name is not known yet; any valid one checks the rest.
+		ic := ipam.Config{Range: c.IPAllocRange, DefaultSubnet: c.IPAllocDefaultSubnet, Init: c.IPAllocInit,
+			InitialPeerCount: len(c.Peers) + 1, Name: mesh.PeerName(1)}
+		if err := ic.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.IPAllocDefaultSubnet.IsValid() {
+		errs = append(errs, errors.New("--ipalloc-default-subnet without an --ipalloc-range"))
+	}
+	for _, p := range c.TrustedSubnets {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("--trusted-subnets: bad subnet %v", p))
+		}
 	}
 	if err := c.validateDatapath(); err != nil {
 		errs = append(errs, err)

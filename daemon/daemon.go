@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/internal/netdev"
 	"github.com/weavemesh/weave/ipam"
 	"github.com/weavemesh/weave/mesh"
@@ -46,7 +48,9 @@ type Daemon struct {
 	mtu  int
 
 	lockFile   *os.File
+	bridgeLock io.Closer // this process owns the bridge in this network namespace
 	endpoints  *endpointStore
+	epEvents   endpointEvents
 	exposeMu   sync.Mutex // serialises expose, which may allocate
 	mesh       *mesh.Router
 	ipam       *ipam.Allocator
@@ -97,32 +101,41 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	name, err := mesh.LoadOrCreateName(cfg.StateDir, cfg.Name)
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("peer identity: %w", err)
-	}
-	eps, err := loadEndpoints(cfg.StateDir)
+	// Start changes devices only as the bridge's owner; a stopping router may still hold it.
+	bridgeLock, err := lockBridge(cfg.Bridge, 5*time.Second)
 	if err != nil {
 		lock.Close()
 		return nil, err
 	}
+	fail := func(err error) (*Daemon, error) {
+		bridgeLock.Close()
+		lock.Close()
+		return nil, err
+	}
+	name, err := mesh.LoadOrCreateName(cfg.StateDir, cfg.Name)
+	if err != nil {
+		return fail(fmt.Errorf("peer identity: %w", err))
+	}
+	eps, err := loadEndpoints(cfg.StateDir)
+	if err != nil {
+		return fail(err)
+	}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("random uid: %w", err)
+		return fail(fmt.Errorf("random uid: %w", err))
 	}
 	d := &Daemon{
-		cfg:       cfg,
-		log:       cfg.Logger.With(slog.String("peer", name.String())),
-		links:     cfg.Links,
-		name:      name,
-		uid:       binary.BigEndian.Uint64(b[:]) | 1,
-		lockFile:  lock,
-		endpoints: eps,
-		ready:     make(chan struct{}),
-		done:      make(chan struct{}),
-		stopReq:   make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With(slog.String("peer", name.String())),
+		links:      cfg.Links,
+		name:       name,
+		uid:        binary.BigEndian.Uint64(b[:]) | 1,
+		lockFile:   lock,
+		bridgeLock: bridgeLock,
+		endpoints:  eps,
+		ready:      make(chan struct{}),
+		done:       make(chan struct{}),
+		stopReq:    make(chan struct{}),
 	}
 	return d, nil
 }
@@ -161,8 +174,22 @@ func lockStateDir(dir string, wait time.Duration) (*os.File, error) {
 func (d *Daemon) Name() mesh.PeerName { return d.name }
 
 // Start creates the bridge and TAP, starts the mesh and serves the API. It does not block.
-func (d *Daemon) Start() error {
+//
+// A failure anywhere unwinds everything Start did, in reverse, through one path: the
+// components it opened are closed and the devices it created (not the ones it found, which
+// may carry a stopped router's containers) are removed, so a refused launch leaves the host
+// as it was. Close after a failed Start only releases the locks.
+func (d *Daemon) Start() (err error) {
 	d.started = time.Now()
+	var undo []func()
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}()
 	mtu, err := d.containerMTU()
 	if err != nil {
 		return err
@@ -170,16 +197,44 @@ func (d *Daemon) Start() error {
 	d.mtu = mtu
 	nb := d.name.Bytes()
 	mac := net.HardwareAddr(nb[:])
+	// removeIfNew registers the removal of a device that does not exist yet.
+	removeIfNew := func(name string, remove func(string) error) error {
+		ok, err := d.links.Exists(name)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			undo = append(undo, func() {
+				if err := remove(name); err != nil {
+					d.log.Warn("failed start: cannot remove a device it created", "device", name, "err", err)
+				}
+			})
+		}
+		return nil
+	}
+	if err := removeIfNew(d.cfg.Bridge, d.links.Delete); err != nil {
+		return fmt.Errorf("bridge: %w", err)
+	}
 	if err := d.links.EnsureBridge(d.cfg.Bridge, mac, mtu); err != nil {
 		return fmt.Errorf("bridge: %w", err)
 	}
+	if err := removeIfNew(d.cfg.TAP, d.links.Delete); err != nil {
+		return fmt.Errorf("tap: %w", err)
+	}
 	if err := d.links.EnsureTAP(d.cfg.TAP, d.cfg.Bridge, mtu); err != nil {
 		return fmt.Errorf("tap: %w", err)
+	}
+	if !d.cfg.NoFastDP && d.cfg.Datapath != DatapathOVS {
+		vx := fastdp.DefaultDevice(d.cfg.Port + 1)
+		if err := removeIfNew(vx, func(n string) error { return fastdp.Cleanup("", n) }); err != nil {
+			return fmt.Errorf("fastdp: %w", err)
+		}
 	}
 	dp, err := d.newDataPlane()
 	if err != nil {
 		return fmt.Errorf("data plane: %w", err)
 	}
+	undo = append(undo, func() { dp.close() })
 	mcfg := mesh.Config{
 		Name:           d.name,
 		NickName:       d.cfg.NickName,
@@ -200,37 +255,44 @@ func (d *Daemon) Start() error {
 	if err != nil {
 		return fmt.Errorf("mesh: %w", err)
 	}
+	undo = append(undo, func() { m.Close() })
 	if err := d.newIPAM(m); err != nil {
-		m.Close()
 		return err
 	}
-	if err := m.Start(); err != nil {
+	undo = append(undo, func() {
 		if d.ipam != nil {
 			d.ipam.Close()
+			d.ipam = nil
 		}
+	})
+	// Before the API serves and before the records' addresses are re-claimed: what a
+	// killed daemon left half-done is undone, what a gone container held is released.
+	d.reconcileEndpoints()
+	if err := m.Start(); err != nil {
 		return fmt.Errorf("mesh: %w", err)
 	}
 	d.mesh = m
 	// Nothing a remote peer claims stops the mesh (a peer-name conflict is refused per
 	// connection, weave_mesh_refused_total{reason="name_in_use"}); it ends only with Close.
+	undo = append(undo, func() { d.mesh = nil })
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
+	undo = append(undo, func() { d.bgCancel(); d.bg.Wait() }) // before the allocator closes
 	d.startIPAMBackground()
 	if err := dp.start(m); err != nil {
-		d.mesh.Close()
 		return fmt.Errorf("data plane: %w", err)
 	}
 	d.dp = dp
+	undo = append(undo, func() { d.dp = nil })
 	if err := d.serveMetrics(); err != nil {
-		d.dp.close()
-		d.mesh.Close()
 		return err
 	}
-	if err := d.serveAPI(); err != nil {
-		d.dp.close()
-		d.mesh.Close()
+	undo = append(undo, func() {
 		if d.metricsSrv != nil {
 			d.metricsSrv.Close()
+			d.metricsSrv = nil
 		}
+	})
+	if err := d.serveAPI(); err != nil {
 		return err
 	}
 	close(d.ready)
@@ -355,6 +417,7 @@ func (d *Daemon) Close() error {
 				d.log.Info("reset: bridge, devices and state removed")
 			}
 		}
+		d.bridgeLock.Close()
 		d.lockFile.Close()
 		close(d.done)
 		d.log.Info("router stopped")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/fastdp"
+	"github.com/weavemesh/weave/fastdp/guard"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 	"github.com/weavemesh/weave/router"
@@ -51,6 +52,7 @@ type dataPlane struct {
 	sw     *overlay.Switch
 	fdp    *fastdp.FastDP    // nil: sleeve only, for the reason in noFdp
 	noFdp  fastdp.PeerStatus // why every pair is on sleeve when fdp is nil
+	guard  Guard             // the VXLAN port's filter; nil only where nftables is missing
 	router *router.Router
 	prof   *os.File // CPU profile being written, if asked for
 }
@@ -123,14 +125,57 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 	return dp, nil
 }
 
-// newFastDP creates the kernel path unless --no-fastdp; a kernel without VXLAN leaves the
-// daemon on sleeve only, with the reason in status. The TAP is a port of the bridge by now:
-// it is isolated from the VXLAN port.
+// fastdpPolicy is the one place that decides whether this mesh may have a kernel path at
+// all; nil means yes, else the status every pair shows. The kernel path carries frames in
+// clear and authenticates nothing but the sender's underlay address (the guard), so with a
+// password a VXLAN device would be a plaintext way into an encrypted network: there is
+// none, unless trusted subnets name peers the user lets go without encryption (only those
+// pairs then use it; every other pair stays off it with ReasonEncryption, and the guard
+// admits only the trusted pairs' addresses). Kernel encryption (IPsec ESP between the
+// underlay addresses) would change the answer here: a device whose VNI only ESP-protected
+// datagrams reach.
+func fastdpPolicy(cfg Config) *fastdp.PeerStatus {
+	switch {
+	case cfg.NoFastDP:
+		st := fastdp.Unavailable(fastdp.ReasonDisabled, nil)
+		return &st
+	case len(cfg.Password) > 0 && len(cfg.TrustedSubnets) == 0:
+		st := fastdp.Unavailable(fastdp.ReasonEncryption, nil)
+		return &st
+	}
+	return nil
+}
+
+// newFastDP creates the kernel path when fastdpPolicy allows it; a kernel without VXLAN or
+// without nftables leaves the daemon on sleeve only, with the reason in status. The TAP is a
+// port of the bridge by now: it is isolated from the VXLAN port.
+//
+// The guard comes first, whatever the policy: it replaces any filter an earlier run left
+// (stale allowances die with it) and drops every datagram on the VXLAN port until fastdp
+// admits a peer, so a device from an earlier run, or the new one, is never open to all.
 func (dp *dataPlane) newFastDP() error {
 	d := dp.d
-	if d.cfg.NoFastDP {
-		dp.noFdp = fastdp.Unavailable(fastdp.ReasonDisabled, nil)
-		return nil
+	openGuard := d.cfg.Env.Guard
+	if openGuard == nil {
+		openGuard = func(port int) (Guard, error) {
+			return guard.Open(guard.Config{Port: port, Logger: d.log.With("component", "fastdp")})
+		}
+	}
+	g, gerr := openGuard(d.cfg.Port + 1)
+	if gerr == nil {
+		dp.guard = g
+	} else {
+		d.log.Warn("cannot install the nftables guard of the VXLAN port", "port", d.cfg.Port+1, "err", gerr)
+	}
+	if st := fastdpPolicy(d.cfg); st != nil {
+		dp.noFdp = *st
+		d.log.Info("no kernel path for this mesh: every connection uses the sleeve", "reason", st.Reason)
+		return dp.removeKernelPaths()
+	}
+	if gerr != nil {
+		d.log.Warn("no guard for the VXLAN port: every connection uses the sleeve")
+		dp.noFdp = fastdp.Unavailable(fastdp.ReasonNoKernel, fmt.Errorf("no nftables filter for the VXLAN port: %w", gerr))
+		return dp.removeKernelPaths()
 	}
 	k, err := dp.ovsKernel() // nil unless --datapath=ovs: then the Linux VXLAN device
 	if err != nil {
@@ -147,7 +192,10 @@ func (dp *dataPlane) newFastDP() error {
 		MTU:     d.mtu, // as the sleeve's: a pair changing overlay keeps its MTU
 		Isolate: []string{d.cfg.TAP},
 		Timing:  d.cfg.Env.FastDPTiming,
-		Logger:  d.log.With("component", "fastdp"),
+		// Only the peers fastdp heartbeats with get through to the VXLAN port (OVS's too:
+		// its vport listens on the same UDP port of this namespace).
+		Filter: dp.guard,
+		Logger: d.log.With("component", "fastdp"),
 		// Called after the kernel is programmed when a pair goes to fastdp, and before its
 		// entries go when it leaves: frames may be lost at a flip, never duplicated.
 		OnChange: dp.fastdpChanged,
@@ -163,6 +211,28 @@ func (dp *dataPlane) newFastDP() error {
 	}
 	dp.fdp = fdp
 	return nil
+}
+
+// removeKernelPaths takes away the VXLAN device (or OVS setup) an earlier run left when
+// this run has no kernel path: it would keep carrying frames to and from the old peers
+// (its entries survive a stop). Without the guard in front, a device that cannot be
+// removed fails the start: it would accept anyone's datagrams.
+func (dp *dataPlane) removeKernelPaths() error {
+	d := dp.d
+	var err error
+	if d.cfg.Env.RemoveKernelPaths != nil {
+		err = d.cfg.Env.RemoveKernelPaths()
+	} else if err = fastdp.Cleanup("", fastdp.DefaultDevice(d.cfg.Port+1)); err == nil {
+		err = dp.removeOVS()
+	}
+	if err == nil {
+		return nil
+	}
+	if dp.guard != nil {
+		d.log.Warn("cannot remove the kernel path of an earlier run; the guard drops its datagrams", "err", err)
+		return nil
+	}
+	return fmt.Errorf("fastdp: remove the unfiltered kernel path of an earlier run: %w", err)
 }
 
 func (dp *dataPlane) fastdpChanged(st fastdp.PeerStatus) {
@@ -257,6 +327,12 @@ func (dp *dataPlane) close() error {
 			err = e
 		}
 	}
+	if dp.guard != nil {
+		// The table stays with the device (see guard); only our socket goes.
+		if e := dp.guard.Close(); err == nil {
+			err = e
+		}
+	}
 	if dp.prof != nil {
 		pprof.StopCPUProfile()
 		dp.prof.Close()
@@ -340,6 +416,20 @@ func (dp *dataPlane) sleeveRefused() map[string]uint64 {
 		"unknown_sender": st.UnknownSender, "malformed": st.Malformed,
 		"gso_incomplete": st.GSOIncomplete,
 	}
+}
+
+// fastdpRefused is how many datagrams the guard dropped on the VXLAN port (senders that
+// are not fastdp peers), for weave_fastdp_refused_total; ok is false without a guard.
+func (dp *dataPlane) fastdpRefused() (n uint64, ok bool) {
+	if dp.guard == nil {
+		return 0, false
+	}
+	n, err := dp.guard.Refused()
+	if err != nil {
+		dp.d.log.Debug("cannot read the fastdp guard's counter", "err", err)
+		return 0, false
+	}
+	return n, true
 }
 
 // routerStats are the forwarding core's counters (frames relayed, without route, too big,

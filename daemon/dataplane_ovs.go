@@ -68,18 +68,7 @@ func (dp *dataPlane) ovsKernel() (fastdp.Kernel, error) {
 	// A router that changes backend across a stop must not leave the other one's device on
 	// the bridge: its entries from the last run would still carry frames (duplicates).
 	if d.cfg.Datapath != DatapathOVS {
-		if _, err := os.Stat(filepath.Join(d.cfg.StateDir, ovsStateFile)); err == nil {
-			d.log.Info("removing the OVS setup of an earlier --datapath=ovs run")
-			if err := cleanupOVS(d.cfg); err != nil {
-				// OVS is unreachable (gone?): at least cut our OVS bridge off the weave
-				// bridge; the rest waits for a reset.
-				d.log.Warn("cannot remove the OVS setup; detaching it from the bridge", "err", err)
-				if err := detachOVSUplink(); err != nil {
-					return nil, err
-				}
-			}
-		}
-		return nil, nil
+		return nil, dp.removeOVS()
 	}
 	if err := fastdp.Cleanup("", fastdp.DefaultDevice(d.cfg.Port+1)); err != nil {
 		return nil, fmt.Errorf("remove the VXLAN device of an earlier --datapath=linux run: %w", err)
@@ -111,6 +100,23 @@ func (dp *dataPlane) ovsKernel() (fastdp.Kernel, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// removeOVS removes the OVS setup an earlier --datapath=ovs run recorded in the state dir,
+// if any.
+func (dp *dataPlane) removeOVS() error {
+	d := dp.d
+	if _, err := os.Stat(filepath.Join(d.cfg.StateDir, ovsStateFile)); err != nil {
+		return nil
+	}
+	d.log.Info("removing the OVS setup of an earlier --datapath=ovs run")
+	if err := cleanupOVS(d.cfg); err != nil {
+		// OVS is unreachable (gone?): at least cut our OVS bridge off the weave bridge;
+		// the rest waits for a reset.
+		d.log.Warn("cannot remove the OVS setup; detaching it from the bridge", "err", err)
+		return detachOVSUplink()
+	}
+	return nil
 }
 
 // detachOVSUplink deletes the veth pair joining our OVS bridge to the weave bridge.

@@ -27,6 +27,9 @@ var (
 		"Number of peers in the topology, this one included.", nil, nil)
 	descEndpoints = prometheus.NewDesc("weave_endpoints",
 		"Number of interfaces attached to the bridge (the exposed host included).", nil, nil)
+	descEndpointEvents = prometheus.NewDesc("weave_endpoint_events_total",
+		"Attach and detach events: targets refused (not a network namespace), changes refused because the state dir could not be written, attaches rolled back, and, on start, unfinished attaches undone, endpoints forgotten because their interface is gone, endpoints adopted.",
+		[]string{"event"}, nil)
 	descReady = prometheus.NewDesc("weave_ready",
 		"1 when the router is ready.", nil, nil)
 )
@@ -46,6 +49,9 @@ var (
 		"IPAM input refused or in conflict, by reason.", []string{"reason"}, nil)
 	descSleeveRefused = prometheus.NewDesc("weave_sleeve_refused_total",
 		"Datagrams or super-frames the sleeve refused, by reason.", []string{"reason"}, nil)
+	descFastdpRefused = prometheus.NewDesc("weave_fastdp_refused_total",
+		"VXLAN datagrams dropped on the fastdp port because their sender is not a peer fastdp runs with, by reason.",
+		[]string{"reason"}, nil)
 	descGSOBackoffs = prometheus.NewDesc("weave_sleeve_gso_backoffs_total",
 		"Times a peer reported lost super-frames and the sleeve sent it cut TCP segments for a while instead.", nil, nil)
 	descRouterEvents = prometheus.NewDesc("weave_router_frames_total",
@@ -92,6 +98,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(len(rep.Router.Peers)))
 	ch <- prometheus.MustNewConstMetric(descEndpoints, prometheus.GaugeValue, float64(len(rep.Endpoints)))
+	for event, v := range c.d.epEvents.snapshot() {
+		ch <- prometheus.MustNewConstMetric(descEndpointEvents, prometheus.CounterValue, float64(v), event)
+	}
 	ready := 0.0
 	if rep.Ready {
 		ready = 1
@@ -110,6 +119,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for reason, v := range c.d.dp.sleeveRefused() {
 			ch <- prometheus.MustNewConstMetric(descSleeveRefused, prometheus.CounterValue, float64(v), reason)
+		}
+		if n, ok := c.d.dp.fastdpRefused(); ok {
+			ch <- prometheus.MustNewConstMetric(descFastdpRefused, prometheus.CounterValue, float64(n), "unknown_source")
 		}
 		ch <- prometheus.MustNewConstMetric(descGSOBackoffs, prometheus.CounterValue, float64(c.d.dp.sleeve.Stats().GSOBackoffs))
 		rs := c.d.dp.routerStats()
@@ -153,7 +165,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
 		}
 		// Connections refused before, during or right after the handshake, by reason.
-		for reason, v := range c.d.mesh.Counters().Reasons() {
+		for reason, v := range c.d.mesh.Refusals() {
 			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weavemesh/weave/fastdp"
+	"github.com/weavemesh/weave/fastdp/guard"
 	"github.com/weavemesh/weave/internal/netdev"
 )
 
@@ -17,7 +18,7 @@ import (
 var stateFiles = []string{"peer-name", "targets", "endpoints.json", "weaver.lock", "weaver.log", "ipam.db"}
 
 // Reset removes everything a router leaves on a host: the bridge with its ports (TAP,
-// container veths), and the state files. It refuses while a router uses the state dir.
+// container veths), the kernel path and its nftables guard, and the state files. It refuses while a router uses the state dir.
 func Reset(cfg Config) error {
 	if cfg.Links == nil {
 		cfg.Links = netdev.Netlink{}
@@ -31,6 +32,12 @@ func Reset(cfg Config) error {
 		return err
 	}
 	defer lock.Close()
+	// Another router (other state dir) may own the bridge in this namespace: not ours to remove.
+	owner, err := lockBridge(cfg.Bridge, 20*time.Second)
+	if err != nil {
+		return err
+	}
+	defer owner.Close()
 	return cleanupHost(cfg)
 }
 
@@ -46,6 +53,10 @@ func cleanupHost(cfg Config) error {
 		errs = append(errs, err)
 	}
 	if err := cleanupOVS(cfg); err != nil {
+		errs = append(errs, err)
+	}
+	// After the devices: the filter guarded their port to the last moment.
+	if err := guard.Remove(""); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -62,10 +62,20 @@
 // pairs all run fastdp can raise it to the VXLAN MTU with --mtu. The bench measures both
 // (fastdp, fastdp-mtu1450): the difference is within its noise.
 //
+// # Who may send to the device
+//
+// A VXLAN device accepts any datagram with its VNI from anyone, and the VNI is no secret.
+// Config.Filter (package guard: nftables) admits a peer's underlay address from the moment
+// we heartbeat with it (probing: its answers must get in) until the pair ends, and nobody
+// else's; addresses are reference-counted (peers behind one NAT share one).
+//
 // # Encryption
 //
 // A pair that needs encryption (password, not trusted) stays on the encrypted sleeve with
 // ReasonEncryption: this kernel path has no ESP, and nothing ever falls back to plaintext.
-// IPsec (transport-mode ESP between the two underlay addresses, keys from the mesh
-// connection's) would slot in at AddPeer: install the SAs, then probe as for any pair.
+// The daemon does not even create the device for a password mesh (unless trusted subnets
+// let some pairs go without encryption), since the device itself would be an
+// unauthenticated way in. IPsec (transport-mode ESP between the two underlay addresses, keys
+// from the mesh connection's) would slot in at the daemon's fastdpPolicy and at AddPeer:
+// install the SAs, then probe as for any pair.
 package fastdp

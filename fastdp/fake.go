@@ -214,3 +214,56 @@ func (k *FakeKernel) Close() error {
 	k.closeOnce.Do(func() { close(k.done) })
 	return nil
 }
+
+// FakeFilter is an in-memory Filter: it records which addresses are admitted and counts
+// every call, so tests can check that the filter follows the peer set exactly.
+type FakeFilter struct {
+	mu      sync.Mutex
+	allowed map[netip.Addr]bool
+	calls   int
+	// Fail, when set, is returned by Allow (and nothing changes).
+	Fail error
+}
+
+// NewFakeFilter returns a FakeFilter that admits nobody.
+func NewFakeFilter() *FakeFilter { return &FakeFilter{allowed: map[netip.Addr]bool{}} }
+
+// Allow implements Filter. Opening an open address, or closing a closed one, is an error:
+// FastDP must tell the filter each change exactly once.
+func (f *FakeFilter) Allow(addr netip.Addr, on bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.Fail != nil {
+		return f.Fail
+	}
+	if f.allowed[addr] == on {
+		return errors.New("fake filter: " + addr.String() + " already in that state")
+	}
+	if on {
+		f.allowed[addr] = true
+	} else {
+		delete(f.allowed, addr)
+	}
+	return nil
+}
+
+// Refused reports no dropped datagrams: nothing reaches a fake port.
+func (f *FakeFilter) Refused() (uint64, error) { return 0, nil }
+
+// Close does nothing; the admitted set stays readable.
+func (f *FakeFilter) Close() error { return nil }
+
+// Admits reports whether datagrams from addr would pass.
+func (f *FakeFilter) Admits(addr netip.Addr) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.allowed[addr]
+}
+
+// Len is how many addresses are admitted.
+func (f *FakeFilter) Len() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.allowed)
+}

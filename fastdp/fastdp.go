@@ -99,6 +99,10 @@ type Config struct {
 	MaxMACs int
 	// Kernel replaces the Linux VXLAN device (tests: FakeNet).
 	Kernel Kernel
+	// Filter admits VXLAN datagrams from the peers fastdp runs with, and only from them.
+	// nil: no filter (unit tests over FakeNet); the daemon always gives one (package
+	// guard), installed before the device exists.
+	Filter Filter
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil: time.Now.
@@ -177,12 +181,15 @@ type FastDP struct {
 	now     func() time.Time
 	feature string
 
-	mu     sync.Mutex
-	peers  map[mesh.PeerName]*peer
-	macs   map[[6]byte]mesh.PeerName
-	ctl    Control
-	seq    uint64 // last heartbeat round sent
-	closed bool
+	mu    sync.Mutex
+	peers map[mesh.PeerName]*peer
+	macs  map[[6]byte]mesh.PeerName
+	// allowed counts the pairs with heartbeats per underlay address (two peers behind one
+	// NAT share one), so the filter hears only the first allow and the last withdrawal.
+	allowed map[netip.Addr]int
+	ctl     Control
+	seq     uint64 // last heartbeat round sent
+	closed  bool
 
 	beatsSent, beatsRecv, acksRecv, badFrames, badControl, unknown, kernelErrs atomic.Uint64
 	activations, deactivations, macsRefused                                    atomic.Uint64
@@ -241,7 +248,7 @@ func New(cfg Config) (*FastDP, error) {
 	f := &FastDP{
 		cfg: cfg, log: cfg.Logger, k: k, t: cfg.Timing.withDefaults(), now: cfg.Now,
 		feature: fmt.Sprintf("vxlan/%d/%d", cfg.Port, cfg.VNI),
-		peers:   map[mesh.PeerName]*peer{}, macs: map[[6]byte]mesh.PeerName{},
+		peers:   map[mesh.PeerName]*peer{}, macs: map[[6]byte]mesh.PeerName{}, allowed: map[netip.Addr]int{},
 		seq:  rand.Uint64() >> 1, // a fresh start per process, so stale acks do not match
 		stop: make(chan struct{}),
 	}
@@ -356,8 +363,15 @@ func (f *FastDP) AddPeer(p Peer) error {
 		np.off, np.detail = ReasonMismatch, fmt.Sprintf("the peer's fastdp is %q, ours %q", p.Feature, f.feature)
 	default:
 		np.h = newHealth(f.t, f.cfg.Port, f.now())
+		// The filter opens before the first heartbeat goes out: the peer's answer must
+		// get in, and nothing else from it could have before.
+		if err := f.allowLocked(p.Addr, true); err != nil {
+			f.kernelErrs.Add(1)
+			return fmt.Errorf("fastdp: add peer %s: %w", p.Name, err)
+		}
 		if err := f.k.SetHeartbeatRemote(p.Addr, true); err != nil {
 			f.kernelErrs.Add(1)
+			f.kerr(f.allowLocked(p.Addr, false))
 			return fmt.Errorf("fastdp: add peer %s: %w", p.Name, err)
 		}
 	}
@@ -388,7 +402,35 @@ func (f *FastDP) removeLocked(p *peer) {
 	}
 	if p.h != nil {
 		f.kerr(f.k.SetHeartbeatRemote(p.Addr, false))
+		f.kerr(f.allowLocked(p.Addr, false))
 	}
+}
+
+// allowLocked opens (on) or closes the filter for one more or one fewer pair at addr.
+func (f *FastDP) allowLocked(addr netip.Addr, on bool) error {
+	n := f.allowed[addr]
+	if !on {
+		if n == 0 {
+			return nil
+		}
+		if n > 1 {
+			f.allowed[addr] = n - 1
+			return nil
+		}
+		delete(f.allowed, addr)
+	} else if f.allowed[addr] = n + 1; n > 0 {
+		return nil
+	}
+	if f.cfg.Filter == nil {
+		return nil
+	}
+	if err := f.cfg.Filter.Allow(addr, on); err != nil {
+		if on {
+			delete(f.allowed, addr) // not open: the next attempt tries again
+		}
+		return err
+	}
+	return nil
 }
 
 func (f *FastDP) kerr(err error) {

@@ -90,8 +90,9 @@ func (s PeerStatus) Info() string {
 }
 
 // Unavailable is the status of every pair when this host runs without fastdp, for the
-// daemon to show: r is ReasonDisabled (--no-fastdp) or ReasonNoKernel (New failed with
-// ErrNoKernelSupport; err says how).
+// daemon to show: r is ReasonDisabled (--no-fastdp), ReasonEncryption (a password mesh:
+// no kernel path may accept unauthenticated frames) or ReasonNoKernel (New failed with
+// ErrNoKernelSupport, or the guard cannot be installed; err says how).
 func Unavailable(r Reason, err error) PeerStatus {
 	s := PeerStatus{State: StateOff, Reason: r}
 	switch r {
@@ -99,6 +100,8 @@ func Unavailable(r Reason, err error) PeerStatus {
 		s.Detail = "fastdp disabled by --no-fastdp"
 	case ReasonNoKernel:
 		s.Detail = "the kernel cannot create the VXLAN device"
+	case ReasonEncryption:
+		s.Detail = "the mesh has a password and fastdp has no IPsec yet: no VXLAN device, every pair stays on the encrypted sleeve"
 	}
 	if err != nil {
 		s.Detail += ": " + err.Error()

@@ -71,3 +71,12 @@ func (s LinkStats) sub(base LinkStats) LinkStats {
 		TxFrames: d(s.TxFrames, base.TxFrames), TxBytes: d(s.TxBytes, base.TxBytes), TxDropped: d(s.TxDropped, base.TxDropped),
 	}
 }
+
+// Filter is the underlay firewall in front of the VXLAN port (package guard): datagrams
+// reach the kernel path only from the addresses allowed here. FastDP allows a peer's
+// address while it heartbeats with the peer (probing or active) and withdraws it when
+// the pair ends, so a host that is not a fastdp peer can never inject frames. Addresses
+// are reference-counted by FastDP: Allow sees each change once.
+type Filter interface {
+	Allow(addr netip.Addr, on bool) error
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -116,6 +117,20 @@ func (r *Router) Connect(targets []string, replace bool) error {
 		}
 		keep[addr] = true
 	}
+	// The new list is on disk before anything is dialled or forgotten: a state dir that
+	// cannot be written refuses the connect with nothing changed, instead of dialling a
+	// target that the next start would not know.
+	next := maps.Clone(keep)
+	if !replace {
+		for addr, t := range r.targets {
+			if t.direct {
+				next[addr] = true
+			}
+		}
+	}
+	if err := r.persistTargetsLocked(slices.Sorted(maps.Keys(next))); err != nil {
+		return err
+	}
 	if replace {
 		for addr, t := range r.targets {
 			if t.direct && !keep[addr] {
@@ -129,21 +144,30 @@ func (r *Router) Connect(targets []string, replace bool) error {
 		}
 	}
 	r.kick()
-	return r.persistTargetsLocked()
+	return nil
 }
 
 // Forget removes targets; existing connections stay up, but are not re-established.
 func (r *Router) Forget(targets []string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	drop := map[string]bool{}
 	for _, s := range targets {
 		addr, _, err := normalizeTarget(s, r.cfg.Port)
 		if err != nil {
 			return fmt.Errorf("forget %q: %w", s, err)
 		}
+		drop[addr] = true
+	}
+	// As in Connect: on disk first, so a failed forget forgets nothing.
+	next := slices.DeleteFunc(r.directTargetsLocked(), func(a string) bool { return drop[a] })
+	if err := r.persistTargetsLocked(next); err != nil {
+		return err
+	}
+	for addr := range drop {
 		r.forgetLocked(addr)
 	}
-	return r.persistTargetsLocked()
+	return nil
 }
 
 func (r *Router) forgetLocked(addr string) {
@@ -174,11 +198,12 @@ func (r *Router) directTargetsLocked() []string {
 	return out
 }
 
-func (r *Router) persistTargetsLocked() error {
+// persistTargetsLocked writes the direct targets list.
+func (r *Router) persistTargetsLocked(direct []string) error {
 	if r.cfg.StateDir == "" {
 		return nil
 	}
-	data := strings.Join(r.directTargetsLocked(), "\n")
+	data := strings.Join(direct, "\n")
 	if data != "" {
 		data += "\n"
 	}

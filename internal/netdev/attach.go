@@ -40,6 +40,9 @@ type Attacher interface {
 	// Detach removes cidrs from the interface; with no cidrs it removes the interface.
 	// A namespace or interface that is gone already is not an error.
 	Detach(netnsPath, ifName string, cidrs []netip.Prefix) error
+	// Inspect reports the interface ifName in the namespace: ok is false when the namespace
+	// or the interface is gone. Reconciliation after a crash uses it.
+	Inspect(netnsPath, ifName string) (a Attached, ok bool, err error)
 	// Expose adds cidr to the bridge; Hide removes it (absent: not an error).
 	Expose(bridge string, cidr netip.Prefix) error
 	Hide(bridge string, cidr netip.Prefix) error

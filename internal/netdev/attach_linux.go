@@ -21,9 +21,9 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 	if spec.IfName == "" || len(spec.IfName) > 15 || len(spec.HostIfName) > 15 || spec.HostIfName == "" {
 		return Attached{}, fmt.Errorf("interface names %q/%q must be 1-15 characters", spec.IfName, spec.HostIfName)
 	}
-	ns, err := netns.GetFromPath(spec.NetnsPath)
+	ns, err := OpenNetns(spec.NetnsPath)
 	if err != nil {
-		return Attached{}, fmt.Errorf("open namespace %s: %w", spec.NetnsPath, err)
+		return Attached{}, err
 	}
 	defer ns.Close()
 	nh, err := netlink.NewHandleAt(ns)
@@ -41,6 +41,12 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
 			return Attached{}, fmt.Errorf("look up %s in %s: %w", spec.IfName, spec.NetnsPath, err)
+		}
+		// The container has no interface, so a host end of that name is half-made (a
+		// daemon killed mid-attach): it would make every later attach fail with "file
+		// exists". Its peer (a wetmp… device, here or in the namespace) goes with it.
+		if err := (Netlink{}).Delete(spec.HostIfName); err != nil {
+			return Attached{}, fmt.Errorf("remove half-made %s: %w", spec.HostIfName, err)
 		}
 		if link, err = createVeth(nh, ns, br, spec); err != nil {
 			return Attached{}, err
@@ -210,12 +216,14 @@ func gratuitousARP(ns netns.NsHandle, ifName string, mac net.HardwareAddr, ip ne
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func (Netlink) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
-	ns, err := netns.GetFromPath(netnsPath)
+	ns, err := OpenNetns(netnsPath)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // the namespace is gone and its veth with it
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrNotNetns) {
+			// The namespace is gone and its veth with it (an unmounted netns leaves its
+			// bind-mount target behind as a plain file).
+			return nil
 		}
-		return fmt.Errorf("open namespace %s: %w", netnsPath, err)
+		return err
 	}
 	defer ns.Close()
 	nh, err := netlink.NewHandleAt(ns)
@@ -265,4 +273,39 @@ func (Netlink) Hide(bridge string, cidr netip.Prefix) error {
 		return fmt.Errorf("remove %s from %s: %w", cidr, bridge, err)
 	}
 	return nil
+}
+
+func (Netlink) Inspect(netnsPath, ifName string) (Attached, bool, error) {
+	ns, err := OpenNetns(netnsPath)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrNotNetns) {
+			return Attached{}, false, nil // the namespace is gone (its path may be reused)
+		}
+		return Attached{}, false, err
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return Attached{}, false, fmt.Errorf("netlink in %s: %w", netnsPath, err)
+	}
+	defer nh.Close()
+	link, err := nh.LinkByName(ifName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return Attached{}, false, nil
+		}
+		return Attached{}, false, fmt.Errorf("look up %s in %s: %w", ifName, netnsPath, err)
+	}
+	addrs, err := nh.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return Attached{}, false, fmt.Errorf("list addresses of %s: %w", ifName, err)
+	}
+	res := Attached{MAC: link.Attrs().HardwareAddr}
+	for _, a := range addrs {
+		if p, ok := Prefix(a.IPNet); ok {
+			res.CIDRs = append(res.CIDRs, p)
+		}
+	}
+	return res, true, nil
 }

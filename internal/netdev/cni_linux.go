@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,9 +17,9 @@ func CreateVethIn(spec AttachSpec) error {
 	if spec.IfName == "" || len(spec.IfName) > 15 || len(spec.HostIfName) > 15 || spec.HostIfName == "" {
 		return fmt.Errorf("interface names %q/%q must be 1-15 characters", spec.IfName, spec.HostIfName)
 	}
-	ns, err := netns.GetFromPath(spec.NetnsPath)
+	ns, err := OpenNetns(spec.NetnsPath)
 	if err != nil {
-		return fmt.Errorf("open namespace %s: %w", spec.NetnsPath, err)
+		return err
 	}
 	defer ns.Close()
 	br, err := netlink.LinkByName(spec.Bridge)

@@ -15,6 +15,11 @@ type Fake struct {
 	attached map[string]*FakeAttachment
 	// MTU is what UnderlayMTU returns.
 	MTU int
+	// AttachErr, when set, is called by Attach after it made the devices; an error leaves
+	// them half-made (as a failure after the veth exists does on Linux) and is returned.
+	AttachErr func(AttachSpec) error
+	// StaleRemoved counts half-made host ends Attach replaced.
+	StaleRemoved int
 }
 
 // FakeLink is what Fake records of a link.
@@ -68,6 +73,12 @@ func (f *Fake) Delete(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.links, name)
+	// A veth's container end goes with its host end.
+	for k, a := range f.attached {
+		if a.Spec.HostIfName == name {
+			delete(f.attached, k)
+		}
+	}
 	return nil
 }
 
@@ -108,12 +119,23 @@ func (f *Fake) Attach(spec AttachSpec) (Attached, error) {
 	key := spec.NetnsPath + "/" + spec.IfName
 	a := f.attached[key]
 	if a == nil {
+		// As on Linux: a host end without its container end is half-made, replace it.
+		if _, ok := f.links[spec.HostIfName]; ok {
+			f.StaleRemoved++
+			delete(f.links, spec.HostIfName)
+		}
 		a = &FakeAttachment{Spec: spec}
 		f.attached[key] = a
+		f.links[spec.HostIfName] = FakeLink{Kind: "veth", Master: spec.Bridge, MTU: spec.MTU}
 	}
 	for _, c := range spec.CIDRs {
 		if !slices.Contains(a.CIDRs, c) {
 			a.CIDRs = append(a.CIDRs, c)
+		}
+	}
+	if f.AttachErr != nil {
+		if err := f.AttachErr(spec); err != nil {
+			return Attached{}, err
 		}
 	}
 	return Attached{MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, byte(len(f.attached))}, CIDRs: slices.Clone(a.CIDRs)}, nil
@@ -129,6 +151,7 @@ func (f *Fake) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
 	}
 	if len(cidrs) == 0 {
 		delete(f.attached, key)
+		delete(f.links, a.Spec.HostIfName)
 		return nil
 	}
 	a.CIDRs = slices.DeleteFunc(a.CIDRs, func(c netip.Prefix) bool { return slices.Contains(cidrs, c) })
@@ -170,4 +193,22 @@ func (f *Fake) Attachment(netnsPath, ifName string) (FakeAttachment, bool) {
 		return FakeAttachment{}, false
 	}
 	return *a, true
+}
+
+func (f *Fake) Inspect(netnsPath, ifName string) (Attached, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a := f.attached[netnsPath+"/"+ifName]
+	if a == nil {
+		return Attached{}, false, nil
+	}
+	return Attached{MAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 1}, CIDRs: slices.Clone(a.CIDRs)}, true, nil
+}
+
+// AddLink records a link as if something else had made it (a half-made veth, a device of
+// another program), for tests of what the code under test does with it.
+func (f *Fake) AddLink(name string, l FakeLink) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links[name] = l
 }

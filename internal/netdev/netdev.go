@@ -8,6 +8,9 @@ import (
 // ErrNotFound is returned (wrapped) when a link does not exist.
 var ErrNotFound = errors.New("link not found")
 
+// ErrNotNetns is returned (wrapped) for a target path that is not a network namespace.
+var ErrNotNetns = errors.New("not a network namespace")
+
 // Links is the host plumbing the daemon manages. The Linux implementation talks netlink in
 // the caller's network namespace; Fake records calls for tests without root.
 type Links interface {

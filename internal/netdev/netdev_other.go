@@ -25,4 +25,7 @@ var _ Attacher = Netlink{}
 func (Netlink) Attach(AttachSpec) (Attached, error)         { return Attached{}, errors.ErrUnsupported }
 func (Netlink) Detach(string, string, []netip.Prefix) error { return errors.ErrUnsupported }
 func (Netlink) Expose(string, netip.Prefix) error           { return errors.ErrUnsupported }
-func (Netlink) Hide(string, netip.Prefix) error             { return errors.ErrUnsupported }
+func (Netlink) Inspect(string, string) (Attached, bool, error) {
+	return Attached{}, false, errors.ErrUnsupported
+}
+func (Netlink) Hide(string, netip.Prefix) error { return errors.ErrUnsupported }

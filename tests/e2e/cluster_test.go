@@ -88,6 +88,9 @@ func (c *cluster) start(i int, o opts, dir string) *node {
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.Socket = filepath.Join(dir, "s.sock")
 	cfg.MetricsAddr = "" // no TCP port outside the fakes
+	// The bridge-ownership lock is real (an abstract socket in this network namespace):
+	// a name per process and node keeps parallel test binaries and nodes apart.
+	cfg.Bridge = fmt.Sprintf("we%d-%d", os.Getpid(), i)
 	cfg.Password = []byte(o.password)
 	cfg.NoFastDP = o.noFastDP
 	cfg.MTU = mtu
@@ -103,8 +106,11 @@ func (c *cluster) start(i int, o opts, dir string) *node {
 		ListenUDP: func(uc udp.Config) (udp.Bind, error) {
 			return c.under.NewBind(netip.AddrPortFrom(netip.MustParseAddr(n.host), uc.Addr.Port()))
 		},
-		MeshTransport:  c.mem.Transport(n.host),
-		MeshListenAddr: fmt.Sprintf("%s:%d", n.host, cfg.Port),
+		// No nftables table or device cleanup in the test machine's own namespace.
+		Guard:             func(int) (daemon.Guard, error) { return fastdp.NewFakeFilter(), nil },
+		RemoveKernelPaths: func() error { return nil },
+		MeshTransport:     c.mem.Transport(n.host),
+		MeshListenAddr:    fmt.Sprintf("%s:%d", n.host, cfg.Port),
 		// Fast enough that a flip takes a fraction of a second, slow enough for -race on a
 		// busy machine.
 		FastDPTiming: fastdp.Timing{Interval: 50 * time.Millisecond, DownAfter: 400 * time.Millisecond,

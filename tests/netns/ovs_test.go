@@ -161,10 +161,10 @@ func TestOVSTwoHosts(t *testing.T) {
 	}
 }
 
-// linkNames lists h's links, sorted, one per line.
-func linkNames(t *testing.T, ctx context.Context, h *netlab.Host) string {
+// linkNames lists the links of h (a host or a container), sorted, one per line.
+func linkNames(t *testing.T, ctx context.Context, h runner) string {
 	t.Helper()
-	return mustRun(t, ctx, h, "sh", "-c", "ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort")
+	return mustRun(t, ctx, h, "sh", "-c", "ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | sort")
 }
 
 // TestOVSMixedWithLinux: one host on the OVS backend, the other on the Linux VXLAN device.
