@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // acceptRetry: the pause after a failed Accept (out of file descriptors, say).
@@ -23,7 +25,7 @@ func (r *Router) acceptLoop(ln net.Listener) {
 			if errors.Is(err, net.ErrClosed) || r.ctx.Err() != nil {
 				return
 			}
-			r.log.Warn("accept failed", "err", err)
+			r.log.Warn("accept failed", logx.KeyErr, err)
 			select {
 			case <-r.ctx.Done():
 				return
@@ -46,5 +48,5 @@ func (r *Router) acceptLoop(ln net.Listener) {
 // interval, so a flood cannot fill the disk (the counters have the totals).
 func (r *Router) logRefused(addr string, err error) {
 	reason := refusalReason(err)
-	r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", "reason", reason, "addr", addr, "err", err)
+	r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", logx.KeyReason, reason, logx.KeyAddr, addr, logx.KeyErr, err)
 }

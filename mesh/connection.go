@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // refuseLinger bounds how long a refused connection is kept open for the peer to read why.
@@ -108,13 +110,13 @@ func (r *Router) startHandshake(nc net.Conn, outbound bool, target string, relea
 		switch reason := refusalReason(err); {
 		case err == nil || r.ctx.Err() != nil:
 		case outbound:
-			r.log.Info("connection failed", "addr", h.remote, "outbound", outbound, "err", err)
+			r.log.Info("connection failed", logx.KeyAddr, h.remote, logx.KeyOutbound, outbound, logx.KeyErr, err)
 		case reason == "duplicate" || reason == "self":
 			// Simultaneous dials: routine.
-			r.log.Info("connection failed", "addr", h.remote, "outbound", outbound, "err", err)
+			r.log.Info("connection failed", logx.KeyAddr, h.remote, logx.KeyOutbound, outbound, logx.KeyErr, err)
 		default:
 			// Inbound failures are what a hostile source controls: rate-limited.
-			r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", "reason", reason, "addr", h.remote, "err", err)
+			r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", logx.KeyReason, reason, logx.KeyAddr, h.remote, logx.KeyErr, err)
 		}
 	}()
 }
@@ -266,7 +268,7 @@ func (r *Router) addConn(mc *meshConn) error {
 	r.wg.Add(2)
 	r.mu.Unlock()
 	if evicted != nil {
-		r.log.Info("replacing duplicate connection", "peer", in.Name.String(), "kept_conn", in.ConnID, "dropped_conn", evicted.intro.ConnID)
+		r.log.Info("replacing duplicate connection", logx.KeyPeer, in.Name.String(), logx.KeyConn, in.ConnID, logx.KeyReason, fmt.Sprintf("replaces connection %d", evicted.intro.ConnID))
 		// The peer drops the same connection by the same rule; give it a moment to do so
 		// (it may still be finishing that handshake) rather than cutting it off mid-way.
 		reason := fmt.Sprintf("%v: keeping connection %x", ErrDuplicateConn, in.ConnID)
@@ -286,8 +288,8 @@ func (r *Router) addConn(mc *meshConn) error {
 	}
 	go mc.writeLoop()
 	go mc.readLoop()
-	r.log.Info("connection added", "peer", in.Name.String(), "nickname", in.NickName, "addr", mc.remote,
-		"outbound", mc.outbound, "encrypted", in.Encrypted, "conn", in.ConnID)
+	r.log.Info("connection added", logx.KeyPeer, in.Name.String(), logx.KeyNickname, in.NickName, logx.KeyAddr, mc.remote,
+		logx.KeyOutbound, mc.outbound, logx.KeyEncrypted, in.Encrypted, logx.KeyConn, in.ConnID)
 	if ov := r.cfg.Overlay; ov != nil {
 		ov.ConnectionUp(mc.info())
 	}
@@ -325,7 +327,7 @@ func (r *Router) connDown(mc *meshConn, err error) {
 	r.mu.Unlock()
 	if removed {
 		r.kick()
-		r.log.Info("connection deleted", "peer", mc.intro.Name.String(), "addr", mc.remote, "err", err)
+		r.log.Info("connection deleted", logx.KeyPeer, mc.intro.Name.String(), logx.KeyAddr, mc.remote, logx.KeyErr, err)
 		if ov := r.cfg.Overlay; ov != nil {
 			ov.ConnectionDown(mc.intro.Name, mc.intro.ConnID)
 		}
@@ -377,7 +379,7 @@ func (c *meshConn) readLoop() {
 			c.r.mu.Lock()
 			c.r.stats.MalformedMessages++
 			c.r.mu.Unlock()
-			c.r.log.Warn("dropped bad message", "peer", c.intro.Name.String(), "err", err)
+			c.r.log.Warn("dropped bad message", logx.KeyPeer, c.intro.Name.String(), logx.KeyErr, err)
 		}
 	}
 }
@@ -440,6 +442,6 @@ func (r *Router) handleNameInUse(c *meshConn, p []byte) error {
 		return nil
 	}
 	r.refuseLog.Log(slog.LevelWarn, "name_in_use_remote", "name in use: a neighbour has a connection from another peer with our name; retrying (if it is our previous incarnation, its connection times out)",
-		"peer", c.intro.Name.String(), "their_uid", uid, "their_nickname", nick, "last_heard", heardAgo)
+		logx.KeyPeer, c.intro.Name.String(), logx.KeyUID, uid, logx.KeyNickname, nick, logx.KeyDuration, heardAgo)
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // memberlist on the mesh: hashicorp/memberlist's SWIM failure detector, its lifecycle and
@@ -117,7 +118,7 @@ func (r *Router) startMemberlist() error {
 	conf.SuspicionMult = s.timing.SuspicionMult
 	conf.TCPTimeout = 10 * time.Second
 	conf.Events = s
-	conf.Logger = log.New(memberlistLogWriter{r.cfg.Logger.With("component", "memberlist", "local", r.cfg.Name.String())}, "", 0)
+	conf.Logger = log.New(memberlistLogWriter{r.cfg.Logger.With(logx.KeyComponent, "memberlist", logx.KeyLocal, r.cfg.Name.String())}, "", 0)
 	ml, err := memberlist.Create(conf)
 	if err != nil {
 		return fmt.Errorf("start memberlist: %w", err)
@@ -174,7 +175,7 @@ func (s *memberlistState) joinLoop() {
 		}
 		if len(missing) > 0 && ml != nil {
 			if _, err := ml.Join(missing); err != nil {
-				s.r.log.Debug("memberlist join", "err", err)
+				s.r.log.Debug("memberlist join", logx.KeyErr, err)
 			}
 		}
 		s.refreshSuspects(ml)
@@ -210,7 +211,7 @@ func (s *memberlistState) set(name string, st string) {
 	s.members[p] = m
 	cbs := slices.Clone(s.onChange)
 	s.mu.Unlock()
-	s.r.log.Info("peer liveness changed", "peer", p.String(), "state", st)
+	s.r.log.Info("peer liveness changed", logx.KeyPeer, p.String(), logx.KeyState, st)
 	for _, f := range cbs {
 		f(*m)
 	}

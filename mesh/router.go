@@ -112,7 +112,7 @@ func New(cfg Config) (*Router, error) {
 	seed := newUID()
 	r := &Router{
 		cfg:        cfg,
-		log:        cfg.Logger.With("component", "mesh", "local", cfg.Name.String()),
+		log:        cfg.Logger.With(logx.KeyComponent, "mesh", logx.KeyLocal, cfg.Name.String()),
 		ctx:        ctx,
 		cancel:     cancel,
 		wake:       make(chan struct{}, 1),
@@ -194,7 +194,7 @@ func (r *Router) Start() error {
 		}
 	}
 	r.ready.Store(true)
-	r.log.Info("mesh router started", "nickname", r.cfg.NickName, "uid", r.cfg.UID, "listen", r.listenAddr())
+	r.log.Info("mesh router started", logx.KeyNickname, r.cfg.NickName, logx.KeyUID, r.cfg.UID, logx.KeyAddr, r.listenAddr())
 	r.kick()
 	return nil
 }
@@ -331,7 +331,7 @@ func (r *Router) step() time.Time {
 	}
 	r.mu.Unlock()
 	for _, n := range gone {
-		r.log.Info("removed unreachable peer", "peer", n.String())
+		r.log.Info("removed unreachable peer", logx.KeyPeer, n.String())
 		for _, f := range gcFns {
 			f(n)
 		}

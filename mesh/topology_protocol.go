@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"time"
+
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // topo is the topology protocol as a state machine without I/O: the Router (and the
@@ -237,8 +239,7 @@ func (t *topo) selfClaim(e *peerEntry) {
 	}
 	t.selfClaimLogged = now
 	t.cfg.Log.Warn("name in use: topology gossip claims our name with another uid (a clone of this host, or a forgery); ignored",
-		"peer", t.self.Name.String(), "our_uid", t.self.UID, "their_uid", e.UID, "their_nickname", e.NickName,
-		"claims_total", t.stats.SelfClaims)
+		logx.KeyUID, e.UID, logx.KeyNickname, e.NickName, logx.KeyCount, t.stats.SelfClaims)
 }
 
 func (t *topo) send(to PeerName, tag byte, payload []byte) {
