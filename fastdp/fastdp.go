@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
 )
@@ -256,14 +257,14 @@ func New(cfg Config) (*FastDP, error) {
 		if st, err := sk.LinkStats(); err == nil {
 			f.kbase = st
 		} else {
-			f.log.Warn("fastdp: cannot read the device's counters", "err", err)
+			f.log.Warn("cannot read the device's counters", logx.KeyErr, err)
 		}
 	}
 	device := cfg.Device
 	if cfg.Kernel != nil {
 		device = fmt.Sprintf("%T", cfg.Kernel) // another kernel path (OVS): no device of ours
 	}
-	f.log.Info("fastdp ready", "device", device, "port", cfg.Port, "vni", cfg.VNI, "mtu", k.MTU())
+	f.log.Info("fastdp ready", logx.KeyDevice, device, logx.KeyPort, cfg.Port, logx.KeyMode, fmt.Sprintf("vxlan vni %d", cfg.VNI), logx.KeyMTU, k.MTU())
 	return f, nil
 }
 
@@ -309,7 +310,7 @@ func (f *FastDP) ConnectionUp(ci mesh.ConnInfo) {
 	p := Peer{Name: ci.Peer, ConnID: ci.ConnID, Addr: addrOf(ci.RemoteAddr), LocalAddr: addrOf(ci.LocalAddr),
 		NeedsEncryption: ci.Encrypted && !ci.Trusted, Feature: ci.Features[FeatureKey]}
 	if err := f.AddPeer(p); err != nil {
-		f.log.Warn("fastdp: peer not added", "peer", ci.Peer, "err", err)
+		f.log.Warn("peer not added", logx.KeyPeer, ci.Peer, logx.KeyErr, err)
 	}
 }
 
@@ -376,7 +377,7 @@ func (f *FastDP) AddPeer(p Peer) error {
 		}
 	}
 	f.peers[p.Name] = np
-	f.log.Debug("fastdp: peer added", "peer", p.Name, "addr", p.Addr, "off", np.off)
+	f.log.Debug("peer added", logx.KeyPeer, p.Name, logx.KeyAddr, p.Addr, logx.KeyReason, np.off)
 	return nil
 }
 
@@ -436,7 +437,7 @@ func (f *FastDP) allowLocked(addr netip.Addr, on bool) error {
 func (f *FastDP) kerr(err error) {
 	if err != nil {
 		f.kernelErrs.Add(1)
-		f.log.Warn("fastdp: kernel", "err", err)
+		f.log.Warn("kernel operation failed", logx.KeyErr, err)
 	}
 }
 
@@ -555,7 +556,7 @@ func (f *FastDP) kernelStats() (LinkStats, bool) {
 	cur, err := sk.LinkStats()
 	if err != nil {
 		// Closed, or the device is gone: the last figures stand.
-		f.log.Debug("fastdp: cannot read the device's counters", "err", err)
+		f.log.Debug("cannot read the device's counters", logx.KeyErr, err)
 		return f.klast, true
 	}
 	if cur.RxFrames < f.kbase.RxFrames || cur.TxFrames < f.kbase.TxFrames {
@@ -645,7 +646,14 @@ func (f *FastDP) round() {
 		if !p.seen || s.State != p.reported.State || s.Reason != p.reported.Reason || s.Active != p.reported.Active {
 			p.seen, p.reported = true, s
 			notify = append(notify, s)
-			f.log.Info("fastdp: peer", "peer", s.Peer, "state", s.State, "reason", s.Reason, "active", s.Active, "detail", s.Detail)
+			reason, overlay := string(s.Reason), "sleeve"
+			if s.Detail != "" {
+				reason += ": " + s.Detail
+			}
+			if s.Active {
+				overlay = "fastdp"
+			}
+			f.log.Info("peer data path", logx.KeyPeer, s.Peer, logx.KeyState, s.State, logx.KeyOverlay, overlay, logx.KeyReason, reason)
 		}
 	}
 	if up {
@@ -689,7 +697,7 @@ func (f *FastDP) sendBeats() {
 	b := beat{sender: f.cfg.Name, seq: seq, addr: f.cfg.LocalAddr}
 	buf := appendBeat(nil, src, b, MinBeatFrame)
 	if err := f.k.WriteFrame(buf); err != nil {
-		f.log.Debug("fastdp: send heartbeat", "err", err)
+		f.log.Debug("cannot send heartbeat", logx.KeyErr, err)
 	} else {
 		f.beatsSent.Add(1)
 	}
@@ -698,7 +706,7 @@ func (f *FastDP) sendBeats() {
 	if err := f.k.WriteFrame(buf); err != nil {
 		// EMSGSIZE and the like: the full-size beat is what proves the MTU, so its failure
 		// simply shows up as missing acks.
-		f.log.Debug("fastdp: send full-size heartbeat", "err", err)
+		f.log.Debug("cannot send full-size heartbeat", logx.KeyErr, err)
 	} else {
 		f.beatsSent.Add(1)
 	}
@@ -717,7 +725,7 @@ func (f *FastDP) reader() {
 				return
 			default:
 			}
-			f.log.Warn("fastdp: read heartbeat", "err", err)
+			f.log.Warn("cannot read heartbeat", logx.KeyErr, err)
 			select {
 			case <-f.stop:
 				return
@@ -733,7 +741,7 @@ func (f *FastDP) handleBeat(frame []byte) {
 	b, err := parseBeat(frame)
 	if err != nil {
 		f.badFrames.Add(1)
-		f.log.Debug("fastdp: bad heartbeat", "err", err)
+		f.log.Debug("bad heartbeat", logx.KeyErr, err)
 		return
 	}
 	now := f.now()
@@ -762,7 +770,7 @@ func (f *FastDP) handleBeat(frame []byte) {
 		return
 	}
 	if err := ctl.SendOverlayControl(b.sender, connID, appendAck(nil, ack{seq: b.seq, full: b.full, nat: nat, seen: addr})); err != nil {
-		f.log.Debug("fastdp: send ack", "peer", b.sender, "err", err)
+		f.log.Debug("cannot send heartbeat ack", logx.KeyPeer, b.sender, logx.KeyErr, err)
 	}
 }
 
@@ -772,7 +780,7 @@ func (f *FastDP) OverlayControl(name mesh.PeerName, connID uint64, msg []byte) {
 	a, err := parseAck(msg)
 	if err != nil {
 		f.badControl.Add(1)
-		f.log.Debug("fastdp: bad control message", "peer", name, "err", err)
+		f.log.Debug("bad control message", logx.KeyPeer, name, logx.KeyErr, err)
 		return
 	}
 	now := f.now()

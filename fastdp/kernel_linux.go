@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netdev"
 	"golang.org/x/sys/unix"
 )
@@ -185,13 +186,13 @@ func (k *vxlanKernel) ensureDevice(cfg Config, br netlink.Link) (netlink.Link, e
 		}
 		if vx.VxlanId == int(cfg.VNI) && vx.Port == cfg.Port && !vx.Learning && vx.Attrs().MasterIndex == k.bridge &&
 			addrEqual(vx.SrcAddr, cfg.LocalAddr) {
-			k.log.Info("fastdp: adopting the existing device", "device", cfg.Device)
+			k.log.Info("adopting the existing device", logx.KeyDevice, cfg.Device)
 			if err := k.flushSelf(vx.Attrs().Index); err != nil {
 				return nil, err
 			}
 			return k.finishDevice(cfg, vx)
 		}
-		k.log.Info("fastdp: replacing a device with other settings", "device", cfg.Device)
+		k.log.Info("replacing a device with other settings", logx.KeyDevice, cfg.Device)
 		if err := h.LinkDel(old); err != nil {
 			return nil, fmt.Errorf("fastdp: delete old %s: %w", cfg.Device, err)
 		}
@@ -220,7 +221,7 @@ func (k *vxlanKernel) ensureDevice(cfg Config, br netlink.Link) (netlink.Link, e
 	// so a full-size heartbeat proves the MTU (Weave's rule) and no silent fragmentation
 	// hurts throughput. Older kernels lack it; the heartbeats still work.
 	if err := inNetns(cfg.Netns, func() error { return setDF(link.Attrs().Index) }); err != nil {
-		k.log.Warn("fastdp: cannot set DF on the VXLAN device; path MTU is not verified", "err", err)
+		k.log.Warn("cannot set DF on the VXLAN device; path MTU is not verified", logx.KeyErr, err)
 	}
 	return k.finishDevice(cfg, link)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/weavemesh/weave/internal/logx"
 	"golang.org/x/sys/unix"
 )
 
@@ -76,7 +77,7 @@ func Open(cfg Config) (*Guard, error) {
 		conn.CloseLasting()
 		return nil, fmt.Errorf("guard: create table inet %s: %w", cfg.Table, unsupported(err))
 	}
-	g.log.Info("fastdp guard ready: vxlan accepted from fastdp peers only", "table", "inet "+cfg.Table, "port", g.port)
+	g.log.Info("fastdp guard ready: vxlan accepted from fastdp peers only", logx.KeyMode, "nftables table inet "+cfg.Table, logx.KeyPort, g.port)
 	return g, nil
 }
 
@@ -146,7 +147,11 @@ func (g *Guard) Allow(addr netip.Addr, on bool) error {
 	if err != nil {
 		return fmt.Errorf("guard: allow %s=%v: %w", addr, on, err)
 	}
-	g.log.Debug("fastdp guard", "addr", addr, "allowed", on)
+	state := "blocked"
+	if on {
+		state = "allowed"
+	}
+	g.log.Debug("VXLAN source", logx.KeyAddr, addr, logx.KeyState, state)
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/weavemesh/weave/fastdp"
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // Names of the two veth pairs that carry fastdp's heartbeats in and out of our bridge: the
@@ -159,7 +160,7 @@ func NewKernel(cfg KernelConfig) (_ *Kernel, err error) {
 		k.wg.Add(1)
 		go k.read(s)
 	}
-	k.log.Info("ovs: kernel path ready", "bridge", b.Bridge(), "datapath_type", b.cfg.DatapathType, "mtu", cfg.MTU)
+	k.log.Info("OVS kernel path ready", logx.KeyDevice, b.Bridge(), logx.KeyMode, b.cfg.DatapathType, logx.KeyMTU, cfg.MTU)
 	return k, nil
 }
 
@@ -175,7 +176,7 @@ func (k *Kernel) read(s io.Reader) {
 				return
 			default:
 			}
-			k.log.Warn("ovs: read heartbeat socket; this half of the heartbeats stops", "err", err)
+			k.log.Warn("cannot read the OVS heartbeat socket; this half of the heartbeats stops", logx.KeyErr, err)
 			return
 		}
 		select {

@@ -22,6 +22,7 @@ import (
 	"github.com/ovn-org/libovsdb/ovsdb"
 
 	"github.com/weavemesh/weave/fastdp/ovs/vswitch"
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // Defaults and the external_ids keys that mark our rows.
@@ -159,7 +160,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("ovs: database model: %w", err)
 	}
 	// libovsdb logs through logr; its verbose levels are debug for us.
-	lr := logr.FromSlogHandler(cfg.Logger.With("component", "libovsdb").Handler())
+	lr := logr.FromSlogHandler(cfg.Logger.With(logx.KeyComponent, "libovsdb").Handler())
 	c, err := client.NewOVSDBClient(dbm, client.WithEndpoint("unix:"+cfg.Socket), client.WithLogger(&lr))
 	if err != nil {
 		return nil, fmt.Errorf("ovs: new client: %w", err)
@@ -173,7 +174,7 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		c.Close()
 		return nil, fmt.Errorf("ovs: monitor %s: %w", cfg.Socket, err)
 	}
-	return &Backend{cfg: cfg, log: cfg.Logger.With("bridge", cfg.Bridge), ovs: c}, nil
+	return &Backend{cfg: cfg, log: cfg.Logger.With(logx.KeyDevice, cfg.Bridge), ovs: c}, nil
 }
 
 // Close disconnects from ovsdb-server, leaving the configuration in place (like
@@ -336,7 +337,7 @@ func (b *Backend) EnsureBridge() error {
 		if err := b.transact(ctx, "create bridge "+name, func() bool { return b.bridge(name) != nil }, append(ops, mut...)...); err != nil {
 			return err
 		}
-		b.log.Info("created OVS bridge", "datapath_type", b.cfg.DatapathType)
+		b.log.Info("created OVS bridge", logx.KeyMode, b.cfg.DatapathType)
 		return nil
 	})
 }
@@ -446,7 +447,7 @@ func (b *Backend) addPeer(peer string, remote netip.Addr, active bool) error {
 		if err := b.addPortTagged(ctx, name, "vxlan", opts, true, tag, b.ids(roleTunnel, KeyPeer, peer)); err != nil {
 			return err
 		}
-		b.log.Debug("peer tunnel", "peer", peer, "port", name, "remote", remote)
+		b.log.Debug("peer tunnel", logx.KeyPeer, peer, logx.KeyPort, name, logx.KeyAddr, remote)
 		return nil
 	})
 }
@@ -662,7 +663,7 @@ func (b *Backend) Cleanup() error {
 			if err := b.transact(ctx, "cleanup", done, ops...); err != nil {
 				return err
 			}
-			b.log.Info("removed OVS bridges and ports", "bridges", len(gone), "ports", len(ports))
+			b.log.Info("removed OVS bridges and ports", logx.KeyCount, len(gone)+len(ports))
 		}
 		var errs []error
 		if b.cfg.Links != nil {
