@@ -50,12 +50,12 @@ func run(args []string) int {
 
 	d, err := daemon.New(cfg)
 	if err != nil {
-		log.Error("cannot start", "err", err)
+		log.Error("cannot start", logx.KeyErr, err)
 		fmt.Fprintf(os.Stderr, "weaver: %v\n", err)
 		return 1
 	}
 	if err := d.Start(); err != nil {
-		log.Error("cannot start", "err", err)
+		log.Error("cannot start", logx.KeyErr, err)
 		fmt.Fprintf(os.Stderr, "weaver: %v\n", err)
 		d.Close()
 		return 1
@@ -64,15 +64,15 @@ func run(args []string) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case s := <-sigs:
-		log.Info("signal received, stopping", "signal", s.String())
+		log.Info("signal received, stopping", logx.KeyReason, s.String())
 	case <-d.Stopping():
 	}
 	signal.Stop(sigs)
 	if err := d.Close(); err != nil {
-		log.Error("unclean stop", "err", err)
+		log.Error("unclean stop", logx.KeyErr, err)
 	}
 	if err := d.Err(); err != nil {
-		log.Error("stopped on a fatal error", "err", err)
+		log.Error("stopped on a fatal error", logx.KeyErr, err)
 		return 2
 	}
 	return 0
