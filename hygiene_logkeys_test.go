@@ -113,7 +113,7 @@ func TestLogKeys(t *testing.T) {
 func TestLogKeysCheckerCatches(t *testing.T) {
 	src := `package p
 import ("log/slog"; "github.com/weavemesh/weave/internal/logx")
-func f(log *slog.Logger, limiter *logx.Limiter, k string) {
+func f(log *slog.Logger, limiter *logx.Limiter, k string, args ...any) {
 	log.Info("ok", logx.KeyPeer, 1, slog.String(logx.KeyErr, "x"))
 	log.Info("bad literal", "remote", 1)
 	log.Warn("fastdp: prefixed", logx.KeyErr, 1)
@@ -122,6 +122,8 @@ func f(log *slog.Logger, limiter *logx.Limiter, k string) {
 	limiter.Log(0, "k", "bad limited", k, 1)
 	slog.Info("bad group", slog.Group("grp", logx.KeyPeer, 1))
 	log.Debug("ok spread", logx.KeyPeer, 1, args...)
+	built := []any{"sleeve", 1}
+	log.Info("bad spread", built...)
 }`
 	fset := token.NewFileSet()
 	f, err := parser.ParseFile(fset, "p.go", src, 0)
@@ -129,7 +131,7 @@ func f(log *slog.Logger, limiter *logx.Limiter, k string) {
 		t.Fatal(err)
 	}
 	got := checkLogCalls(fset, f, map[string]string{"KeyPeer": "peer", "KeyErr": "err"})
-	want := []string{`"remote"`, `"fastdp: prefixed"`, `"peer_name"`, `"count"`, `k`, `"grp"`}
+	want := []string{`"remote"`, `"fastdp: prefixed"`, `"peer_name"`, `"count"`, `k`, `"grp"`, `built...`}
 	if len(got) != len(want) {
 		t.Fatalf("got %d problems, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
 	}
@@ -189,6 +191,26 @@ func checkLogCalls(fset *token.FileSet, f *ast.File, keys map[string]string) []s
 		pkg, ok := sel.X.(*ast.Ident)
 		return sel.Sel.Name, ok && pkg.Name == "slog"
 	}
+	variadic := map[string]bool{} // names of variadic parameters in this file
+	ast.Inspect(f, func(n ast.Node) bool {
+		var ft *ast.FuncType
+		switch fn := n.(type) {
+		case *ast.FuncDecl:
+			ft = fn.Type
+		case *ast.FuncLit:
+			ft = fn.Type
+		default:
+			return true
+		}
+		if l := ft.Params.List; len(l) > 0 {
+			if _, ok := l[len(l)-1].Type.(*ast.Ellipsis); ok {
+				for _, name := range l[len(l)-1].Names {
+					variadic[name.Name] = true
+				}
+			}
+		}
+		return true
+	})
 	var problems []string
 	report := func(n ast.Node, format string, args ...any) {
 		problems = append(problems, fmt.Sprintf("%s: %s", fset.Position(n.Pos()), fmt.Sprintf(format, args...)))
@@ -207,7 +229,12 @@ func checkLogCalls(fset *token.FileSet, f *ast.File, keys map[string]string) []s
 		args := call.Args
 		for i := from; i < len(args); {
 			if call.Ellipsis.IsValid() && i == len(args)-1 {
-				return // args... passed through by a wrapper: checked at its callers
+				// A wrapper's own variadic parameter is checked at the wrapper's callers;
+				// pairs built at run time cannot be checked at all.
+				if id, ok := args[i].(*ast.Ident); !ok || !variadic[id.Name] {
+					report(args[i], "log keys built at run time (%s...) cannot be checked: pass key/value pairs at the call", exprString(args[i]))
+				}
+				return
 			}
 			if name, ok := isSlogCall(args[i]); ok && slices.Contains(slogAttrCtors, name) {
 				i++ // an Attr: checked on its own

@@ -12,7 +12,7 @@ func Keys() []string {
 	return []string{KeyComponent, KeyLocal, KeyPeer, KeyNickname, KeyUID, KeyConn, KeyOutbound, KeyAddr,
 		KeyPort, KeyOverlay, KeyNetns, KeyDevice, KeyMAC, KeyContainer, KeyCIDR, KeyIP, KeyPath, KeyMTU,
 		KeyPMTU, KeyCipher, KeyEncrypted, KeyMode, KeyState, KeyReason, KeyFrom, KeyCount, KeyLost,
-		KeyTotal, KeyDuration, KeyErr, KeySuppressed}
+		KeyTotal, KeyDuration, KeyStats, KeyErr, KeySuppressed}
 }
 
 // NewCheckHandler is for tests: it passes every record (at every level) to h and calls bad

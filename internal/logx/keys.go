@@ -37,6 +37,7 @@ const (
 	KeyLost      = "lost"      // how many of them were lost
 	KeyTotal     = "total"     // out of how many
 	KeyDuration  = "duration"  // how long: timeouts, hold-downs, ages
+	KeyStats     = "stats"     // a component's counters (with component)
 	KeyErr       = "err"
 
 	// Added by Limiter: lines it dropped since the last one through.

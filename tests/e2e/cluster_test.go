@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/weavemesh/weave/api/client"
 	"github.com/weavemesh/weave/daemon"
 	"github.com/weavemesh/weave/fastdp"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netdev"
 	"github.com/weavemesh/weave/internal/testutil"
 	"github.com/weavemesh/weave/mesh"
@@ -45,6 +48,7 @@ type cluster struct {
 	under  *udptest.Network
 	kernel *fastdp.FakeNet
 	nodes  []*node
+	logs   logCheck
 }
 
 type opts struct {
@@ -53,11 +57,38 @@ type opts struct {
 	noFastDP bool
 }
 
-func testLogger() *slog.Logger {
+// testLogger logs through logx.NewCheckHandler at every level, so every line the daemons
+// write is held to the log vocabulary (docs/LOGGING.md) and may not repeat a key; the
+// test's own "node" key is allowed.
+func testLogger(lc *logCheck) *slog.Logger {
+	var h slog.Handler = slog.DiscardHandler
 	if os.Getenv("E2E_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
 	}
-	return slog.New(slog.DiscardHandler)
+	return slog.New(logx.NewCheckHandler(h, []string{"node"}, lc.add))
+}
+
+// logCheck collects what the check handler finds; newCluster reports it when the test ends,
+// after the daemons have stopped (each distinct problem once).
+type logCheck struct {
+	mu       sync.Mutex
+	problems []string
+}
+
+func (lc *logCheck) add(p string) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if !slices.Contains(lc.problems, p) {
+		lc.problems = append(lc.problems, p)
+	}
+}
+
+func (lc *logCheck) report(t *testing.T) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	for _, p := range lc.problems {
+		t.Errorf("daemon log: %s", p)
+	}
 }
 
 func hostAddr(i int) string { return fmt.Sprintf("10.99.0.%d", i+1) }
@@ -73,6 +104,7 @@ func newCluster(t *testing.T, o opts) *cluster {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &cluster{t: t, mem: mesh.NewMemNetwork(), under: udptest.NewNetwork(1), kernel: fastdp.NewFakeNet()}
+	t.Cleanup(func() { c.logs.report(t) }) // registered before the nodes': runs after they close
 	for i := range o.n {
 		c.nodes = append(c.nodes, c.start(i, o, filepath.Join(dir, fmt.Sprint(i))))
 	}
@@ -95,7 +127,7 @@ func (c *cluster) start(i int, o opts, dir string) *node {
 	cfg.NoFastDP = o.noFastDP
 	cfg.MTU = mtu
 	cfg.IPAllocInit = fmt.Sprintf("consensus=%d", o.n)
-	cfg.Logger = testLogger().With("node", i)
+	cfg.Logger = testLogger(&c.logs).With("node", i)
 	cfg.Links = netdev.NewFake()
 	if i > 0 {
 		cfg.Peers = []string{hostAddr(0)}
