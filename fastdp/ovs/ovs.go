@@ -160,7 +160,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("ovs: database model: %w", err)
 	}
 	// libovsdb logs through logr; its verbose levels are debug for us.
-	lr := logr.FromSlogHandler(cfg.Logger.With(logx.KeyComponent, "libovsdb").Handler())
+	// libovsdb logs with keys of its own: grouped, so they never clash with ours.
+	lr := logr.FromSlogHandler(cfg.Logger.WithGroup("libovsdb").Handler())
 	c, err := client.NewOVSDBClient(dbm, client.WithEndpoint("unix:"+cfg.Socket), client.WithLogger(&lr))
 	if err != nil {
 		return nil, fmt.Errorf("ovs: new client: %w", err)
