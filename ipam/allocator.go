@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,8 +63,14 @@ type Allocator struct {
 	// while we were away, and handing it out again would duplicate addresses.
 	synced    bool
 	startedAt time.Time
-	// adopting is set by ForgetRing: wait for a peer's ring, never make one.
+	// adopting is set by ForgetRing, or at start by a membership record naming other
+	// owners while the database has no ring: wait for a peer's ring, never make one.
 	adopting bool
+	// rejoining: adopting because the database was lost (the status says so).
+	rejoining bool
+	// member is the membership record last written (memberSaved: in this run).
+	member      memberRecord
+	memberSaved bool
 	closed   bool
 
 	rnd *rand.Rand // jitter; seeded from our identity, so simulations replay
@@ -201,26 +209,7 @@ func (a *Allocator) load() error {
 		a.node = n
 		a.proposing = true // we were in an election: carry on
 	}
-	keys := make([]Key, 0, len(snap.Allocs))
-	for k := range snap.Allocs {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(x, y Key) int {
-		if x.ID != y.ID {
-			if x.ID < y.ID {
-				return -1
-			}
-			return 1
-		}
-		if x.Iface < y.Iface {
-			return -1
-		}
-		if x.Iface > y.Iface {
-			return 1
-		}
-		return 0
-	})
-	for _, k := range keys {
+	for _, k := range slices.SortedFunc(maps.Keys(snap.Allocs), compareKeys) {
 		for _, p := range snap.Allocs[k] {
 			if other, dup := a.byAddr[p.Addr()]; dup {
 				a.log.Warn("saved allocation duplicates another; keeping the first", "addr", p, "container", k, "first", other)
@@ -233,6 +222,10 @@ func (a *Allocator) load() error {
 		}
 	}
 	clear(a.dirtyAllocs)
+	a.restoreInUse()
+	if err := a.checkMembership(); err != nil {
+		return err
+	}
 	a.startedAt = a.cfg.Now()
 	owners := a.ring.Owners()
 	a.synced = a.ring.Empty() || (len(owners) == 1 && owners[0] == a.cfg.Name)
@@ -250,6 +243,94 @@ func (a *Allocator) load() error {
 	}
 	a.log.Info("ipam started", "range", a.cfg.Range, "ring_ready", !a.ring.Empty(), "allocations", len(a.allocs), "owned", a.space.NumOwned())
 	return nil
+}
+
+// restoreInUse records the addresses the host's containers hold that the database does not
+// know (it was lost or emptied), exactly as saved allocations are: used in our space, or
+// re-claimed from their owner once the ring is known. Nothing can be allocated before.
+func (a *Allocator) restoreInUse() {
+	keys := slices.SortedFunc(maps.Keys(a.cfg.InUse), compareKeys)
+	restored := 0
+	for _, k := range keys {
+		if err := k.valid(); err != nil {
+			a.log.Warn("ignoring an address in use with a bad key", "err", err)
+			continue
+		}
+		for _, p := range a.cfg.InUse[k] {
+			if !p.IsValid() || !p.Addr().Unmap().Is4() {
+				a.log.Warn("ignoring an address in use that is not IPv4", "container", k, "addr", p)
+				continue
+			}
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits())
+			if other, dup := a.byAddr[p.Addr()]; dup {
+				if other != k {
+					a.log.Warn("address in use by a container is allocated to another one here", "addr", p, "container", k, "allocated_to", other)
+				}
+				continue
+			}
+			a.record(k, p)
+			if ad, ok := addr.FromNetip(p.Addr()); ok && a.cfg.rng.Contains(ad) {
+				a.space.Take(ad)
+			}
+			restored++
+		}
+	}
+	if restored > 0 {
+		a.log.Warn("the database did not know addresses this host's containers use; recorded them again", "addresses", restored)
+	}
+}
+
+func compareKeys(x, y Key) int {
+	if c := strings.Compare(x.ID, y.ID); c != 0 {
+		return c
+	}
+	return strings.Compare(x.Iface, y.Iface)
+}
+
+// checkMembership decides, when the database has no ring, whether we belonged to one
+// before: then the ring still exists at its other owners, and making a new one (consensus
+// with a quorum of one, or a seed) would hand out their containers' addresses again.
+func (a *Allocator) checkMembership() error {
+	if a.cfg.MemberPath == "" || !a.ring.Empty() || a.adopting || a.cfg.mode == initObserver {
+		return nil
+	}
+	m, exists, err := readMemberRecord(a.cfg.MemberPath)
+	switch {
+	case err != nil && exists:
+		// Unreadable but there: we did belong to a ring. Waiting is safe; guessing is not.
+		a.log.Error("membership record unreadable; waiting for a peer's ring instead of making one", "err", err,
+			"repair", "remove "+a.cfg.MemberPath+" only if every peer of the old ring lost its ipam.db")
+		a.adopting, a.rejoining = true, true
+	case err != nil:
+		return err
+	case !exists:
+	case m.rng != a.cfg.Range:
+		a.log.Info("membership record is for another range; not rejoining it", "record_range", m.rng, "range", a.cfg.Range)
+	case slices.ContainsFunc(m.owners, func(p mesh.PeerName) bool { return p != a.cfg.Name }):
+		a.log.Warn("no ring in the database but this peer belonged to one: waiting to adopt it from a peer",
+			"owners", len(m.owners), "record", a.cfg.MemberPath)
+		a.adopting, a.rejoining = true, true
+		a.member, a.memberSaved = m, true
+	}
+	return nil
+}
+
+// saveMembership keeps the membership record up to date with the ring's owners. It is
+// written only when they change, and before the ring is committed.
+func (a *Allocator) saveMembership() {
+	if a.cfg.MemberPath == "" || a.ring.Empty() || a.cfg.mode == initObserver {
+		return
+	}
+	m := memberRecord{rng: a.cfg.Range, owners: a.ring.Owners()}
+	if a.memberSaved && a.member.rng == m.rng && slices.Equal(a.member.owners, m.owners) {
+		return
+	}
+	if err := writeMemberRecord(a.cfg.MemberPath, m); err != nil {
+		a.stats.persistErrors.Add(1)
+		a.log.Error("saving the ipam membership record failed; will retry", "err", err)
+		return
+	}
+	a.member, a.memberSaved = m, true
 }
 
 // SetGossip connects the allocator to the mesh channel it was registered on.
@@ -353,6 +434,7 @@ func (a *Allocator) unrecord(k Key, ip netip.Addr) {
 // ringChanged brings everything that depends on the ring up to date.
 func (a *Allocator) ringChanged() {
 	a.dirtyRing = true
+	a.saveMembership()
 	orphansBefore := a.countOrphans()
 	a.space.SetOwned(a.ring.OwnedBy(a.cfg.Name))
 	for ad, w := range a.wanted {
@@ -456,6 +538,7 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 		a.log.Info("ring received", "from", src, "seeds", a.ring.Seeds)
 		a.proposing = false
 		a.adopting = false
+		a.rejoining = false
 	}
 	a.ringChanged()
 	return true
@@ -473,8 +556,26 @@ func (a *Allocator) startConsensus() {
 
 func (a *Allocator) propose() {
 	a.lastPropose = a.cfg.Now()
+	a.countKnownPeers()
 	a.node.Propose()
 	a.think(true)
+}
+
+// countKnownPeers raises the quorum of plain "consensus" to a majority of the peers the
+// mesh knows, when that is more than the initial peers: a peer relaunched without
+// arguments, its database lost, must not agree with itself alone on a new ring. Raising a
+// quorum only ever makes this proposer wait for more acceptances, never fewer.
+func (a *Allocator) countKnownPeers() {
+	if !a.cfg.plainConsensus {
+		return
+	}
+	pc, ok := a.cfg.Peers.(PeerCounter)
+	if !ok {
+		return
+	}
+	if q := pc.NumPeers()/2 + 1; a.node.RaiseQuorum(q) {
+		a.log.Info("consensus quorum raised to a majority of the peers known", "quorum", q)
+	}
 }
 
 // think advances Paxos and seeds the ring once it decided.

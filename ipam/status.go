@@ -12,6 +12,9 @@ const (
 	StatusReady             = "ready"
 	StatusIdle              = "idle"
 	StatusAwaitingConsensus = "awaiting consensus"
+	// StatusAwaitingRing: the peer waits to adopt a ring from the mesh (its database was
+	// lost but it belonged to a ring, or ForgetRing was called); requests wait meanwhile.
+	StatusAwaitingRing = "awaiting the ring from peers (this peer belonged to one; it will not make its own)"
 	StatusObserverWaiting   = "waiting for the ring (observer)"
 	StatusClosed            = "closed"
 )
@@ -119,6 +122,8 @@ func (a *Allocator) Status() Report {
 		r.Status = StatusClosed
 	case a.ring.Empty() && a.cfg.mode == initObserver:
 		r.Status = StatusObserverWaiting
+	case a.ring.Empty() && a.adopting:
+		r.Status = StatusAwaitingRing
 	case a.ring.Empty() && a.proposing:
 		r.Status = StatusAwaitingConsensus
 	case a.ring.Empty():
