@@ -71,7 +71,7 @@ type Allocator struct {
 	// member is the membership record last written (memberSaved: in this run).
 	member      memberRecord
 	memberSaved bool
-	closed   bool
+	closed      bool
 
 	rnd *rand.Rand // jitter; seeded from our identity, so simulations replay
 

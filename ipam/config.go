@@ -192,8 +192,8 @@ type resolved struct {
 	// plainConsensus: "consensus" without a count, so the quorum may grow with the peers
 	// known (PeerCounter).
 	plainConsensus bool
-	seeds       []mesh.PeerName
-	tick        time.Duration
+	seeds          []mesh.PeerName
+	tick           time.Duration
 }
 
 func (c Config) resolve() (resolved, error) {

@@ -14,9 +14,9 @@ const (
 	StatusAwaitingConsensus = "awaiting consensus"
 	// StatusAwaitingRing: the peer waits to adopt a ring from the mesh (its database was
 	// lost but it belonged to a ring, or ForgetRing was called); requests wait meanwhile.
-	StatusAwaitingRing = "awaiting the ring from peers (this peer belonged to one; it will not make its own)"
-	StatusObserverWaiting   = "waiting for the ring (observer)"
-	StatusClosed            = "closed"
+	StatusAwaitingRing    = "awaiting the ring from peers (this peer belonged to one; it will not make its own)"
+	StatusObserverWaiting = "waiting for the ring (observer)"
+	StatusClosed          = "closed"
 )
 
 // Report is the IPAM part of `weavectl report` (snake_case JSON, see CONTRACT.md).
