@@ -397,9 +397,9 @@ func (a *Allocator) broadcastRing() {
 }
 
 // helloIfUnsynced asks every peer for its ring while we wait to learn whether our saved
-// space is still ours.
+// space is still ours, or while we wait to adopt one (our hello then carries an empty ring).
 func (a *Allocator) helloIfUnsynced() {
-	if !a.synced && !a.ring.Empty() {
+	if (!a.synced && !a.ring.Empty()) || (a.adopting && a.ring.Empty()) {
 		a.outbox = append(a.outbox, outMsg{broadcast: true, data: &gossipData{ring: a.ring.Clone(), hello: true}})
 	}
 }
