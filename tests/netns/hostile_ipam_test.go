@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/api/client"
 	"github.com/weavemesh/weave/internal/netlab"
 	"github.com/weavemesh/weave/internal/testutil"
 )
@@ -45,6 +47,37 @@ func psAddresses(t *testing.T, rs ...*router) map[netip.Addr]string {
 		}
 	}
 	return held
+}
+
+// assertAwaitsRing checks that r, isolated from its peers, keeps an allocation waiting with
+// the status saying why, and gives up at the caller's deadline without making a ring.
+func assertAwaitsRing(t *testing.T, r *router) {
+	t.Helper()
+	cl := client.New(r.socket)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res := make(chan error, 1)
+	go func() {
+		resp, err := cl.IPAMAllocate(ctx, api.IPAMRequest{ID: "isolated", Iface: "eth0"})
+		if err == nil {
+			err = fmt.Errorf("allocated %v without knowing the ring", resp.CIDRs)
+		}
+		res <- err
+	}()
+	testutil.Eventually(t, 4*time.Second, "the isolated router says it awaits the ring", func() error {
+		ipam := r.report().IPAM
+		if ipam == nil || !strings.Contains(ipam.Status, "awaiting the ring") || ipam.PendingAllocs < 1 {
+			return fmt.Errorf("ipam %+v", ipam)
+		}
+		return nil
+	})
+	if err := <-res; err == nil || !strings.Contains(err.Error(), "deadline") && !strings.Contains(err.Error(), "context") {
+		t.Fatalf("allocation while isolated: %v", err)
+	}
+	if ipam := r.report().IPAM; len(ipam.Owners) != 0 {
+		t.Fatalf("the isolated router made a ring: %+v", ipam.Owners)
+	}
 }
 
 // TestHostileIPAMLostDatabase is scenario 5 of the hardening issue: a router whose ipam.db
@@ -95,7 +128,28 @@ func TestHostileIPAMLostDatabase(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.launch("--ipalloc-range", rng) // no peer arguments
+		if tc.loss == "emptied" {
+			// Cut off from its peers, the relaunched router must wait for their ring, say so,
+			// and keep requests waiting rather than make a ring of its own.
+			for j, o := range rs {
+				if j != tc.victim {
+					if err := lab.Firewall(r.host, o.host); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			r.launch("--ipalloc-range", rng)
+			assertAwaitsRing(t, r)
+			for j, o := range rs {
+				if j != tc.victim {
+					if err := lab.Unfirewall(r.host, o.host); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		} else {
+			r.launch("--ipalloc-range", rng) // no peer arguments
+		}
 
 		fresh := attachMany(t, r, fmt.Sprintf("n%d", i), 4)
 		for j, o := range rs {
