@@ -77,7 +77,7 @@ type Allocator struct {
 
 	pending atomic.Int64
 	stats   struct {
-		conflicts, rejected, badMessages, reclaimed, persistErrors atomic.Uint64
+		conflicts, rejected, badMessages, reclaimed, persistErrors, badRecords, restored atomic.Uint64
 	}
 
 	done chan struct{}
@@ -276,6 +276,7 @@ func (a *Allocator) restoreInUse() {
 		}
 	}
 	if restored > 0 {
+		a.stats.restored.Add(uint64(restored))
 		a.log.Warn("the database did not know addresses this host's containers use; recorded them again", "addresses", restored)
 	}
 }
@@ -298,6 +299,7 @@ func (a *Allocator) checkMembership() error {
 	switch {
 	case err != nil && exists:
 		// Unreadable but there: we did belong to a ring. Waiting is safe; guessing is not.
+		a.stats.badRecords.Add(1)
 		a.log.Error("membership record unreadable; waiting for a peer's ring instead of making one", "err", err,
 			"repair", "remove "+a.cfg.MemberPath+" only if every peer of the old ring lost its ipam.db")
 		a.adopting, a.rejoining = true, true

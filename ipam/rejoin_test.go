@@ -143,6 +143,9 @@ func TestLostDatabaseRejoinsRing(t *testing.T) {
 				if st.Error != "" {
 					t.Errorf("peer %v refused a ring: %s", p, st.Error)
 				}
+				if want := map[bool]uint64{true: 2}[p == 2]; st.Counts.Restored != want {
+					t.Errorf("peer %v restored %d addresses in use, want %d", p, st.Counts.Restored, want)
+				}
 				for _, o := range st.Owners {
 					if o.Percent >= 100 {
 						t.Errorf("peer %v sees %s owning the whole range", p, o.Peer)
@@ -250,8 +253,12 @@ func TestMembershipRecord(t *testing.T) {
 			if _, err := a.Allocate(ctx, "x", "ethwe", netip.Prefix{}); !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("allocated (%v) with a record saying we belonged to a ring", err)
 			}
-			if st := a.Status(); st.Status != StatusAwaitingRing {
+			st := a.Status()
+			if st.Status != StatusAwaitingRing {
 				t.Fatalf("status %q", st.Status)
+			}
+			if bad := st.Counts.BadMemberRecords; (name == "others") != (bad == 0) {
+				t.Fatalf("%d bad membership records counted", bad)
 			}
 		})
 	}

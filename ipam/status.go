@@ -68,6 +68,11 @@ type Counts struct {
 	BadMessages          uint64 `json:"bad_messages"`
 	Reclaimed            uint64 `json:"reclaimed"`
 	PersistErrors        uint64 `json:"persist_errors"`
+	// BadMemberRecords counts unreadable membership records (Config.MemberPath) at start.
+	BadMemberRecords uint64 `json:"bad_member_records"`
+	// Restored counts addresses in use on this host (Config.InUse) that the database did
+	// not know and that were recorded again at start.
+	Restored uint64 `json:"restored"`
 }
 
 // Counts returns the figures for metrics.
@@ -79,16 +84,18 @@ func (a *Allocator) Counts() Counts {
 
 func (a *Allocator) countsLocked() Counts {
 	c := Counts{
-		LocalUsed:       uint64(len(a.byAddr)),
-		LocalOwned:      a.space.NumOwned(),
-		LocalFree:       a.space.NumFree(),
-		MaxIPs:          uint64(a.cfg.rng.Size()),
-		Pending:         int(a.pending.Load()),
-		Conflicts:       a.stats.conflicts.Load(),
-		RejectedUpdates: a.stats.rejected.Load(),
-		BadMessages:     a.stats.badMessages.Load(),
-		Reclaimed:       a.stats.reclaimed.Load(),
-		PersistErrors:   a.stats.persistErrors.Load(),
+		LocalUsed:        uint64(len(a.byAddr)),
+		LocalOwned:       a.space.NumOwned(),
+		LocalFree:        a.space.NumFree(),
+		MaxIPs:           uint64(a.cfg.rng.Size()),
+		Pending:          int(a.pending.Load()),
+		Conflicts:        a.stats.conflicts.Load(),
+		RejectedUpdates:  a.stats.rejected.Load(),
+		BadMessages:      a.stats.badMessages.Load(),
+		Reclaimed:        a.stats.reclaimed.Load(),
+		PersistErrors:    a.stats.persistErrors.Load(),
+		BadMemberRecords: a.stats.badRecords.Load(),
+		Restored:         a.stats.restored.Load(),
 	}
 	unreach := map[mesh.PeerName]bool{}
 	for _, pc := range a.ring.Pieces() {
