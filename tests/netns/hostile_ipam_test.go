@@ -2,6 +2,7 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -85,7 +86,8 @@ func assertAwaitsRing(t *testing.T, r *router) {
 // must adopt the ring its peers hold, keep the addresses of the containers still attached
 // on its host, and never hand out an address a container elsewhere holds. The first case
 // relaunches a router whose persisted targets name the others; the second the router that
-// was launched alone (no targets at all: only its membership record says it had a ring).
+// was launched alone (no targets at all: only its membership record says it had a ring);
+// the third a router that lost its membership record too (only its targets are left).
 func TestHostileIPAMLostDatabase(t *testing.T) {
 	const rng = "10.42.0.0/24"
 	lab := netlab.New(t, netlab.Options{Hosts: 3})
@@ -108,7 +110,7 @@ func TestHostileIPAMLostDatabase(t *testing.T) {
 	for i, tc := range []struct {
 		loss   string
 		victim int
-	}{{"deleted", 1}, {"emptied", 0}} {
+	}{{"deleted", 1}, {"emptied", 0}, {"deleted with its membership record", 2}} {
 		r := rs[tc.victim]
 		t.Logf("%s: the ipam.db of %s is %s", tc.loss, r.host.Name, tc.loss)
 		before := psAddresses(t, r)
@@ -120,10 +122,15 @@ func TestHostileIPAMLostDatabase(t *testing.T) {
 		cancel()
 		db := filepath.Join(r.stateDir, "ipam.db")
 		var err error
-		if tc.loss == "deleted" {
-			err = os.Remove(db)
-		} else {
+		switch tc.loss {
+		case "emptied":
 			err = os.Truncate(db, 0)
+		case "deleted with its membership record":
+			// Nothing records the ring any more: its persisted targets (and the peers the
+			// mesh shows) must keep it from agreeing with itself alone on a new one.
+			err = errors.Join(os.Remove(db), os.Remove(filepath.Join(r.stateDir, "ipam-member")))
+		default:
+			err = os.Remove(db)
 		}
 		if err != nil {
 			t.Fatal(err)
