@@ -63,6 +63,11 @@ type Allocator struct {
 	// while we were away, and handing it out again would duplicate addresses.
 	synced    bool
 	startedAt time.Time
+	// awaitRings, after adopting a ring on rejoining with a lost database, lists the
+	// owners we have not heard our ring from yet: the first ring heard may lack changes
+	// we made before the loss (a grant) that only their recipient knows. Allocation waits
+	// for every reachable one of them, at most two ticks (synced stays false meanwhile).
+	awaitRings map[mesh.PeerName]bool
 	// adopting is set by ForgetRing, or at start by a membership record naming other
 	// owners while the database has no ring: wait for a peer's ring, never make one.
 	adopting bool
@@ -512,7 +517,11 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 	wasEmpty := a.ring.Empty()
 	res, err := a.ring.Merge(r)
 	if err == nil && src != "" && !r.Empty() && !a.synced {
-		a.synced = true
+		if a.awaitRings == nil {
+			a.synced = true
+		} else if p, perr := mesh.ParsePeerName(src); perr == nil {
+			delete(a.awaitRings, p)
+		}
 		a.notify()
 	}
 	if err != nil {
@@ -540,10 +549,57 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 		a.log.Info("ring received", "from", src, "seeds", a.ring.Seeds)
 		a.proposing = false
 		a.adopting = false
+		if a.rejoining {
+			a.awaitRingsFromOwners(src)
+		}
 		a.rejoining = false
 	}
 	a.ringChanged()
 	return true
+}
+
+// awaitRingsFromOwners starts waiting, after a rejoin, for the ring of every other owner
+// (src, the one we adopted, excepted) and asks them for it at once.
+func (a *Allocator) awaitRingsFromOwners(src string) {
+	a.awaitRings = map[mesh.PeerName]bool{}
+	for _, p := range a.ring.Owners() {
+		if p != a.cfg.Name {
+			a.awaitRings[p] = true
+		}
+	}
+	if p, err := mesh.ParsePeerName(src); err == nil {
+		delete(a.awaitRings, p)
+	}
+	a.synced = false
+	a.startedAt = a.cfg.Now()
+	a.helloIfUnsynced()
+}
+
+// mustWaitForRings reports whether allocation has to wait to hear peers' rings first: after
+// a restart with a saved ring that names other owners (our space may have been reclaimed
+// while we were away), or after rejoining with a lost database (awaitRings). It waits at
+// most two ticks: nobody answering means we are alone, and our ring is the best there is.
+func (a *Allocator) mustWaitForRings() bool {
+	if a.synced {
+		return false
+	}
+	if a.awaitRings != nil {
+		for p := range a.awaitRings {
+			if !a.reachable(p) {
+				delete(a.awaitRings, p)
+			}
+		}
+		if len(a.awaitRings) == 0 {
+			a.synced, a.awaitRings = true, nil
+			return false
+		}
+	}
+	if a.cfg.Now().Sub(a.startedAt) < 2*a.cfg.tick {
+		a.waitReason = "waiting to hear the ring from peers (our space may have changed while we were away)"
+		return true
+	}
+	a.synced, a.awaitRings = true, nil
+	return false
 }
 
 // startConsensus begins (once) the election of the first split.
@@ -709,12 +765,8 @@ func (a *Allocator) allocateLocked(k Key, subnet netip.Prefix, sr addr.Range) (n
 	if a.ring.Empty() {
 		return netip.Prefix{}, false, nil
 	}
-	if !a.synced {
-		if a.cfg.Now().Sub(a.startedAt) < 2*a.cfg.tick {
-			a.waitReason = "waiting to hear the ring from peers (our space may have been reclaimed while we were away)"
-			return netip.Prefix{}, false, nil
-		}
-		a.synced = true // nobody answered: we are alone, our saved ring is the best there is
+	if a.mustWaitForRings() {
+		return netip.Prefix{}, false, nil
 	}
 	ad, ok := a.space.Allocate(addr.Usable(sr))
 	if !ok {
@@ -888,6 +940,9 @@ func (a *Allocator) claimLocked(k Key, p netip.Prefix, ad addr.Addr) (bool, erro
 	}
 	a.startConsensus()
 	if a.ring.Empty() {
+		return false, nil
+	}
+	if a.awaitRings != nil && a.mustWaitForRings() {
 		return false, nil
 	}
 	if a.space.IsFree(ad) {

@@ -297,3 +297,83 @@ func FuzzMemberRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestRejoinWaitsForEveryOwnersRing: the first ring a peer hears after losing its database
+// may lack a grant it made before the loss (here: an address its peer 3 claimed while peer
+// 1 was cut off). It must hear the other owners before it allocates, or it would hand that
+// address out a second time.
+func TestRejoinWaitsForEveryOwnersRing(t *testing.T) {
+	n := newFakeNet(7)
+	dir := t.TempDir()
+	init := "seed=" + mesh.PeerName(1).String() + "," + mesh.PeerName(2).String() + "," + mesh.PeerName(3).String()
+	mk := func(p mesh.PeerName) Config {
+		c := n.config(p, init, &MemStore{})
+		c.MemberPath = filepath.Join(dir, p.String())
+		return c
+	}
+	a := n.start(t, mk(1))
+	defer a.Close()
+	b := n.start(t, mk(2))
+	c := n.start(t, mk(3))
+	defer c.Close()
+	n.flush(t, true)
+
+	b.mu.Lock()
+	ad := b.ring.OwnedBy(2)[0].Start
+	b.mu.Unlock()
+	granted := netip.PrefixFrom(ad.Netip(), 22)
+	n.setCut(1, 2, true)
+	n.setCut(1, 3, true)
+	errc := make(chan error, 1)
+	go func() { errc <- c.Claim(ctxT(t, 5*time.Second), "cx", "ethwe", granted) }()
+	testutil.Eventually(t, 5*time.Second, "peer 2 grants the claimed address to peer 3", func() error {
+		n.flush(t, true)
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		default:
+			return errors.New("claim pending")
+		}
+	})
+	n.healAll()
+
+	n.stop(2)
+	b = n.start(t, mk(2)) // a new, empty store: the database is lost
+	defer func() { b.Close() }()
+	for !b.Ready() {
+		if !n.deliverOne(true) {
+			t.Fatal("the relaunched peer never heard a ring")
+		}
+	}
+	b.mu.Lock()
+	stale := b.space.Owns(ad)
+	b.mu.Unlock()
+	if !stale {
+		t.Fatal("the first ring heard already has the grant: the test tests nothing")
+	}
+	if p, _, done, err := b.tryAllocate(Key{"bx", "ethwe"}, b.cfg.DefaultSubnet, b.cfg.subnet); done {
+		t.Fatalf("allocated %v (%v) before hearing every owner's ring; peer 3 holds %v", p, err, granted)
+	}
+	n.flush(t, true)
+	// Peer 3 answered peer 2's ring broadcast of the grant a moment ago, so it waits a tick
+	// before it answers again; at the next tick peer 2 asks again.
+	n.advance(6 * time.Second)
+	b.Tick()
+	n.flush(t, true)
+	b.mu.Lock()
+	owns := b.space.Owns(ad)
+	b.mu.Unlock()
+	if owns {
+		t.Fatal("peer 2 still believes it owns the address it granted")
+	}
+	p, err := b.Allocate(ctxT(t, 5*time.Second), "bx", "ethwe", netip.Prefix{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Addr() == granted.Addr() {
+		t.Fatalf("%v handed out again; peer 3 holds it", p)
+	}
+}
