@@ -60,9 +60,9 @@ func (p *meshPeers) IsReachable(n mesh.PeerName) bool {
 // consensus then needs a majority of the mesh it can already see.
 func (p *meshPeers) NumPeers() int {
 	n := 0
-	self := p.m.Name()
+	self, rt := p.m.Name(), p.m.Routes()
 	for _, peer := range p.m.Peers() {
-		if peer == self || p.IsReachable(peer) {
+		if _, ok := rt.UnicastNextHop(peer); ok || peer == self {
 			n++
 		}
 	}
