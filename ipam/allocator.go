@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/ipam/addr"
 	"github.com/weavemesh/weave/ipam/paxos"
 	"github.com/weavemesh/weave/ipam/ring"
@@ -115,7 +116,7 @@ func New(c Config) (*Allocator, error) {
 	}
 	a := &Allocator{
 		cfg:         cfg,
-		log:         cfg.Logger.With("component", "ipam"),
+		log:         cfg.Logger.With(logx.KeyComponent, "ipam"),
 		ring:        ring.New(cfg.rng),
 		space:       space.New(),
 		allocs:      map[Key][]netip.Prefix{},
@@ -159,7 +160,7 @@ func (a *Allocator) openAndLoad() error {
 	err := a.openBoltAndLoad()
 	if err != nil && a.cfg.DiscardIncompatibleDB && (errors.Is(err, ErrCorruptDB) || errors.Is(err, ErrForeignDB)) {
 		aside := fmt.Sprintf("%s.bad-%d", a.cfg.DBPath, a.cfg.Now().Unix())
-		a.log.Warn("moving incompatible IPAM database aside and starting afresh", "err", err, "moved_to", aside)
+		a.log.Warn("moving incompatible IPAM database aside and starting afresh", logx.KeyErr, err, logx.KeyPath, aside)
 		if rerr := os.Rename(a.cfg.DBPath, aside); rerr != nil {
 			return fmt.Errorf("%w (and moving it aside failed: %v)", err, rerr)
 		}
@@ -217,7 +218,7 @@ func (a *Allocator) load() error {
 	for _, k := range slices.SortedFunc(maps.Keys(snap.Allocs), compareKeys) {
 		for _, p := range snap.Allocs[k] {
 			if other, dup := a.byAddr[p.Addr()]; dup {
-				a.log.Warn("saved allocation duplicates another; keeping the first", "addr", p, "container", k, "first", other)
+				a.log.Warn("saved allocation duplicates another; keeping the first", logx.KeyIP, p, logx.KeyContainer, k, logx.KeyReason, "held by "+other.String())
 				continue
 			}
 			a.record(k, p)
@@ -238,7 +239,7 @@ func (a *Allocator) load() error {
 		if err := a.ring.Seed(a.cfg.seeds); err != nil {
 			return fmt.Errorf("seed ring: %w", err)
 		}
-		a.log.Info("ring seeded", "seeds", a.cfg.seeds)
+		a.log.Info("ring seeded", logx.KeyPeer, a.cfg.seeds)
 	}
 	if !a.ring.Empty() {
 		a.ringChanged()
@@ -246,7 +247,11 @@ func (a *Allocator) load() error {
 	if err := a.commit(); err != nil {
 		return fmt.Errorf("save ipam state: %w", err)
 	}
-	a.log.Info("ipam started", "range", a.cfg.Range, "ring_ready", !a.ring.Empty(), "allocations", len(a.allocs), "owned", a.space.NumOwned())
+	ringState := "ring ready"
+	if a.ring.Empty() {
+		ringState = "awaiting ring"
+	}
+	a.log.Info("ipam started", logx.KeyCIDR, a.cfg.Range, logx.KeyState, ringState, logx.KeyCount, len(a.allocs), logx.KeyTotal, a.space.NumOwned())
 	return nil
 }
 
@@ -258,18 +263,18 @@ func (a *Allocator) restoreInUse() {
 	restored := 0
 	for _, k := range keys {
 		if err := k.valid(); err != nil {
-			a.log.Warn("ignoring an address in use with a bad key", "err", err)
+			a.log.Warn("ignoring an address in use with a bad key", logx.KeyErr, err)
 			continue
 		}
 		for _, p := range a.cfg.InUse[k] {
 			if !p.IsValid() || !p.Addr().Unmap().Is4() {
-				a.log.Warn("ignoring an address in use that is not IPv4", "container", k, "addr", p)
+				a.log.Warn("ignoring an address in use that is not IPv4", logx.KeyContainer, k, logx.KeyIP, p)
 				continue
 			}
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits())
 			if other, dup := a.byAddr[p.Addr()]; dup {
 				if other != k {
-					a.log.Warn("address in use by a container is allocated to another one here", "addr", p, "container", k, "allocated_to", other)
+					a.log.Warn("address in use by a container is allocated to another one here", logx.KeyIP, p, logx.KeyContainer, k, logx.KeyReason, "allocated to "+other.String())
 				}
 				continue
 			}
@@ -282,7 +287,7 @@ func (a *Allocator) restoreInUse() {
 	}
 	if restored > 0 {
 		a.stats.restored.Add(uint64(restored))
-		a.log.Warn("the database did not know addresses this host's containers use; recorded them again", "addresses", restored)
+		a.log.Warn("the database did not know addresses this host's containers use; recorded them again", logx.KeyCount, restored)
 	}
 }
 
@@ -305,17 +310,17 @@ func (a *Allocator) checkMembership() error {
 	case err != nil && exists:
 		// Unreadable but there: we did belong to a ring. Waiting is safe; guessing is not.
 		a.stats.badRecords.Add(1)
-		a.log.Error("membership record unreadable; waiting for a peer's ring instead of making one", "err", err,
-			"repair", "remove "+a.cfg.MemberPath+" only if every peer of the old ring lost its ipam.db")
+		a.log.Error("membership record unreadable; waiting for a peer's ring instead of making one", logx.KeyErr, err,
+			logx.KeyReason, "to repair, remove "+a.cfg.MemberPath+" only if every peer of the old ring lost its ipam.db")
 		a.adopting, a.rejoining = true, true
 	case err != nil:
 		return err
 	case !exists:
 	case m.rng != a.cfg.Range:
-		a.log.Info("membership record is for another range; not rejoining it", "record_range", m.rng, "range", a.cfg.Range)
+		a.log.Info("membership record is for another range; not rejoining it", logx.KeyCIDR, a.cfg.Range, logx.KeyReason, fmt.Sprintf("the record is for %v", m.rng))
 	case slices.ContainsFunc(m.owners, func(p mesh.PeerName) bool { return p != a.cfg.Name }):
 		a.log.Warn("no ring in the database but this peer belonged to one: waiting to adopt it from a peer",
-			"owners", len(m.owners), "record", a.cfg.MemberPath)
+			logx.KeyCount, len(m.owners), logx.KeyPath, a.cfg.MemberPath)
 		a.adopting, a.rejoining = true, true
 		a.member, a.memberSaved = m, true
 	}
@@ -334,7 +339,7 @@ func (a *Allocator) saveMembership() {
 	}
 	if err := writeMemberRecord(a.cfg.MemberPath, m); err != nil {
 		a.stats.persistErrors.Add(1)
-		a.log.Error("saving the ipam membership record failed; will retry", "err", err)
+		a.log.Error("saving the ipam membership record failed; will retry", logx.KeyErr, err)
 		return
 	}
 	a.member, a.memberSaved = m, true
@@ -356,7 +361,7 @@ func (a *Allocator) SetGossip(g mesh.Gossip) {
 // whatever we announce is on disk first.
 func (a *Allocator) unlock() {
 	if err := a.commit(); err != nil {
-		a.log.Error("saving ipam state failed; will retry", "err", err)
+		a.log.Error("saving ipam state failed; will retry", logx.KeyErr, err)
 	}
 	out, g := a.outbox, a.gossip
 	a.outbox = nil
@@ -368,7 +373,7 @@ func (a *Allocator) unlock() {
 		if m.broadcast {
 			g.GossipBroadcast(m.data)
 		} else if err := g.GossipUnicast(m.dst, m.bytes); err != nil {
-			a.log.Debug("unicast failed", "peer", m.dst, "err", err)
+			a.log.Debug("unicast failed", logx.KeyPeer, m.dst, logx.KeyErr, err)
 		}
 	}
 }
@@ -452,7 +457,7 @@ func (a *Allocator) ringChanged() {
 		}
 	}
 	if n := a.countOrphans(); n > orphansBefore {
-		a.log.Warn("space we use was taken over by another peer; re-claiming the addresses in use", "addresses", n-orphansBefore)
+		a.log.Warn("space we use was taken over by another peer; re-claiming the addresses in use", logx.KeyCount, n-orphansBefore)
 	}
 	a.reportFree()
 	clear(a.denied)
@@ -533,20 +538,20 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 				" its containers use and reports any clash"
 		}
 		if msg != a.ringErr {
-			a.log.Error("refused ring update", "from", src, "err", err)
+			a.log.Error("refused ring update", logx.KeyPeer, src, logx.KeyErr, err)
 		}
 		a.ringErr, a.ringErrAt = msg, a.cfg.Now()
 		return false
 	}
 	for _, c := range res.Conflicts {
 		a.stats.conflicts.Add(1)
-		a.log.Warn("conflicting ring entries (space taken over twice)", "conflict", c.String())
+		a.log.Warn("conflicting ring entries (space taken over twice)", logx.KeyReason, c.String())
 	}
 	if !res.Changed {
 		return false
 	}
 	if wasEmpty {
-		a.log.Info("ring received", "from", src, "seeds", a.ring.Seeds)
+		a.log.Info("ring received", logx.KeyFrom, src, logx.KeyPeer, a.ring.Seeds)
 		a.proposing = false
 		a.adopting = false
 		if a.rejoining {
@@ -608,7 +613,7 @@ func (a *Allocator) startConsensus() {
 		return
 	}
 	a.proposing = true
-	a.log.Info("starting consensus on the initial split", "quorum", a.node.Quorum())
+	a.log.Info("starting consensus on the initial split", logx.KeyCount, a.node.Quorum())
 	a.propose()
 }
 
@@ -632,7 +637,7 @@ func (a *Allocator) countKnownPeers() {
 		return
 	}
 	if q := pc.NumPeers()/2 + 1; a.node.RaiseQuorum(q) {
-		a.log.Info("consensus quorum raised to a majority of the peers known", "quorum", q)
+		a.log.Info("consensus quorum raised to a majority of the peers known", logx.KeyCount, q)
 	}
 }
 
@@ -644,10 +649,10 @@ func (a *Allocator) think(announce bool) {
 	a.dirtyPaxos = a.dirtyPaxos || changed
 	if v, ok := a.node.Consensus(); ok {
 		if err := a.ring.Seed(v); err != nil {
-			a.log.Error("seeding ring from consensus", "err", err)
+			a.log.Error("seeding ring from consensus", logx.KeyErr, err)
 			return
 		}
-		a.log.Info("consensus reached; ring seeded", "peers", v)
+		a.log.Info("consensus reached; ring seeded", logx.KeyPeer, v)
 		a.proposing = false
 		a.ringChanged()
 		a.broadcastRing()
@@ -802,12 +807,12 @@ func (a *Allocator) requestSpace(sr addr.Range) {
 			continue
 		}
 		a.spaceReqs[sr] = request{d.Peer, now}
-		a.log.Debug("asking for space", "subnet", sr, "peer", d.Peer, "their_free", d.Free)
+		a.log.Debug("asking for space", logx.KeyCIDR, sr, logx.KeyPeer, d.Peer, logx.KeyCount, d.Free)
 		a.unicast(d.Peer, encodeSpace(msgSpaceRequest, sr, nil))
 		a.waitReason = "waiting for IP(s) to become available"
 		return
 	}
-	a.log.Debug("no peer to ask for space", "subnet", sr, "unreachable", unreachable)
+	a.log.Debug("no peer to ask for space", logx.KeyCIDR, sr, logx.KeyCount, unreachable)
 	if unreachable > 0 {
 		a.waitReason = "all IP ranges owned by unreachable peers - use 'weavectl rmpeer' if they are dead"
 	} else {
@@ -822,18 +827,18 @@ func (a *Allocator) handleSpaceRequest(src mesh.PeerName, sr addr.Range) {
 	}
 	block, ok := a.space.Donate(sr)
 	if !ok {
-		a.log.Debug("no space to give", "subnet", sr, "to", src)
+		a.log.Debug("no space to give", logx.KeyCIDR, sr, logx.KeyPeer, src)
 		a.unicast(src, encodeSpace(msgSpaceDenied, sr, a.ring))
 		return
 	}
 	if err := a.ring.Grant(a.cfg.Name, block, src); err != nil {
 		// Space and ring disagree: a bug; resynchronise the space from the ring.
-		a.log.Error("donation failed", "range", block, "to", src, "err", err)
+		a.log.Error("donation failed", logx.KeyCIDR, block, logx.KeyPeer, src, logx.KeyErr, err)
 		a.ringChanged()
 		a.unicast(src, encodeSpace(msgSpaceDenied, sr, a.ring))
 		return
 	}
-	a.log.Debug("donated space", "range", block, "to", src)
+	a.log.Debug("donated space", logx.KeyCIDR, block, logx.KeyPeer, src)
 	a.ringChanged()
 	a.broadcastRing()
 	a.unicast(src, encodeRing(a.ring))
@@ -847,12 +852,12 @@ func (a *Allocator) handleClaim(src mesh.PeerName, ad addr.Addr) {
 		a.unicast(src, encodeClaimDenied(ad, claimInUse, a.ring))
 	default:
 		if err := a.ring.Grant(a.cfg.Name, addr.Range{Start: ad, End: ad + 1}, src); err != nil {
-			a.log.Error("claim grant failed", "addr", ad, "to", src, "err", err)
+			a.log.Error("claim grant failed", logx.KeyIP, ad, logx.KeyPeer, src, logx.KeyErr, err)
 			a.ringChanged()
 			a.unicast(src, encodeClaimDenied(ad, claimNotOwner, a.ring))
 			return
 		}
-		a.log.Info("gave an address back to the peer using it", "addr", ad, "to", src)
+		a.log.Info("gave an address back to the peer using it", logx.KeyIP, ad, logx.KeyPeer, src)
 		a.ringChanged()
 		a.broadcastRing()
 		a.unicast(src, encodeRing(a.ring))
@@ -868,14 +873,14 @@ func (a *Allocator) handleClaimDenied(src mesh.PeerName, ad addr.Addr, reason by
 	if w, ok := a.wanted[ad]; ok {
 		delete(a.wanted, ad)
 		a.claimDenied[ad] = src
-		a.log.Info("claim refused: address in use elsewhere", "addr", ad, "owner", src, "container", w.key)
+		a.log.Info("claim refused: address in use elsewhere", logx.KeyIP, ad, logx.KeyPeer, src, logx.KeyContainer, w.key)
 	}
 	if k, ok := a.byAddr[ad.Netip()]; ok && !a.space.Owns(ad) {
 		if _, seen := a.conflicts[ad]; !seen {
 			a.stats.conflicts.Add(1)
 			msg := fmt.Sprintf("%s of %s is used here but owned and in use by %s: release it on one side", ad, k, src)
 			a.conflicts[ad] = msg
-			a.log.Error("address conflict", "addr", ad, "container", k, "owner", src)
+			a.log.Error("address conflict", logx.KeyIP, ad, logx.KeyContainer, k, logx.KeyPeer, src)
 		}
 	}
 	a.notify()
@@ -1113,7 +1118,7 @@ func (a *Allocator) RemovePeer(p mesh.PeerName) (uint32, error) {
 		return 0, fmt.Errorf("%w: %s", ErrPeerReachable, p)
 	}
 	n := a.takeOver(p)
-	a.log.Info("took over the space of a removed peer", "peer", p, "addresses", n)
+	a.log.Info("took over the space of a removed peer", logx.KeyPeer, p, logx.KeyCount, n)
 	a.ringChanged()
 	a.broadcastRing()
 	return n, nil
@@ -1144,7 +1149,7 @@ func (a *Allocator) Handover() (mesh.PeerName, error) {
 		a.releaseLocked(k, netip.Addr{})
 	}
 	n := a.ring.Transfer(a.cfg.Name, heir, 1)
-	a.log.Info("handed our space over", "heir", heir, "addresses", n)
+	a.log.Info("handed our space over", logx.KeyPeer, heir, logx.KeyCount, n)
 	a.ringChanged()
 	a.broadcastRing()
 	return heir, nil
@@ -1160,7 +1165,7 @@ func (a *Allocator) ForgetRing() error {
 	if a.closed {
 		return ErrClosed
 	}
-	a.log.Warn("forgetting our ring: adopting the next one a peer sends", "allocations", len(a.allocs))
+	a.log.Warn("forgetting our ring: adopting the next one a peer sends", logx.KeyCount, len(a.allocs))
 	a.ring = ring.New(a.cfg.rng)
 	a.space.SetOwned(nil)
 	a.ringErr = ""
@@ -1236,7 +1241,7 @@ func (a *Allocator) reclaim(now time.Time) {
 			continue
 		}
 		n := a.takeOver(p)
-		a.log.Warn("reclaimed the space of a dead peer", "peer", p, "dead_since", since, "addresses", n)
+		a.log.Warn("reclaimed the space of a dead peer", logx.KeyPeer, p, logx.KeyDuration, now.Sub(since), logx.KeyCount, n)
 		changed = true
 	}
 	if changed {
