@@ -1,5 +1,7 @@
 package sleeve
 
+// A batch is up to batchDatagrams datagrams to one neighbour, sent with one WriteBatch;
+// batches are pooled per neighbour (queue.free) so the send path does not allocate.
 type batch struct {
 	bufs [][]byte // datagram buffers; a body starts at sealedHeaderLen
 	lens []int    // body lengths
