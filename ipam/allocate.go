@@ -142,17 +142,12 @@ func (a *Allocator) handleSpaceRequest(src mesh.PeerName, sr addr.Range) {
 		a.unicast(src, encodeSpace(msgSpaceDenied, sr, a.ring))
 		return
 	}
-	if err := a.ring.Grant(a.cfg.Name, block, src); err != nil {
-		// Space and ring disagree: a bug; resynchronise the space from the ring.
+	if err := a.grant(block, src); err != nil {
 		a.log.Error("donation failed", "range", block, "to", src, "err", err)
-		a.ringChanged()
 		a.unicast(src, encodeSpace(msgSpaceDenied, sr, a.ring))
 		return
 	}
 	a.log.Debug("donated space", "range", block, "to", src)
-	a.ringChanged()
-	a.broadcastRing()
-	a.unicast(src, encodeRing(a.ring))
 }
 
 // Lookup returns the addresses of (id, iface).
@@ -166,9 +161,5 @@ func (a *Allocator) Lookup(id, iface string) []netip.Prefix {
 func (a *Allocator) Owned() map[Key][]netip.Prefix {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make(map[Key][]netip.Prefix, len(a.allocs))
-	for k, v := range a.allocs {
-		out[k] = slices.Clone(v)
-	}
-	return out
+	return cloneAllocs(a.allocs)
 }

@@ -53,16 +53,12 @@ func (a *Allocator) handleClaim(src mesh.PeerName, ad addr.Addr) {
 	case !a.space.IsFree(ad) || !a.space.Give(addr.Range{Start: ad, End: ad + 1}):
 		a.unicast(src, encodeClaimDenied(ad, claimInUse, a.ring))
 	default:
-		if err := a.ring.Grant(a.cfg.Name, addr.Range{Start: ad, End: ad + 1}, src); err != nil {
+		if err := a.grant(addr.Range{Start: ad, End: ad + 1}, src); err != nil {
 			a.log.Error("claim grant failed", "addr", ad, "to", src, "err", err)
-			a.ringChanged()
 			a.unicast(src, encodeClaimDenied(ad, claimNotOwner, a.ring))
 			return
 		}
 		a.log.Info("gave an address back to the peer using it", "addr", ad, "to", src)
-		a.ringChanged()
-		a.broadcastRing()
-		a.unicast(src, encodeRing(a.ring))
 	}
 }
 

@@ -89,10 +89,7 @@ func (a *Allocator) load() error {
 				a.log.Warn("saved allocation duplicates another; keeping the first", "addr", p, "container", k, "first", other)
 				continue
 			}
-			a.record(k, p)
-			if ad, ok := addr.FromNetip(p.Addr()); ok && a.cfg.rng.Contains(ad) {
-				a.space.Take(ad)
-			}
+			a.recordUsed(k, p)
 		}
 	}
 	clear(a.dirtyAllocs)
@@ -142,16 +139,22 @@ func (a *Allocator) restoreInUse() {
 				}
 				continue
 			}
-			a.record(k, p)
-			if ad, ok := addr.FromNetip(p.Addr()); ok && a.cfg.rng.Contains(ad) {
-				a.space.Take(ad)
-			}
+			a.recordUsed(k, p)
 			restored++
 		}
 	}
 	if restored > 0 {
 		a.stats.restored.Add(uint64(restored))
 		a.log.Warn("the database did not know addresses this host's containers use; recorded them again", "addresses", restored)
+	}
+}
+
+// recordUsed records an allocation found at start (saved, or in use by a container) and
+// takes its address out of our space when it is in the range.
+func (a *Allocator) recordUsed(k Key, p netip.Prefix) {
+	a.record(k, p)
+	if ad, ok := addr.FromNetip(p.Addr()); ok && a.cfg.rng.Contains(ad) {
+		a.space.Take(ad)
 	}
 }
 

@@ -152,3 +152,17 @@ func (a *Allocator) mustWaitForRings() bool {
 	a.synced, a.awaitRings = true, nil
 	return false
 }
+
+// grant gives r, already taken out of our space, to dst in the ring; the changed ring goes
+// to everyone and to dst at once (its answer). An error means space and ring disagree (a
+// bug): the space is resynchronised from the ring and the caller sends its refusal.
+func (a *Allocator) grant(r addr.Range, dst mesh.PeerName) error {
+	if err := a.ring.Grant(a.cfg.Name, r, dst); err != nil {
+		a.ringChanged()
+		return err
+	}
+	a.ringChanged()
+	a.broadcastRing()
+	a.unicast(dst, encodeRing(a.ring))
+	return nil
+}
