@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -232,11 +233,7 @@ func (a *Allocator) Tick() {
 			a.propose()
 		}
 	}
-	for sr, req := range a.spaceReqs {
-		if now.Sub(req.at) >= 2*a.cfg.tick {
-			delete(a.spaceReqs, sr)
-		}
-	}
+	maps.DeleteFunc(a.spaceReqs, func(_ addr.Range, req request) bool { return now.Sub(req.at) >= 2*a.cfg.tick })
 	clear(a.denied)
 	a.helloIfUnsynced()
 	a.reclaim(now)

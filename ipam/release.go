@@ -56,12 +56,8 @@ func (a *Allocator) release(keys func(yield func(Key) bool), only netip.Addr) (i
 		a.mu.Unlock()
 		return 0, ErrClosed
 	}
-	var ks []Key
-	for k := range keys {
-		ks = append(ks, k)
-	}
 	n := 0
-	for _, k := range ks {
+	for _, k := range slices.Collect(keys) { // collected first: releasing changes a.allocs
 		n += a.releaseLocked(k, only)
 	}
 	if n > 0 {

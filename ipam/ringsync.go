@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"errors"
+	"maps"
 
 	"github.com/weavemesh/weave/ipam/addr"
 	"github.com/weavemesh/weave/ipam/ring"
@@ -135,11 +136,7 @@ func (a *Allocator) mustWaitForRings() bool {
 		return false
 	}
 	if a.awaitRings != nil {
-		for p := range a.awaitRings {
-			if !a.reachable(p) {
-				delete(a.awaitRings, p)
-			}
-		}
+		maps.DeleteFunc(a.awaitRings, func(p mesh.PeerName, _ bool) bool { return !a.reachable(p) })
 		if len(a.awaitRings) == 0 {
 			a.synced, a.awaitRings = true, nil
 			return false
