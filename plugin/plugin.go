@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -391,12 +392,8 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 
 func holds(allocs []api.Allocation, id, iface, cidr string) bool {
 	for _, a := range allocs {
-		if a.ID == id && a.Iface == iface {
-			for _, c := range a.CIDRs {
-				if c == cidr {
-					return true
-				}
-			}
+		if a.ID == id && a.Iface == iface && slices.Contains(a.CIDRs, cidr) {
+			return true
 		}
 	}
 	return false

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -383,12 +384,7 @@ func (b *Backend) removePort(ctx context.Context, name string) error {
 	}
 	var brs []vswitch.Bridge
 	_ = b.ovs.WhereCache(func(br *vswitch.Bridge) bool {
-		for _, u := range br.Ports {
-			if u == p.UUID {
-				return true
-			}
-		}
-		return false
+		return slices.Contains(br.Ports, p.UUID)
 	}).List(ctx, &brs)
 	var ops []ovsdb.Operation
 	for i := range brs {
