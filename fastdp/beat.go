@@ -16,25 +16,26 @@ func (f *FastDP) activateLocked(p *peer) {
 	p.active = true
 	f.activations.Add(1)
 	f.kerr(f.k.SetFloodRemote(p.Addr, true))
-	for m, n := range f.macs {
-		if n == p.Name {
-			f.kerr(f.k.DelMAC(m, netip.Addr{}))
-			f.kerr(f.k.SetMAC(m, p.Addr))
-		}
-	}
+	f.moveMACsLocked(p, netip.Addr{}, p.Addr)
 }
 
 func (f *FastDP) deactivateLocked(p *peer) {
 	p.active = false
 	f.deactivations.Add(1)
 	f.kerr(f.k.SetFloodRemote(p.Addr, false))
+	f.moveMACsLocked(p, p.Addr, netip.Addr{})
+	f.kerr(f.k.FlushLearned())
+}
+
+// moveMACsLocked repoints the FDB entries of p's MACs from one destination to another (the
+// invalid Addr: a drop entry).
+func (f *FastDP) moveMACsLocked(p *peer, from, to netip.Addr) {
 	for m, n := range f.macs {
 		if n == p.Name {
-			f.kerr(f.k.DelMAC(m, p.Addr))
-			f.kerr(f.k.SetMAC(m, netip.Addr{}))
+			f.kerr(f.k.DelMAC(m, from))
+			f.kerr(f.k.SetMAC(m, to))
 		}
 	}
-	f.kerr(f.k.FlushLearned())
 }
 
 // loop owns the heartbeat rounds and every state transition, so OnChange calls are

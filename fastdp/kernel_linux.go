@@ -463,8 +463,7 @@ func Cleanup(ns, device string) error {
 	defer h.Close()
 	l, err := h.LinkByName(device)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if netdev.IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("fastdp: cleanup %s: %w", device, err)

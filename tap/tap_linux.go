@@ -326,15 +326,8 @@ func (d *device) Close() error {
 // sysmon on the first frame after every idle spell (a futex wake and a context switch on the
 // path of each ping). The fd is non-blocking, so the call returns at once.
 func (d *device) rawRead(fd uintptr) bool {
-	var p unsafe.Pointer
-	if len(d.rtarget) > 0 {
-		p = unsafe.Pointer(&d.rtarget[0])
-	}
-	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(p), uintptr(len(d.rtarget)))
-	d.rn, d.rerr = int(n), nil
-	if errno != 0 {
-		d.rn, d.rerr = 0, errno
-	}
+	n, errno := rawIO(unix.SYS_READ, fd, d.rtarget)
+	d.rn, d.rerr = n, errOf(errno)
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return !d.rblock
 	}
@@ -345,16 +338,30 @@ func (d *device) rawRead(fd uintptr) bool {
 // the runtime's entersyscall would wake its sysmon thread on the first write after an idle
 // spell (a futex wake and a context switch on every hop of an idle path).
 func (d *device) rawWrite(fd uintptr) bool {
-	var p unsafe.Pointer
-	if len(d.wbuf) > 0 {
-		p = unsafe.Pointer(&d.wbuf[0])
-	}
-	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(p), uintptr(len(d.wbuf)))
-	d.wn, d.werr = int(n), nil
-	if errno != 0 {
-		d.wn, d.werr = 0, errno
-	}
+	n, errno := rawIO(unix.SYS_WRITE, fd, d.wbuf)
+	d.wn, d.werr = n, errOf(errno)
 	return !(errno == unix.EAGAIN || errno == unix.EINTR)
+}
+
+// rawIO is read(2) or write(2) (trap) of b through RawSyscall: the count, or 0 and the errno.
+func rawIO(trap, fd uintptr, b []byte) (int, unix.Errno) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, errno := unix.RawSyscall(trap, fd, uintptr(p), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), 0
+}
+
+// errOf is errno as an error: nil for 0.
+func errOf(errno unix.Errno) error {
+	if errno == 0 {
+		return nil
+	}
+	return errno
 }
 
 func (d *device) closedErr(err error) error {

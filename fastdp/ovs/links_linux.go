@@ -49,17 +49,7 @@ func NewNetlinkLinks(nsPath string) (*NetlinkLinks, error) {
 }
 
 // DeleteLink deletes the device name (a veth takes its peer with it); a missing one is fine.
-func (l *NetlinkLinks) DeleteLink(name string) error {
-	link, err := l.h.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return err
-	}
-	return l.h.LinkDel(link)
-}
+func (l *NetlinkLinks) DeleteLink(name string) error { return netdev.DeleteLink(l.h, name) }
 
 // Uplink creates (or completes) the veth pair ovsEnd <-> bridgeEnd: bridgeEnd becomes an
 // isolated port of the Linux bridge (like fastdp's VXLAN device, so frames from OVS never

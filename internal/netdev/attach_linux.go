@@ -36,8 +36,7 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 
 	link, err := nh.LinkByName(spec.IfName)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
+		if !IsNotFound(err) {
 			return Attached{}, fmt.Errorf("look up %s in %s: %w", spec.IfName, spec.NetnsPath, err)
 		}
 		// The container has no interface, so a host end of that name is half-made (a
@@ -162,8 +161,7 @@ func (Netlink) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
 	defer nh.Close()
 	link, err := nh.LinkByName(ifName)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("look up %s in %s: %w", ifName, netnsPath, err)
@@ -220,8 +218,7 @@ func (Netlink) Inspect(netnsPath, ifName string) (Attached, bool, error) {
 	defer nh.Close()
 	link, err := nh.LinkByName(ifName)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if IsNotFound(err) {
 			return Attached{}, false, nil
 		}
 		return Attached{}, false, fmt.Errorf("look up %s in %s: %w", ifName, netnsPath, err)

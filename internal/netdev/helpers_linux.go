@@ -1,10 +1,12 @@
 package netdev
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -49,4 +51,29 @@ func PacketSocket(ifindex int, etherType uint16, name string) (*os.File, error) 
 		return nil, fmt.Errorf("bind packet socket to interface %d: %w", ifindex, err)
 	}
 	return os.NewFile(uintptr(fd), name), nil
+}
+
+// IsNotFound reports whether err is netlink's "no such link".
+func IsNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}
+
+// DeleteLink deletes the link name through h (nil: in the caller's namespace); a veth takes
+// its peer with it. A link that is missing, or gone before the delete, is not an error.
+func DeleteLink(h *netlink.Handle, name string) error {
+	if h == nil {
+		h = &netlink.Handle{}
+	}
+	link, err := h.LinkByName(name)
+	if err != nil {
+		if IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if err := h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
 }
