@@ -56,6 +56,19 @@ func (p *meshPeers) IsReachable(n mesh.PeerName) bool {
 	return ok
 }
 
+// NumPeers counts the reachable peers in the topology, ourselves included (ipam.PeerCounter):
+// consensus then needs a majority of the mesh it can already see.
+func (p *meshPeers) NumPeers() int {
+	n := 0
+	self, rt := p.m.Name(), p.m.Routes()
+	for _, peer := range p.m.Peers() {
+		if _, ok := rt.UnicastNextHop(peer); ok || peer == self {
+			n++
+		}
+	}
+	return max(n, 1)
+}
+
 func (p *meshPeers) NickName(n mesh.PeerName) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -102,12 +115,17 @@ func (d *Daemon) newIPAM(m *mesh.Router) error {
 	}
 	d.peers = newMeshPeers(m)
 	alloc, err := ipam.New(ipam.Config{
-		Range:            d.cfg.IPAllocRange,
-		DefaultSubnet:    d.cfg.IPAllocDefaultSubnet,
-		Init:             d.cfg.IPAllocInit,
-		InitialPeerCount: len(d.cfg.Peers) + 1,
+		Range:         d.cfg.IPAllocRange,
+		DefaultSubnet: d.cfg.IPAllocDefaultSubnet,
+		Init:          d.cfg.IPAllocInit,
+		// The persisted targets count as much as the command line's: a peer relaunched
+		// without arguments still knows its mesh, and a quorum of one would let it make a
+		// ring of its own next to the one its peers hold.
+		InitialPeerCount: max(len(d.cfg.Peers), len(m.Targets())) + 1,
 		ReclaimAfter:     d.cfg.IPAllocReclaimAfter,
-		DBPath:           filepath.Join(d.cfg.StateDir, "ipam.db"),
+		DBPath:           filepath.Join(d.cfg.StateDir, ipamDBFile),
+		MemberPath:       filepath.Join(d.cfg.StateDir, ipamMemberFile),
+		InUse:            d.addressesInUse(),
 		Name:             d.name,
 		NickName:         d.cfg.NickName,
 		UID:              d.uid,
@@ -125,6 +143,28 @@ func (d *Daemon) newIPAM(m *mesh.Router) error {
 	alloc.SetGossip(g)
 	d.ipam = alloc
 	return nil
+}
+
+// State-dir files of IPAM: the database, and the record that this peer has belonged to a
+// ring, which outlives the database (see ipam.Config.MemberPath).
+const (
+	ipamDBFile     = "ipam.db"
+	ipamMemberFile = "ipam-member"
+)
+
+// addressesInUse lists the addresses of the endpoints this router attached (persisted in
+// the state dir), for the allocator to hold before it hands anything out.
+func (d *Daemon) addressesInUse() map[ipam.Key][]netip.Prefix {
+	d.endpoints.mu.Lock()
+	defer d.endpoints.mu.Unlock()
+	out := map[ipam.Key][]netip.Prefix{}
+	for _, e := range d.endpoints.listLocked() {
+		if len(e.CIDRs) > 0 {
+			k := ipam.Key{ID: e.ID, Iface: e.IfName}
+			out[k] = append(out[k], e.CIDRs...)
+		}
+	}
+	return out
 }
 
 // startIPAMBackground starts the work IPAM needs beside requests: it keeps the peers'

@@ -147,6 +147,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for reason, v := range map[string]uint64{
 			"conflict": n.Conflicts, "rejected_update": n.RejectedUpdates,
 			"bad_message": n.BadMessages, "persist_error": n.PersistErrors,
+			"bad_member_record": n.BadMemberRecords,
 		} {
 			ch <- prometheus.MustNewConstMetric(descIPAMRefused, prometheus.CounterValue, float64(v), reason)
 		}
@@ -165,7 +166,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
 		}
 		// Connections refused before, during or right after the handshake, by reason.
-		for reason, v := range c.d.mesh.Counters().Reasons() {
+		for reason, v := range c.d.mesh.Refusals() {
 			ch <- prometheus.MustNewConstMetric(descMeshErrors, prometheus.CounterValue, float64(v), reason)
 		}
 	}

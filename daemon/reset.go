@@ -15,7 +15,7 @@ import (
 
 // stateFiles are the files the router keeps in its state dir; reset removes exactly these
 // (and their temporary siblings), never anything else a user may have put there.
-var stateFiles = []string{"peer-name", "targets", "endpoints.json", "weaver.lock", "weaver.log", "ipam.db"}
+var stateFiles = []string{"peer-name", "targets", "endpoints.json", "weaver.lock", "weaver.log", ipamDBFile, ipamMemberFile}
 
 // Reset removes everything a router leaves on a host: the bridge with its ports (TAP,
 // container veths), the kernel path and its nftables guard, and the state files. It refuses while a router uses the state dir.

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,15 +63,26 @@ type Allocator struct {
 	// while we were away, and handing it out again would duplicate addresses.
 	synced    bool
 	startedAt time.Time
-	// adopting is set by ForgetRing: wait for a peer's ring, never make one.
+	// awaitRings, after adopting a ring on rejoining with a lost database, lists the
+	// owners we have not heard our ring from yet: the first ring heard may lack changes
+	// we made before the loss (a grant) that only their recipient knows. Allocation waits
+	// for every reachable one of them, at most two ticks (synced stays false meanwhile).
+	awaitRings map[mesh.PeerName]bool
+	// adopting is set by ForgetRing, or at start by a membership record naming other
+	// owners while the database has no ring: wait for a peer's ring, never make one.
 	adopting bool
-	closed   bool
+	// rejoining: adopting because the database was lost (the status says so).
+	rejoining bool
+	// member is the membership record last written (memberSaved: in this run).
+	member      memberRecord
+	memberSaved bool
+	closed      bool
 
 	rnd *rand.Rand // jitter; seeded from our identity, so simulations replay
 
 	pending atomic.Int64
 	stats   struct {
-		conflicts, rejected, badMessages, reclaimed, persistErrors atomic.Uint64
+		conflicts, rejected, badMessages, reclaimed, persistErrors, badRecords, restored atomic.Uint64
 	}
 
 	done chan struct{}
@@ -201,26 +214,7 @@ func (a *Allocator) load() error {
 		a.node = n
 		a.proposing = true // we were in an election: carry on
 	}
-	keys := make([]Key, 0, len(snap.Allocs))
-	for k := range snap.Allocs {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(x, y Key) int {
-		if x.ID != y.ID {
-			if x.ID < y.ID {
-				return -1
-			}
-			return 1
-		}
-		if x.Iface < y.Iface {
-			return -1
-		}
-		if x.Iface > y.Iface {
-			return 1
-		}
-		return 0
-	})
-	for _, k := range keys {
+	for _, k := range slices.SortedFunc(maps.Keys(snap.Allocs), compareKeys) {
 		for _, p := range snap.Allocs[k] {
 			if other, dup := a.byAddr[p.Addr()]; dup {
 				a.log.Warn("saved allocation duplicates another; keeping the first", "addr", p, "container", k, "first", other)
@@ -233,6 +227,10 @@ func (a *Allocator) load() error {
 		}
 	}
 	clear(a.dirtyAllocs)
+	a.restoreInUse()
+	if err := a.checkMembership(); err != nil {
+		return err
+	}
 	a.startedAt = a.cfg.Now()
 	owners := a.ring.Owners()
 	a.synced = a.ring.Empty() || (len(owners) == 1 && owners[0] == a.cfg.Name)
@@ -250,6 +248,96 @@ func (a *Allocator) load() error {
 	}
 	a.log.Info("ipam started", "range", a.cfg.Range, "ring_ready", !a.ring.Empty(), "allocations", len(a.allocs), "owned", a.space.NumOwned())
 	return nil
+}
+
+// restoreInUse records the addresses the host's containers hold that the database does not
+// know (it was lost or emptied), exactly as saved allocations are: used in our space, or
+// re-claimed from their owner once the ring is known. Nothing can be allocated before.
+func (a *Allocator) restoreInUse() {
+	keys := slices.SortedFunc(maps.Keys(a.cfg.InUse), compareKeys)
+	restored := 0
+	for _, k := range keys {
+		if err := k.valid(); err != nil {
+			a.log.Warn("ignoring an address in use with a bad key", "err", err)
+			continue
+		}
+		for _, p := range a.cfg.InUse[k] {
+			if !p.IsValid() || !p.Addr().Unmap().Is4() {
+				a.log.Warn("ignoring an address in use that is not IPv4", "container", k, "addr", p)
+				continue
+			}
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits())
+			if other, dup := a.byAddr[p.Addr()]; dup {
+				if other != k {
+					a.log.Warn("address in use by a container is allocated to another one here", "addr", p, "container", k, "allocated_to", other)
+				}
+				continue
+			}
+			a.record(k, p)
+			if ad, ok := addr.FromNetip(p.Addr()); ok && a.cfg.rng.Contains(ad) {
+				a.space.Take(ad)
+			}
+			restored++
+		}
+	}
+	if restored > 0 {
+		a.stats.restored.Add(uint64(restored))
+		a.log.Warn("the database did not know addresses this host's containers use; recorded them again", "addresses", restored)
+	}
+}
+
+func compareKeys(x, y Key) int {
+	if c := strings.Compare(x.ID, y.ID); c != 0 {
+		return c
+	}
+	return strings.Compare(x.Iface, y.Iface)
+}
+
+// checkMembership decides, when the database has no ring, whether we belonged to one
+// before: then the ring still exists at its other owners, and making a new one (consensus
+// with a quorum of one, or a seed) would hand out their containers' addresses again.
+func (a *Allocator) checkMembership() error {
+	if a.cfg.MemberPath == "" || !a.ring.Empty() || a.adopting || a.cfg.mode == initObserver {
+		return nil
+	}
+	m, exists, err := readMemberRecord(a.cfg.MemberPath)
+	switch {
+	case err != nil && exists:
+		// Unreadable but there: we did belong to a ring. Waiting is safe; guessing is not.
+		a.stats.badRecords.Add(1)
+		a.log.Error("membership record unreadable; waiting for a peer's ring instead of making one", "err", err,
+			"repair", "remove "+a.cfg.MemberPath+" only if every peer of the old ring lost its ipam.db")
+		a.adopting, a.rejoining = true, true
+	case err != nil:
+		return err
+	case !exists:
+	case m.rng != a.cfg.Range:
+		a.log.Info("membership record is for another range; not rejoining it", "record_range", m.rng, "range", a.cfg.Range)
+	case slices.ContainsFunc(m.owners, func(p mesh.PeerName) bool { return p != a.cfg.Name }):
+		a.log.Warn("no ring in the database but this peer belonged to one: waiting to adopt it from a peer",
+			"owners", len(m.owners), "record", a.cfg.MemberPath)
+		a.adopting, a.rejoining = true, true
+		a.member, a.memberSaved = m, true
+	}
+	return nil
+}
+
+// saveMembership keeps the membership record up to date with the ring's owners. It is
+// written only when they change, and before the ring is committed.
+func (a *Allocator) saveMembership() {
+	if a.cfg.MemberPath == "" || a.ring.Empty() || a.cfg.mode == initObserver {
+		return
+	}
+	m := memberRecord{rng: a.cfg.Range, owners: a.ring.Owners()}
+	if a.memberSaved && a.member.rng == m.rng && slices.Equal(a.member.owners, m.owners) {
+		return
+	}
+	if err := writeMemberRecord(a.cfg.MemberPath, m); err != nil {
+		a.stats.persistErrors.Add(1)
+		a.log.Error("saving the ipam membership record failed; will retry", "err", err)
+		return
+	}
+	a.member, a.memberSaved = m, true
 }
 
 // SetGossip connects the allocator to the mesh channel it was registered on.
@@ -316,9 +404,9 @@ func (a *Allocator) broadcastRing() {
 }
 
 // helloIfUnsynced asks every peer for its ring while we wait to learn whether our saved
-// space is still ours.
+// space is still ours, or while we wait to adopt one (our hello then carries an empty ring).
 func (a *Allocator) helloIfUnsynced() {
-	if !a.synced && !a.ring.Empty() {
+	if (!a.synced && !a.ring.Empty()) || (a.adopting && a.ring.Empty()) {
 		a.outbox = append(a.outbox, outMsg{broadcast: true, data: &gossipData{ring: a.ring.Clone(), hello: true}})
 	}
 }
@@ -353,6 +441,7 @@ func (a *Allocator) unrecord(k Key, ip netip.Addr) {
 // ringChanged brings everything that depends on the ring up to date.
 func (a *Allocator) ringChanged() {
 	a.dirtyRing = true
+	a.saveMembership()
 	orphansBefore := a.countOrphans()
 	a.space.SetOwned(a.ring.OwnedBy(a.cfg.Name))
 	for ad, w := range a.wanted {
@@ -428,7 +517,11 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 	wasEmpty := a.ring.Empty()
 	res, err := a.ring.Merge(r)
 	if err == nil && src != "" && !r.Empty() && !a.synced {
-		a.synced = true
+		if a.awaitRings == nil {
+			a.synced = true
+		} else if p, perr := mesh.ParsePeerName(src); perr == nil {
+			delete(a.awaitRings, p)
+		}
 		a.notify()
 	}
 	if err != nil {
@@ -456,9 +549,57 @@ func (a *Allocator) mergeRing(r *ring.Ring, src string) bool {
 		a.log.Info("ring received", "from", src, "seeds", a.ring.Seeds)
 		a.proposing = false
 		a.adopting = false
+		if a.rejoining {
+			a.awaitRingsFromOwners(src)
+		}
+		a.rejoining = false
 	}
 	a.ringChanged()
 	return true
+}
+
+// awaitRingsFromOwners starts waiting, after a rejoin, for the ring of every other owner
+// (src, the one we adopted, excepted) and asks them for it at once.
+func (a *Allocator) awaitRingsFromOwners(src string) {
+	a.awaitRings = map[mesh.PeerName]bool{}
+	for _, p := range a.ring.Owners() {
+		if p != a.cfg.Name {
+			a.awaitRings[p] = true
+		}
+	}
+	if p, err := mesh.ParsePeerName(src); err == nil {
+		delete(a.awaitRings, p)
+	}
+	a.synced = false
+	a.startedAt = a.cfg.Now()
+	a.helloIfUnsynced()
+}
+
+// mustWaitForRings reports whether allocation has to wait to hear peers' rings first: after
+// a restart with a saved ring that names other owners (our space may have been reclaimed
+// while we were away), or after rejoining with a lost database (awaitRings). It waits at
+// most two ticks: nobody answering means we are alone, and our ring is the best there is.
+func (a *Allocator) mustWaitForRings() bool {
+	if a.synced {
+		return false
+	}
+	if a.awaitRings != nil {
+		for p := range a.awaitRings {
+			if !a.reachable(p) {
+				delete(a.awaitRings, p)
+			}
+		}
+		if len(a.awaitRings) == 0 {
+			a.synced, a.awaitRings = true, nil
+			return false
+		}
+	}
+	if a.cfg.Now().Sub(a.startedAt) < 2*a.cfg.tick {
+		a.waitReason = "waiting to hear the ring from peers (our space may have changed while we were away)"
+		return true
+	}
+	a.synced, a.awaitRings = true, nil
+	return false
 }
 
 // startConsensus begins (once) the election of the first split.
@@ -473,8 +614,26 @@ func (a *Allocator) startConsensus() {
 
 func (a *Allocator) propose() {
 	a.lastPropose = a.cfg.Now()
+	a.countKnownPeers()
 	a.node.Propose()
 	a.think(true)
+}
+
+// countKnownPeers raises the quorum of plain "consensus" to a majority of the peers the
+// mesh knows, when that is more than the initial peers: a peer relaunched without
+// arguments, its database lost, must not agree with itself alone on a new ring. Raising a
+// quorum only ever makes this proposer wait for more acceptances, never fewer.
+func (a *Allocator) countKnownPeers() {
+	if !a.cfg.plainConsensus {
+		return
+	}
+	pc, ok := a.cfg.Peers.(PeerCounter)
+	if !ok {
+		return
+	}
+	if q := pc.NumPeers()/2 + 1; a.node.RaiseQuorum(q) {
+		a.log.Info("consensus quorum raised to a majority of the peers known", "quorum", q)
+	}
 }
 
 // think advances Paxos and seeds the ring once it decided.
@@ -606,12 +765,8 @@ func (a *Allocator) allocateLocked(k Key, subnet netip.Prefix, sr addr.Range) (n
 	if a.ring.Empty() {
 		return netip.Prefix{}, false, nil
 	}
-	if !a.synced {
-		if a.cfg.Now().Sub(a.startedAt) < 2*a.cfg.tick {
-			a.waitReason = "waiting to hear the ring from peers (our space may have been reclaimed while we were away)"
-			return netip.Prefix{}, false, nil
-		}
-		a.synced = true // nobody answered: we are alone, our saved ring is the best there is
+	if a.mustWaitForRings() {
+		return netip.Prefix{}, false, nil
 	}
 	ad, ok := a.space.Allocate(addr.Usable(sr))
 	if !ok {
@@ -785,6 +940,9 @@ func (a *Allocator) claimLocked(k Key, p netip.Prefix, ad addr.Addr) (bool, erro
 	}
 	a.startConsensus()
 	if a.ring.Empty() {
+		return false, nil
+	}
+	if a.awaitRings != nil && a.mustWaitForRings() {
 		return false, nil
 	}
 	if a.space.IsFree(ad) {

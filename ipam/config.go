@@ -53,6 +53,14 @@ type Peers interface {
 	DeadSince(p mesh.PeerName) (time.Time, bool)
 }
 
+// PeerCounter is implemented by a Peers view that knows how many peers the mesh has seen
+// (ourselves included). Consensus then needs a majority of those, not only of the initial
+// peers: a peer relaunched without arguments must not bootstrap a ring alone in a mesh
+// whose other peers it already sees.
+type PeerCounter interface {
+	NumPeers() int
+}
+
 // Store persists the ring and the allocations. BoltStore is the real one; MemStore keeps
 // them in memory (tests, and simulations of restarts).
 type Store interface {
@@ -110,6 +118,16 @@ type Config struct {
 	// DBPath is the bbolt file; Store overrides it; with neither, nothing persists.
 	DBPath string
 	Store  Store
+	// MemberPath, when set, is a small file beside the database that records that this
+	// peer has belonged to a ring and who owned space in it. It survives the loss of the
+	// database: a peer that finds no ring in its database but a record naming other owners
+	// adopts their ring from the mesh and never makes one of its own (see member.go).
+	MemberPath string
+	// InUse are addresses containers on this host hold (the daemon's attached endpoints).
+	// Those the database does not know (it was lost) are recorded as allocations before
+	// anything else can be handed out, and re-claimed from their owners once the ring is
+	// known, so they are never given to another container.
+	InUse map[Key][]netip.Prefix
 	// DiscardIncompatibleDB moves a corrupt or foreign database aside (to DBPath plus
 	// ".bad-<unix time>") and starts fresh instead of refusing to start.
 	DiscardIncompatibleDB bool
@@ -117,7 +135,8 @@ type Config struct {
 	Name     mesh.PeerName
 	NickName string
 	UID      uint64
-	// Peers answers reachability questions; nil means every peer is reachable.
+	// Peers answers reachability questions; nil means every peer is reachable. When it
+	// also implements PeerCounter, plain "consensus" counts the peers the mesh knows too.
 	Peers Peers
 	// Logger receives structured logs; nil discards them.
 	Logger *slog.Logger
@@ -170,8 +189,11 @@ type resolved struct {
 	rng, subnet addr.Range
 	mode        initMode
 	quorum      int
-	seeds       []mesh.PeerName
-	tick        time.Duration
+	// plainConsensus: "consensus" without a count, so the quorum may grow with the peers
+	// known (PeerCounter).
+	plainConsensus bool
+	seeds          []mesh.PeerName
+	tick           time.Duration
 }
 
 func (c Config) resolve() (resolved, error) {
@@ -200,6 +222,7 @@ func (c Config) resolve() (resolved, error) {
 	if r.mode, r.quorum, r.seeds, err = parseInit(r.Init, r.InitialPeerCount); err != nil {
 		return r, err
 	}
+	r.plainConsensus = r.Init == "" || r.Init == "consensus"
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}

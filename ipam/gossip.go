@@ -22,7 +22,8 @@ var _ mesh.GossipData = (*gossipData)(nil)
 func (d *gossipData) Encode() [][]byte {
 	var out [][]byte
 	switch {
-	case d.ring != nil && !d.ring.Empty() && d.hello:
+	case d.ring != nil && d.hello:
+		// Empty from a peer waiting to adopt a ring: "send me yours".
 		out = append(out, encodeHello(d.ring))
 	case d.ring != nil && !d.ring.Empty():
 		out = append(out, encodeRing(d.ring))

@@ -15,13 +15,18 @@ import (
 // simulation drives allocators over a lossy, partitioned fake mesh, one step at a time,
 // against a model of what each peer has handed out.
 type simulation struct {
-	t        *testing.T
-	rnd      *rand.Rand
-	net      *fakeNet
-	peers    []mesh.PeerName
-	stores   map[mesh.PeerName]*MemStore
-	nodes    map[mesh.PeerName]*Allocator
-	reclaim  time.Duration
+	t       *testing.T
+	rnd     *rand.Rand
+	net     *fakeNet
+	peers   []mesh.PeerName
+	stores  map[mesh.PeerName]*MemStore
+	nodes   map[mesh.PeerName]*Allocator
+	reclaim time.Duration
+	// loseDBs: a stopped peer that had a ring loses its database half the time; it comes
+	// back with its membership record and the addresses its containers hold (the model).
+	loseDBs  bool
+	lost     map[mesh.PeerName]bool // lost its database at least once
+	dir      string
 	model    map[mesh.PeerName]map[Key]netip.Prefix // what Allocate/Claim returned, minus releases
 	holder   map[netip.Addr]simOp                   // who holds each address (without reclaim)
 	pending  []simOp
@@ -36,17 +41,25 @@ type simOp struct {
 }
 
 type simStats struct {
-	allocs, claims, claimRefused, releases, restarts, partitions, maxLive int
-	reclaimed                                                             uint64
+	allocs, claims, claimRefused, releases, restarts, partitions, maxLive, lostDBs int
+	reclaimed                                                                      uint64
 }
 
 const simRange = "10.32.0.0/21" // 2048 addresses, so peers run out and borrow
 
 func newSimulation(t *testing.T, seed uint64, n int, reclaim time.Duration) *simulation {
+	return newSimulationLosingDBs(t, seed, n, reclaim, false)
+}
+
+func newSimulationLosingDBs(t *testing.T, seed uint64, n int, reclaim time.Duration, loseDBs bool) *simulation {
 	s := &simulation{
 		t: t, rnd: rand.New(rand.NewPCG(seed, 99)), net: newFakeNet(seed),
 		stores: map[mesh.PeerName]*MemStore{}, nodes: map[mesh.PeerName]*Allocator{},
 		model: map[mesh.PeerName]map[Key]netip.Prefix{}, reclaim: reclaim, holder: map[netip.Addr]simOp{},
+		loseDBs: loseDBs, lost: map[mesh.PeerName]bool{},
+	}
+	if loseDBs {
+		s.dir = t.TempDir()
 	}
 	s.net.loss = 0.05
 	for i := range n {
@@ -65,6 +78,17 @@ func (s *simulation) config(p mesh.PeerName) Config {
 	c := s.net.config(p, fmt.Sprintf("consensus=%d", len(s.peers)), s.stores[p])
 	c.Range = netip.MustParsePrefix(simRange)
 	c.ReclaimAfter = s.reclaim
+	if s.loseDBs {
+		c.MemberPath = fmt.Sprintf("%s/member-%v", s.dir, uint64(p))
+		if s.lost[p] {
+			// Relaunched without arguments: on its own, consensus would need only itself.
+			c.Init, c.InitialPeerCount = "consensus", 1
+		}
+		c.InUse = map[Key][]netip.Prefix{}
+		for k, pf := range s.model[p] {
+			c.InUse[k] = []netip.Prefix{pf}
+		}
+	}
 	return c
 }
 
@@ -251,6 +275,11 @@ func (s *simulation) step(i int) {
 		}
 		p := pick()
 		s.stats.reclaimed += s.nodes[p].Counts().Reclaimed
+		if s.loseDBs && s.nodes[p].Ready() && s.ringSurvivesElsewhere(p) && s.rnd.IntN(2) == 0 {
+			s.stores[p] = &MemStore{}
+			s.lost[p] = true
+			s.stats.lostDBs++
+		}
 		s.net.stop(p)
 		s.nodes[p] = nil
 		s.stats.restarts++
@@ -267,6 +296,25 @@ func (s *simulation) step(i int) {
 		s.pending = still
 	}
 	s.stats.maxLive = max(s.stats.maxLive, s.live())
+}
+
+// ringSurvivesElsewhere: another peer's database holds the ring. When every copy is lost
+// the peers rightly wait for one forever (the operator must remove their membership
+// records); the simulation never goes there.
+func (s *simulation) ringSurvivesElsewhere(p mesh.PeerName) bool {
+	for _, q := range s.peers {
+		if q == p {
+			continue
+		}
+		st := s.stores[q]
+		st.mu.Lock()
+		saved := st.ring != nil
+		st.mu.Unlock()
+		if saved {
+			return true
+		}
+	}
+	return false
 }
 
 // settle heals everything, brings every peer up and gossips until the rings agree and
@@ -398,6 +446,31 @@ func TestSimulationNoDuplicatesNoLoss(t *testing.T) {
 			s.settle()
 			s.checkNoDuplicates()
 			s.checkAccounting()
+			t.Logf("seed %d: %+v live=%d delivered=%d dropped=%d wall=%v", seed, s.stats, s.live(),
+				s.net.delivered.Load(), s.net.dropped.Load(), time.Since(start).Round(time.Millisecond))
+			for _, a := range s.nodes {
+				a.Close()
+			}
+		})
+	}
+}
+
+// TestSimulationLostDatabases: peers that lose their database while stopped (deleted,
+// emptied) rejoin the ring and never hand out an address another container holds.
+func TestSimulationLostDatabases(t *testing.T) {
+	for _, seed := range []uint64{5, 6, 7} {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			start := time.Now()
+			s := newSimulationLosingDBs(t, seed, 6, 0, true)
+			for i := range 6000 {
+				s.step(i)
+			}
+			s.settle()
+			s.checkNoDuplicates()
+			s.checkAccounting()
+			if s.stats.lostDBs == 0 {
+				t.Fatal("no database was lost: the test does not test the loss")
+			}
 			t.Logf("seed %d: %+v live=%d delivered=%d dropped=%d wall=%v", seed, s.stats, s.live(),
 				s.net.delivered.Load(), s.net.dropped.Load(), time.Since(start).Round(time.Millisecond))
 			for _, a := range s.nodes {

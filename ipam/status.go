@@ -12,8 +12,11 @@ const (
 	StatusReady             = "ready"
 	StatusIdle              = "idle"
 	StatusAwaitingConsensus = "awaiting consensus"
-	StatusObserverWaiting   = "waiting for the ring (observer)"
-	StatusClosed            = "closed"
+	// StatusAwaitingRing: the peer waits to adopt a ring from the mesh (its database was
+	// lost but it belonged to a ring, or ForgetRing was called); requests wait meanwhile.
+	StatusAwaitingRing    = "awaiting the ring from peers (this peer belonged to one; it will not make its own)"
+	StatusObserverWaiting = "waiting for the ring (observer)"
+	StatusClosed          = "closed"
 )
 
 // Report is the IPAM part of `weavectl report` (snake_case JSON, see CONTRACT.md).
@@ -65,6 +68,11 @@ type Counts struct {
 	BadMessages          uint64 `json:"bad_messages"`
 	Reclaimed            uint64 `json:"reclaimed"`
 	PersistErrors        uint64 `json:"persist_errors"`
+	// BadMemberRecords counts unreadable membership records (Config.MemberPath) at start.
+	BadMemberRecords uint64 `json:"bad_member_records"`
+	// Restored counts addresses in use on this host (Config.InUse) that the database did
+	// not know and that were recorded again at start.
+	Restored uint64 `json:"restored"`
 }
 
 // Counts returns the figures for metrics.
@@ -76,16 +84,18 @@ func (a *Allocator) Counts() Counts {
 
 func (a *Allocator) countsLocked() Counts {
 	c := Counts{
-		LocalUsed:       uint64(len(a.byAddr)),
-		LocalOwned:      a.space.NumOwned(),
-		LocalFree:       a.space.NumFree(),
-		MaxIPs:          uint64(a.cfg.rng.Size()),
-		Pending:         int(a.pending.Load()),
-		Conflicts:       a.stats.conflicts.Load(),
-		RejectedUpdates: a.stats.rejected.Load(),
-		BadMessages:     a.stats.badMessages.Load(),
-		Reclaimed:       a.stats.reclaimed.Load(),
-		PersistErrors:   a.stats.persistErrors.Load(),
+		LocalUsed:        uint64(len(a.byAddr)),
+		LocalOwned:       a.space.NumOwned(),
+		LocalFree:        a.space.NumFree(),
+		MaxIPs:           uint64(a.cfg.rng.Size()),
+		Pending:          int(a.pending.Load()),
+		Conflicts:        a.stats.conflicts.Load(),
+		RejectedUpdates:  a.stats.rejected.Load(),
+		BadMessages:      a.stats.badMessages.Load(),
+		Reclaimed:        a.stats.reclaimed.Load(),
+		PersistErrors:    a.stats.persistErrors.Load(),
+		BadMemberRecords: a.stats.badRecords.Load(),
+		Restored:         a.stats.restored.Load(),
 	}
 	unreach := map[mesh.PeerName]bool{}
 	for _, pc := range a.ring.Pieces() {
@@ -119,6 +129,8 @@ func (a *Allocator) Status() Report {
 		r.Status = StatusClosed
 	case a.ring.Empty() && a.cfg.mode == initObserver:
 		r.Status = StatusObserverWaiting
+	case a.ring.Empty() && a.adopting:
+		r.Status = StatusAwaitingRing
 	case a.ring.Empty() && a.proposing:
 		r.Status = StatusAwaitingConsensus
 	case a.ring.Empty():

@@ -154,7 +154,7 @@ func TestFloodDoesNotLockOutPeer(t *testing.T) {
 	if during == 0 {
 		t.Fatal("the flood was not running while the peer joined")
 	}
-	if victim.Counters().RateLimited.Load() == 0 {
+	if victim.counters.RateLimited.Load() == 0 {
 		t.Fatal("flood not counted as rate limited")
 	}
 	t.Logf("joined in %v while the flood made %d connects", time.Since(start).Round(time.Millisecond), during)

@@ -103,7 +103,7 @@ func (c *Config) setDefaults() {
 			*d = v
 		}
 	}
-	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	def(&c.HandshakeTimeout, defaultHandshakeTimeout)
 	def(&c.DialTimeout, DefaultDialTimeout)
 	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
 	def(&c.GossipInterval, DefaultGossipInterval)

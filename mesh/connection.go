@@ -1,11 +1,11 @@
 package mesh
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,9 +14,6 @@ import (
 
 // refuseLinger bounds how long a refused connection is kept open for the peer to read why.
 const refuseLinger = 500 * time.Millisecond
-
-// acceptRetry: the pause after a failed Accept (out of file descriptors, say).
-const acceptRetry = 50 * time.Millisecond
 
 // errNameInUse: a peer claimed a name that is ours or belongs to a connected peer.
 var errNameInUse = errors.New("name in use")
@@ -31,8 +28,8 @@ const featureTrusted = "trusted"
 // meshConn is one established (handshaken) connection to a neighbour.
 type meshConn struct {
 	r        *Router
-	c        *Conn
-	intro    RemoteIntro
+	c        *framedConn
+	intro    remoteIntro
 	outbound bool
 	remote   string // remote address
 	target   string // connection-maker target that dialled it ("" when inbound)
@@ -81,80 +78,6 @@ func (c *meshConn) close(err error) {
 	})
 }
 
-// acceptLoop hands each accepted connection to admission control and never waits itself:
-// a flood from one address is refused at once and real peers are accepted in between.
-func (r *Router) acceptLoop(ln net.Listener) {
-	defer r.wg.Done()
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || r.ctx.Err() != nil {
-				return
-			}
-			r.log.Warn("accept failed", "err", err)
-			select {
-			case <-r.ctx.Done():
-				return
-			case <-time.After(acceptRetry):
-			}
-			continue
-		}
-		release, err := r.admit.admit(nc.RemoteAddr(), time.Now())
-		if err != nil {
-			nc.Close()
-			if errors.Is(err, errRateLimited) {
-				r.counters.RateLimited.Add(1)
-			} else {
-				r.counters.TooManyHandshakes.Add(1)
-			}
-			r.logRefused(nc.RemoteAddr().String(), err)
-			continue
-		}
-		r.startHandshake(nc, false, "", release)
-	}
-}
-
-// logRefused logs an inbound connection we refused, at most a few lines per reason and
-// interval, so a flood cannot fill the disk (the counters have the totals).
-func (r *Router) logRefused(addr string, err error) {
-	reason := refusalReason(err)
-	r.refuseLog.Log(slog.LevelWarn, reason, "connection refused", "reason", reason, "addr", addr, "err", err)
-}
-
-// refusalReason names why an inbound connection was refused: the reason label of
-// weave_mesh_refused_total where there is one (ConnCounters.Reasons), and the key of its
-// rate-limited log line.
-func refusalReason(err error) string {
-	switch {
-	case errors.Is(err, ErrDuplicateConn) && !errors.Is(err, errNameInUse):
-		return "duplicate"
-	case errors.Is(err, ErrConnectToSelf):
-		return "self"
-	case errors.Is(err, ErrConnLimit):
-		return "conn_limit"
-	case errors.Is(err, errRateLimited):
-		return "rate_limited"
-	case errors.Is(err, errTooManyPending):
-		return "too_many_handshakes"
-	case errors.Is(err, errNameInUse):
-		return "name_in_use"
-	case errors.Is(err, ErrWrongPassword):
-		return "wrong_password"
-	case errors.Is(err, ErrPasswordMismatch):
-		return "password_mismatch"
-	case errors.Is(err, ErrVersionMismatch):
-		return "version"
-	case errors.Is(err, ErrHandshakeTimeout):
-		return "timeout"
-	case errors.Is(err, errBadGreeting):
-		return "bad_greeting"
-	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
-		return "bad_handshake"
-	default:
-		return "aborted"
-	}
-}
-
 // startHandshake runs the handshake on nc in its own goroutine and registers the result.
 // release (inbound only; may be nil) returns the admission slot when the handshake is over.
 func (r *Router) startHandshake(nc net.Conn, outbound bool, target string, release func()) {
@@ -196,7 +119,7 @@ func (r *Router) startHandshake(nc net.Conn, outbound bool, target string, relea
 	}()
 }
 
-func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
+func (r *Router) handshakeParams(outbound bool, remote string) handshakeParams {
 	timeout := r.cfg.HandshakeTimeout
 	if !outbound {
 		timeout = min(timeout, preAuthTimeout)
@@ -211,7 +134,7 @@ func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
 	if r.trusts(remote) {
 		feats[featureTrusted] = "1"
 	}
-	return HandshakeParams{
+	return handshakeParams{
 		Name:     r.cfg.Name,
 		NickName: r.cfg.NickName,
 		UID:      r.cfg.UID,
@@ -224,7 +147,7 @@ func (r *Router) handshakeParams(outbound bool, remote string) HandshakeParams {
 }
 
 func (r *Router) handshakeAndAdd(h *handshakeState) error {
-	conn, intro, err := Handshake(h.nc, r.handshakeParams(h.outbound, h.remote))
+	conn, intro, err := handshake(context.Background(), h.nc, r.handshakeParams(h.outbound, h.remote))
 	if err != nil {
 		return err
 	}
@@ -500,98 +423,6 @@ func (r *Router) dispatch(c *meshConn, msg []byte) error {
 	}
 }
 
-// OverlayHook lets a data-plane overlay follow the mesh connections. Methods are called
-// without locks held and must not block.
-type OverlayHook interface {
-	// ConnectionUp: a connection to a peer was established at TCP level. With
-	// Config.OverlayConfirms the mesh waits for SetEstablished before routing data over it.
-	ConnectionUp(ConnInfo)
-	// ConnectionDown: the connection is gone.
-	ConnectionDown(peer PeerName, connID uint64)
-	// OverlayControl: a message the peer's overlay sent with SendOverlayControl. msg is
-	// only valid during the call.
-	OverlayControl(peer PeerName, connID uint64, msg []byte)
-}
-
-// ConnInfo describes a connection to an overlay.
-type ConnInfo struct {
-	Peer       PeerName
-	NickName   string
-	UID        uint64
-	ConnID     uint64 // identical on both ends: a shared id for heartbeats and key ids
-	Outbound   bool
-	RemoteAddr net.Addr
-	LocalAddr  net.Addr
-	Encrypted  bool
-	// Trusted: each end's address is inside the other's trusted subnets, so the data
-	// plane may skip encryption with it (the control plane stays encrypted).
-	Trusted          bool
-	SendKey, RecvKey [KeySize]byte
-	HasKeys          bool
-	Features         map[string]string
-}
-
-func (c *meshConn) info() ConnInfo {
-	ci := ConnInfo{
-		Peer: c.intro.Name, NickName: c.intro.NickName, UID: c.intro.UID, ConnID: c.intro.ConnID,
-		Outbound: c.outbound, RemoteAddr: c.c.RemoteAddr(), LocalAddr: c.c.LocalAddr(),
-		Encrypted: c.intro.Encrypted, Features: c.intro.Features,
-	}
-	ci.SendKey, ci.RecvKey, ci.HasKeys = c.c.DataKeys()
-	ci.Trusted = c.r.trusts(c.remote) && c.intro.Features[featureTrusted] == "1"
-	return ci
-}
-
-// trusts reports whether addr (ip:port) is inside one of our trusted subnets.
-func (r *Router) trusts(addr string) bool {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return false
-	}
-	for _, p := range r.cfg.TrustedSubnets {
-		if p.Contains(ap.Addr().Unmap()) {
-			return true
-		}
-	}
-	return false
-}
-
-// SetEstablished marks the connection to peer (with connID) as established, or not, for
-// data: the overlay calls it when its own heartbeats pass both ways, or stop.
-func (r *Router) SetEstablished(peer PeerName, connID uint64, established bool) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	c := r.conns[peer]
-	if c == nil || c.intro.ConnID != connID {
-		return fmt.Errorf("set established %s/%x: %w", peer, connID, ErrUnknownConn)
-	}
-	if c.established == established {
-		return nil
-	}
-	c.established = established
-	r.topo.setConn(connSummary{Name: peer, Addr: c.remote, Outbound: c.outbound, Established: established})
-	r.afterChangeLocked()
-	return nil
-}
-
-// SendOverlayControl sends a small message to the overlay of peer over the connection
-// connID. It never blocks; it fails if the connection is gone or its queue is full.
-func (r *Router) SendOverlayControl(peer PeerName, connID uint64, msg []byte) error {
-	r.mu.Lock()
-	c := r.conns[peer]
-	r.mu.Unlock()
-	if c == nil || c.intro.ConnID != connID {
-		return fmt.Errorf("overlay control to %s/%x: %w", peer, connID, ErrUnknownConn)
-	}
-	m := make([]byte, 1+len(msg))
-	m[0] = tagOverlayControl
-	copy(m[1:], msg)
-	if !c.enqueue(m) {
-		return fmt.Errorf("overlay control to %s: send queue full or closed", peer)
-	}
-	return nil
-}
-
 // handleNameInUse: a neighbour refused us because a peer with our name and another UID is
 // connected to it: our previous incarnation whose connection has not timed out yet, or
 // another peer using our name. It is only logged: a neighbour's word (or an impostor's,
@@ -610,19 +441,5 @@ func (r *Router) handleNameInUse(c *meshConn, p []byte) error {
 	}
 	r.refuseLog.Log(slog.LevelWarn, "name_in_use_remote", "name in use: a neighbour has a connection from another peer with our name; retrying (if it is our previous incarnation, its connection times out)",
 		"peer", c.intro.Name.String(), "their_uid", uid, "their_nickname", nick, "last_heard", heardAgo)
-	return nil
-}
-
-// DropConnection closes the connection to peer with connID, for an overlay whose data path
-// to that peer failed (Weave: "no working forwarders"). The connection maker retries it
-// with backoff as for any other failure.
-func (r *Router) DropConnection(peer PeerName, connID uint64, reason error) error {
-	r.mu.Lock()
-	c := r.conns[peer]
-	r.mu.Unlock()
-	if c == nil || c.intro.ConnID != connID {
-		return fmt.Errorf("drop connection %s/%x: %w", peer, connID, ErrUnknownConn)
-	}
-	r.connDown(c, fmt.Errorf("dropped by the overlay: %w", reason))
 	return nil
 }

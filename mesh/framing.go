@@ -81,7 +81,7 @@ func unexpectedEOF(err error) error {
 	return err
 }
 
-// Conn is an established mesh connection: a stream of messages, each framed as a 4-byte
+// framedConn is an established mesh connection: a stream of messages, each framed as a 4-byte
 // big-endian length and a body; when the connection is encrypted the body is sealed with
 // ChaCha20-Poly1305 under a per-direction key and a counter nonce (the header is
 // authenticated as additional data).
@@ -89,11 +89,11 @@ func unexpectedEOF(err error) error {
 // Any error from Send or Receive is final: the connection is unusable afterwards (a partial
 // write or read leaves the stream desynchronised, and a failed authentication means an
 // attack or corruption) and every later call returns the same error.
-type Conn struct {
+type framedConn struct {
 	nc        net.Conn
 	encrypted bool
 	outbound  bool
-	counters  *ConnCounters
+	counters  *connCounters
 	dataKeys  sessionKeys
 
 	sendMu   sync.Mutex
@@ -114,8 +114,8 @@ type Conn struct {
 	closeErr  error
 }
 
-func newConn(nc net.Conn, br *bufio.Reader, keys *sessionKeys, counters *ConnCounters) (*Conn, error) {
-	c := &Conn{
+func newConn(nc net.Conn, br *bufio.Reader, keys *sessionKeys, counters *connCounters) (*framedConn, error) {
+	c := &framedConn{
 		nc:        nc,
 		counters:  counters,
 		fr:        frameReader{r: br},
@@ -141,7 +141,7 @@ func newConn(nc net.Conn, br *bufio.Reader, keys *sessionKeys, counters *ConnCou
 
 // Send writes msg as one message. It is safe for concurrent callers; each message is written
 // whole and messages leave in the order the calls took the lock.
-func (c *Conn) Send(msg []byte) error {
+func (c *framedConn) Send(msg []byte) error {
 	if len(msg) > MaxMessageSize {
 		return fmt.Errorf("send %d bytes (max %d): %w", len(msg), MaxMessageSize, ErrMessageTooLarge)
 	}
@@ -181,7 +181,7 @@ func (c *Conn) Send(msg []byte) error {
 // slice is valid only until the next call to Receive (the buffer is reused): copy what you
 // keep. A message that fails authentication (replayed, reordered, forged) returns an error
 // wrapping ErrReplayOrForgery, is counted, and closes the connection.
-func (c *Conn) Receive() ([]byte, error) {
+func (c *framedConn) Receive() ([]byte, error) {
 	msg, err := c.receive()
 	if err != nil {
 		// A fatal receive error ends the connection so the peer notices too.
@@ -192,7 +192,7 @@ func (c *Conn) Receive() ([]byte, error) {
 
 // receive is Receive without closing on error: the handshake must let its own writes finish
 // before it tears the connection down, or the peer would see a reset instead of the reason.
-func (c *Conn) receive() ([]byte, error) {
+func (c *framedConn) receive() ([]byte, error) {
 	if c.recvErr != nil {
 		return nil, c.recvErr
 	}
@@ -226,34 +226,34 @@ func (c *Conn) receive() ([]byte, error) {
 
 // SetReadDeadline bounds the wait of Receive (heartbeat timeouts are the caller's). A
 // deadline that expires is a final error like any other.
-func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+func (c *framedConn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
 
 // SetWriteDeadline bounds how long Send may block on a peer that stopped reading.
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }
+func (c *framedConn) SetWriteDeadline(t time.Time) error { return c.nc.SetWriteDeadline(t) }
 
 // Close closes the underlying connection; blocked Send and Receive calls return. It is
 // idempotent: later calls return the first result.
-func (c *Conn) Close() error {
+func (c *framedConn) Close() error {
 	c.closeOnce.Do(func() { c.closeErr = c.nc.Close() })
 	return c.closeErr
 }
 
 // RemoteAddr is the peer's address.
-func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+func (c *framedConn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // LocalAddr is our address.
-func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+func (c *framedConn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
 
-// Outbound reports whether we dialled this connection (HandshakeParams.Outbound).
-func (c *Conn) Outbound() bool { return c.outbound }
+// Outbound reports whether we dialled this connection (handshakeParams.Outbound).
+func (c *framedConn) Outbound() bool { return c.outbound }
 
 // Encrypted reports whether messages are sealed (a password was configured on both ends).
-func (c *Conn) Encrypted() bool { return c.encrypted }
+func (c *framedConn) Encrypted() bool { return c.encrypted }
 
 // DataKeys returns this connection's data-plane keys (for the sleeve overlay): send is what
 // this end seals with and equals the peer's recv. They come from other HKDF labels than the
 // stream keys, so they are unrelated to them. ok is false on an unencrypted connection.
-func (c *Conn) DataKeys() (send, recv [KeySize]byte, ok bool) {
+func (c *framedConn) DataKeys() (send, recv [KeySize]byte, ok bool) {
 	if !c.encrypted {
 		return send, recv, false
 	}

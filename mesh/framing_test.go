@@ -62,7 +62,7 @@ func (p *hsFrameProxy) run(t *testing.T, from, to net.Conn, tamper bool) {
 }
 
 // hsProxied connects a and b through the proxy and handshakes them.
-func hsProxied(t *testing.T, pa, pb HandshakeParams, tamper func(int, []byte) [][]byte) (*Conn, *Conn) {
+func hsProxied(t *testing.T, pa, pb handshakeParams, tamper func(int, []byte) [][]byte) (*framedConn, *framedConn) {
 	t.Helper()
 	a, pa1 := net.Pipe()
 	pb1, b := net.Pipe()
@@ -160,7 +160,7 @@ func TestConnDetectsReplayReorderForgery(t *testing.T) {
 		}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var cb ConnCounters
+			var cb connCounters
 			pa, pb := hsParams(1, "pw"), hsParams(2, "pw")
 			pb.Counters = &cb
 			ca, cbConn := hsProxied(t, pa, pb, tc.tamper)
@@ -198,7 +198,7 @@ func TestConnDetectsReplayReorderForgery(t *testing.T) {
 func TestConnRefusesOversizeFrame(t *testing.T) {
 	for _, pw := range []string{"", "pw"} {
 		t.Run(fmt.Sprintf("password=%q", pw), func(t *testing.T) {
-			var cb ConnCounters
+			var cb connCounters
 			pb := hsParams(2, pw)
 			pb.Counters = &cb
 			limit, firstApp := MaxMessageSize, 1 // plain: frame 0 is the intro

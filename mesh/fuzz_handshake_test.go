@@ -3,6 +3,7 @@ package mesh
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -32,10 +33,10 @@ func FuzzHandshakeIntro(f *testing.F) {
 			}
 			return
 		}
-		if in.Name == UnknownPeerName || in.UID == 0 || len(in.NickName) > MaxNickNameLen || len(in.Features) > MaxFeatures {
+		if in.Name == UnknownPeerName || in.UID == 0 || len(in.NickName) > maxNickLen || len(in.Features) > maxFeatures {
 			t.Fatalf("accepted an invalid intro: %+v", in)
 		}
-		q := HandshakeParams{Name: in.Name, NickName: in.NickName, UID: in.UID, Features: in.Features}
+		q := handshakeParams{Name: in.Name, NickName: in.NickName, UID: in.UID, Features: in.Features}
 		if err := q.validate(); err != nil {
 			t.Fatalf("accepted intro is not valid as params: %v", err)
 		}
@@ -70,7 +71,7 @@ func FuzzFraming(f *testing.F) {
 		key.streamRecv[0] = 1
 		for _, keys := range []*sessionKeys{nil, &key} {
 			nc, peer := net.Pipe()
-			var cc ConnCounters
+			var cc connCounters
 			k := keys
 			if k != nil {
 				cp := *k
@@ -130,7 +131,7 @@ func FuzzHandshake(f *testing.F) {
 		a, b := net.Pipe()
 		go func() { _, _ = b.Write(script); _ = b.Close() }()
 		go func() { _, _ = io.Copy(io.Discard, b) }()
-		c, in, err := Handshake(a, p)
+		c, in, err := handshake(context.Background(), a, p)
 		if err == nil {
 			defer c.Close()
 			if in.Name == UnknownPeerName || in.UID == 0 {

@@ -11,7 +11,7 @@ package mesh
 //	             count u8, then per entry: keyLen u8, key, valueLen u16 BE, value
 //	             with the reserved keys Name, NickName, UID, ConnID and the caller's Features.
 //
-// After that the connection carries framed messages (see Conn).
+// After that the connection carries framed messages (see framedConn).
 
 import (
 	"bufio"
@@ -19,17 +19,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"strconv"
-	"sync/atomic"
 	"time"
-	"unicode"
-	"unicode/utf8"
 )
 
 // Protocol version range this build speaks. It starts at 3 because the greeting is Weave
@@ -40,19 +35,8 @@ const (
 	ProtocolMaxVersion byte = 3
 )
 
-// DefaultHandshakeTimeout bounds a handshake when HandshakeParams.Timeout is zero (as Weave).
-const DefaultHandshakeTimeout = 10 * time.Second
-
-// Limits on the intro message: enough for any real peer, small enough that an unauthenticated
-// peer cannot make us hold much.
-const (
-	MaxNickNameLen     = 255
-	MaxFeatures        = 32 // caller's features, not counting the reserved keys
-	MaxFeatureKeyLen   = 64
-	MaxFeatureValueLen = 1024
-	maxIntroEntries    = MaxFeatures + 4
-	maxIntroSize       = 1 + maxIntroEntries*(1+MaxFeatureKeyLen+2+MaxFeatureValueLen)
-)
+// defaultHandshakeTimeout bounds a handshake when handshakeParams.Timeout is zero (as Weave).
+const defaultHandshakeTimeout = 10 * time.Second
 
 const (
 	protocolMagic = "weave"
@@ -60,14 +44,6 @@ const (
 	keyMsgSize    = 1 + 32
 	flagPlain     = 0
 	flagEncrypted = 1
-)
-
-// Reserved intro keys (Weave's feature names).
-const (
-	introName     = "Name"
-	introNickName = "NickName"
-	introUID      = "UID"
-	introConnID   = "ConnID"
 )
 
 // Errors callers branch on; returned wrapped with the peer's address and the details.
@@ -92,50 +68,8 @@ var (
 	errBadGreeting = fmt.Errorf("%w: not a weave peer", ErrBadHandshake)
 )
 
-// ErrAuthFailed is another name for ErrWrongPassword.
-var ErrAuthFailed = ErrWrongPassword
-
-// ConnCounters counts refused handshakes and fatal connection errors by reason, for metrics.
-// Share one across all connections; the zero value is ready. A nil *ConnCounters counts
-// nothing. The Router also counts here the connections it refuses around the handshake:
-// before it (rate limited, too many handshakes) and after it (name in use).
-type ConnCounters struct {
-	WrongPassword     atomic.Uint64
-	PasswordMismatch  atomic.Uint64
-	VersionMismatch   atomic.Uint64
-	BadGreeting       atomic.Uint64
-	BadHandshake      atomic.Uint64
-	HandshakeTimeout  atomic.Uint64
-	MessageTooLarge   atomic.Uint64
-	ReplayOrForgery   atomic.Uint64
-	NameInUse         atomic.Uint64
-	RateLimited       atomic.Uint64
-	TooManyHandshakes atomic.Uint64
-	// Aborted: the handshake failed for another reason (the peer closed or reset it).
-	Aborted atomic.Uint64
-}
-
-// Reasons returns the counters by reason label (snake_case), for a
-// weave_mesh_refused_total{reason} metric.
-func (cc *ConnCounters) Reasons() map[string]uint64 {
-	return map[string]uint64{
-		"wrong_password":      cc.WrongPassword.Load(),
-		"password_mismatch":   cc.PasswordMismatch.Load(),
-		"version":             cc.VersionMismatch.Load(),
-		"bad_greeting":        cc.BadGreeting.Load(),
-		"bad_handshake":       cc.BadHandshake.Load(),
-		"timeout":             cc.HandshakeTimeout.Load(),
-		"message_too_large":   cc.MessageTooLarge.Load(),
-		"replay_or_forgery":   cc.ReplayOrForgery.Load(),
-		"name_in_use":         cc.NameInUse.Load(),
-		"rate_limited":        cc.RateLimited.Load(),
-		"too_many_handshakes": cc.TooManyHandshakes.Load(),
-		"aborted":             cc.Aborted.Load(),
-	}
-}
-
-// HandshakeParams describes our end of a connection.
-type HandshakeParams struct {
+// handshakeParams describes our end of a connection.
+type handshakeParams struct {
 	Name                   PeerName // our identity; must be non-zero
 	NickName               string
 	UID                    uint64 // must be non-zero
@@ -145,18 +79,18 @@ type HandshakeParams struct {
 	// 1-64 printable ASCII characters and may not be one of the reserved intro keys (Name,
 	// NickName, UID, ConnID); values are UTF-8, at most 1024 bytes; at most 32 entries.
 	Features map[string]string
-	// Outbound: we dialled. Recorded (Conn.Outbound) for the caller; it never orients the keys,
-	// which follow the public keys, because both ends of a crossed or forged connection could
-	// claim it.
+	// Outbound: we dialled. Recorded (framedConn.Outbound) for the caller; it never orients
+	// the keys, which follow the public keys, because both ends of a crossed or forged
+	// connection could claim it.
 	Outbound bool
-	Timeout  time.Duration // whole-handshake deadline; zero: DefaultHandshakeTimeout
-	Counters *ConnCounters // optional: failures are counted here
+	Timeout  time.Duration // whole-handshake deadline; zero: defaultHandshakeTimeout
+	Counters *connCounters // optional: failures are counted here
 	// Rand is the randomness source for ephemeral keys and the connection ID; nil: crypto/rand.
 	Rand io.Reader
 }
 
-// RemoteIntro is what the peer told us about itself, validated.
-type RemoteIntro struct {
+// remoteIntro is what the peer told us about itself, validated.
+type remoteIntro struct {
 	Name     PeerName
 	NickName string
 	UID      uint64
@@ -167,55 +101,27 @@ type RemoteIntro struct {
 	Encrypted bool
 }
 
-// Handshake runs the connection handshake on c (freshly dialled or accepted) and returns the
+// handshake runs the connection handshake on c (freshly dialled or accepted) and returns the
 // framed connection and the validated peer introduction. It takes ownership of c: on error c is
 // closed. Errors wrap one of the sentinels above when the reason is known, and are counted in
 // p.Counters. It does not judge the peer's identity (connection to self, name collisions):
-// that is the caller's, using the returned RemoteIntro.
-func Handshake(c net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
-	return HandshakeContext(context.Background(), c, p)
-}
-
-// HandshakeContext is Handshake that also ends, closing c, when ctx is done (the router uses it
-// so that Close does not wait for handshakes in flight). The error then wraps ctx's cause and is
-// not counted as a failure of the peer.
-func HandshakeContext(ctx context.Context, c net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
-	conn, intro, err := handshake(ctx, c, p)
+// that is the caller's, using the returned remoteIntro. It also ends, closing c, when ctx is
+// done; the error then wraps ctx's cause and is not counted as a failure of the peer.
+func handshake(ctx context.Context, c net.Conn, p handshakeParams) (*framedConn, remoteIntro, error) {
+	conn, intro, err := handshakeDeadline(ctx, c, p)
 	if err != nil {
 		_ = c.Close()
 		if ctx.Err() != nil {
 			err = fmt.Errorf("handshake cancelled: %w (%w)", context.Cause(ctx), err)
 		} else {
-			p.Counters.countHandshakeError(err)
+			p.Counters.count(err)
 		}
-		return nil, RemoteIntro{}, fmt.Errorf("handshake with %s: %w", c.RemoteAddr(), err)
+		return nil, remoteIntro{}, fmt.Errorf("handshake with %s: %w", c.RemoteAddr(), err)
 	}
 	return conn, intro, nil
 }
 
-func (cc *ConnCounters) countHandshakeError(err error) {
-	if cc == nil {
-		return
-	}
-	switch {
-	case errors.Is(err, ErrWrongPassword):
-		cc.WrongPassword.Add(1)
-	case errors.Is(err, ErrPasswordMismatch):
-		cc.PasswordMismatch.Add(1)
-	case errors.Is(err, ErrVersionMismatch):
-		cc.VersionMismatch.Add(1)
-	case errors.Is(err, ErrHandshakeTimeout):
-		cc.HandshakeTimeout.Add(1)
-	case errors.Is(err, errBadGreeting):
-		cc.BadGreeting.Add(1)
-	case errors.Is(err, ErrBadHandshake), errors.Is(err, ErrMessageTooLarge):
-		cc.BadHandshake.Add(1)
-	default:
-		cc.Aborted.Add(1)
-	}
-}
-
-func (p *HandshakeParams) validate() error {
+func (p *handshakeParams) validate() error {
 	if p.Name == UnknownPeerName || uint64(p.Name)>>peerNameBits != 0 {
 		return fmt.Errorf("invalid handshake params: bad peer name %#x", uint64(p.Name))
 	}
@@ -235,8 +141,8 @@ func (p *HandshakeParams) validate() error {
 		return fmt.Errorf("invalid handshake params: version range [%d,%d] outside supported [%d,%d]",
 			p.MinVersion, p.MaxVersion, ProtocolMinVersion, ProtocolMaxVersion)
 	}
-	if len(p.Features) > MaxFeatures {
-		return fmt.Errorf("invalid handshake params: %d features, max %d", len(p.Features), MaxFeatures)
+	if len(p.Features) > maxFeatures {
+		return fmt.Errorf("invalid handshake params: %d features, max %d", len(p.Features), maxFeatures)
 	}
 	for k, v := range p.Features {
 		if isReservedIntroKey(k) {
@@ -247,7 +153,7 @@ func (p *HandshakeParams) validate() error {
 		}
 	}
 	if p.Timeout <= 0 {
-		p.Timeout = DefaultHandshakeTimeout
+		p.Timeout = defaultHandshakeTimeout
 	}
 	if p.Rand == nil {
 		p.Rand = rand.Reader
@@ -255,15 +161,17 @@ func (p *HandshakeParams) validate() error {
 	return nil
 }
 
-func handshake(ctx context.Context, nc net.Conn, p HandshakeParams) (*Conn, RemoteIntro, error) {
+// handshakeDeadline is handshake bounded by p.Timeout and ctx, leaving the closing and the
+// counting to handshake.
+func handshakeDeadline(ctx context.Context, nc net.Conn, p handshakeParams) (*framedConn, remoteIntro, error) {
 	if err := p.validate(); err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	if err := nc.SetDeadline(time.Now().Add(p.Timeout)); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("set deadline: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("set deadline: %w", err)
 	}
 	// Cancellation moves the deadline into the past: every blocked read and write returns.
 	fired := make(chan struct{})
@@ -282,15 +190,15 @@ func handshake(ctx context.Context, nc net.Conn, p HandshakeParams) (*Conn, Remo
 		if ctx.Err() == nil && errors.Is(err, os.ErrDeadlineExceeded) {
 			err = fmt.Errorf("%w after %v: %w", ErrHandshakeTimeout, p.Timeout, err)
 		}
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	if err := nc.SetDeadline(time.Time{}); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("clear deadline: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("clear deadline: %w", err)
 	}
 	return conn, intro, nil
 }
 
-func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
+func runHandshake(nc net.Conn, p *handshakeParams) (*framedConn, remoteIntro, error) {
 	br := bufio.NewReaderSize(nc, 32<<10)
 	encrypted := len(p.Password) > 0
 
@@ -301,11 +209,11 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 		func() error { _, err := nc.Write(ourHello); return err },
 		func() error { _, err := io.ReadFull(br, theirHello); return err },
 	); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("exchange versions: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("exchange versions: %w", err)
 	}
 	version, err := negotiateVersion(p.MinVersion, p.MaxVersion, theirHello)
 	if err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 
 	// 2. Encryption flag and ephemeral public key.
@@ -313,7 +221,7 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 	ourKeyMsg := make([]byte, keyMsgSize)
 	if encrypted {
 		if ourKey, err = newEphemeralKey(p.Rand); err != nil {
-			return nil, RemoteIntro{}, err
+			return nil, remoteIntro{}, err
 		}
 		ourKeyMsg[0] = flagEncrypted
 		copy(ourKeyMsg[1:], ourKey.pub[:])
@@ -323,31 +231,31 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 		func() error { _, err := nc.Write(ourKeyMsg); return err },
 		func() error { _, err := io.ReadFull(br, theirKeyMsg); return err },
 	); err != nil {
-		return nil, RemoteIntro{}, fmt.Errorf("exchange keys: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("exchange keys: %w", err)
 	}
 	switch theirKeyMsg[0] {
 	case flagPlain:
 		if encrypted {
-			return nil, RemoteIntro{}, fmt.Errorf("password configured here but peer requested an unencrypted connection: %w", ErrPasswordMismatch)
+			return nil, remoteIntro{}, fmt.Errorf("password configured here but peer requested an unencrypted connection: %w", ErrPasswordMismatch)
 		}
 	case flagEncrypted:
 		if !encrypted {
-			return nil, RemoteIntro{}, fmt.Errorf("peer %s requires a password but none is configured here: %w", nc.RemoteAddr(), ErrPasswordMismatch)
+			return nil, remoteIntro{}, fmt.Errorf("peer %s requires a password but none is configured here: %w", nc.RemoteAddr(), ErrPasswordMismatch)
 		}
 	default:
-		return nil, RemoteIntro{}, fmt.Errorf("%w: encryption flag %d", ErrBadHandshake, theirKeyMsg[0])
+		return nil, remoteIntro{}, fmt.Errorf("%w: encryption flag %d", ErrBadHandshake, theirKeyMsg[0])
 	}
 
-	var conn *Conn
+	var conn *framedConn
 	if encrypted {
 		theirPub := (*[32]byte)(theirKeyMsg[1:])
 		keys, err := deriveSessionKeys(ourKey, theirPub, p.Password)
 		clear(ourKey.priv[:])
 		if err != nil {
-			return nil, RemoteIntro{}, err
+			return nil, remoteIntro{}, err
 		}
 		if conn, err = newConn(nc, br, &keys, nil); err != nil {
-			return nil, RemoteIntro{}, err
+			return nil, remoteIntro{}, err
 		}
 		// 3. Key confirmation: the first sealed message in each direction.
 		weAreLo := bytes.Compare(ourKey.pub[:], theirPub[:]) < 0
@@ -359,23 +267,23 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 			func() (err error) { confirm, err = conn.receive(); return err },
 		); err != nil {
 			if errors.Is(err, ErrReplayOrForgery) {
-				return nil, RemoteIntro{}, ErrWrongPassword
+				return nil, remoteIntro{}, ErrWrongPassword
 			}
-			return nil, RemoteIntro{}, fmt.Errorf("exchange key confirmation: %w", err)
+			return nil, remoteIntro{}, fmt.Errorf("exchange key confirmation: %w", err)
 		}
 		if subtle.ConstantTimeCompare(confirm, transcript[:]) != 1 {
 			// Opened with the right keys but over different cleartext: someone rewrote the
 			// version or key messages on the way.
-			return nil, RemoteIntro{}, fmt.Errorf("%w: transcript mismatch (handshake altered in transit)", ErrBadHandshake)
+			return nil, remoteIntro{}, fmt.Errorf("%w: transcript mismatch (handshake altered in transit)", ErrBadHandshake)
 		}
 	} else if conn, err = newConn(nc, br, nil, nil); err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 
 	// 4. Introductions.
 	ourConnID, err := randomUint64(p.Rand)
 	if err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	ourIntro := encodeIntro(p, ourConnID)
 	conn.recvLimit = maxIntroSize
@@ -385,13 +293,13 @@ func runHandshake(nc net.Conn, p *HandshakeParams) (*Conn, RemoteIntro, error) {
 		func() (err error) { theirIntroMsg, err = conn.receive(); return err },
 	); err != nil {
 		if errors.Is(err, ErrMessageTooLarge) {
-			return nil, RemoteIntro{}, fmt.Errorf("%w: intro: %w", ErrBadHandshake, err)
+			return nil, remoteIntro{}, fmt.Errorf("%w: intro: %w", ErrBadHandshake, err)
 		}
-		return nil, RemoteIntro{}, fmt.Errorf("exchange intro: %w", err)
+		return nil, remoteIntro{}, fmt.Errorf("exchange intro: %w", err)
 	}
 	intro, err := decodeIntro(theirIntroMsg)
 	if err != nil {
-		return nil, RemoteIntro{}, err
+		return nil, remoteIntro{}, err
 	}
 	intro.ConnID ^= ourConnID
 	intro.Version = version
@@ -429,140 +337,4 @@ func negotiateVersion(ourMin, ourMax byte, theirHello []byte) (byte, error) {
 		return 0, fmt.Errorf("%w: ours [%d,%d], peer's [%d,%d]", ErrVersionMismatch, ourMin, ourMax, theirMin, theirMax)
 	}
 	return v, nil
-}
-
-func isReservedIntroKey(k string) bool {
-	return k == introName || k == introNickName || k == introUID || k == introConnID
-}
-
-func checkNickName(n string) error {
-	if len(n) > MaxNickNameLen {
-		return fmt.Errorf("nickname of %d bytes, max %d", len(n), MaxNickNameLen)
-	}
-	if !utf8.ValidString(n) {
-		return errors.New("nickname is not UTF-8")
-	}
-	for _, r := range n {
-		if !unicode.IsPrint(r) {
-			return fmt.Errorf("nickname %q has a non-printable character", n)
-		}
-	}
-	return nil
-}
-
-func checkFeature(k, v string) error {
-	if len(k) == 0 || len(k) > MaxFeatureKeyLen {
-		return fmt.Errorf("feature key %q: length %d not in [1,%d]", k, len(k), MaxFeatureKeyLen)
-	}
-	for i := 0; i < len(k); i++ {
-		if k[i] <= ' ' || k[i] > '~' {
-			return fmt.Errorf("feature key %q: not printable ASCII", k)
-		}
-	}
-	if len(v) > MaxFeatureValueLen {
-		return fmt.Errorf("feature %q: value of %d bytes, max %d", k, len(v), MaxFeatureValueLen)
-	}
-	if !utf8.ValidString(v) {
-		return fmt.Errorf("feature %q: value is not UTF-8", k)
-	}
-	return nil
-}
-
-// encodeIntro writes the intro message; p has been validated, so every length fits.
-func encodeIntro(p *HandshakeParams, connID uint64) []byte {
-	entries := [][2]string{
-		{introName, p.Name.String()},
-		{introNickName, p.NickName},
-		{introUID, strconv.FormatUint(p.UID, 10)},
-		{introConnID, strconv.FormatUint(connID, 10)},
-	}
-	for k, v := range p.Features {
-		entries = append(entries, [2]string{k, v})
-	}
-	b := []byte{byte(len(entries))}
-	for _, e := range entries {
-		b = append(b, byte(len(e[0])))
-		b = append(b, e[0]...)
-		b = binary.BigEndian.AppendUint16(b, uint16(len(e[1])))
-		b = append(b, e[1]...)
-	}
-	return b
-}
-
-// decodeIntro parses and validates a peer's intro message. ConnID is the peer's own value.
-func decodeIntro(b []byte) (RemoteIntro, error) {
-	bad := func(format string, args ...any) (RemoteIntro, error) {
-		return RemoteIntro{}, fmt.Errorf("%w: intro: %s", ErrBadHandshake, fmt.Sprintf(format, args...))
-	}
-	if len(b) > maxIntroSize {
-		return bad("%d bytes, max %d", len(b), maxIntroSize)
-	}
-	if len(b) < 1 {
-		return bad("empty")
-	}
-	n := int(b[0])
-	if n > maxIntroEntries {
-		return bad("%d entries, max %d", n, maxIntroEntries)
-	}
-	b = b[1:]
-	all := make(map[string]string, n)
-	for i := range n {
-		if len(b) < 1 {
-			return bad("entry %d: truncated", i)
-		}
-		kl := int(b[0])
-		if len(b) < 1+kl+2 {
-			return bad("entry %d: truncated", i)
-		}
-		k := string(b[1 : 1+kl])
-		vl := int(binary.BigEndian.Uint16(b[1+kl:]))
-		b = b[1+kl+2:]
-		if len(b) < vl {
-			return bad("entry %d: truncated", i)
-		}
-		v := string(b[:vl])
-		b = b[vl:]
-		if _, dup := all[k]; dup {
-			return bad("duplicate key %q", k)
-		}
-		if !isReservedIntroKey(k) {
-			if err := checkFeature(k, v); err != nil {
-				return bad("%v", err)
-			}
-		}
-		all[k] = v
-	}
-	if len(b) != 0 {
-		return bad("%d trailing bytes", len(b))
-	}
-
-	var in RemoteIntro
-	for _, k := range []string{introName, introNickName, introUID, introConnID} {
-		if _, ok := all[k]; !ok {
-			return bad("missing %s", k)
-		}
-	}
-	name, err := ParsePeerName(all[introName])
-	if err != nil {
-		return bad("%v", err)
-	}
-	in.Name = name
-	if err := checkNickName(all[introNickName]); err != nil {
-		return bad("%v", err)
-	}
-	in.NickName = all[introNickName]
-	if in.UID, err = strconv.ParseUint(all[introUID], 10, 64); err != nil || in.UID == 0 {
-		return bad("bad UID %q", all[introUID])
-	}
-	if in.ConnID, err = strconv.ParseUint(all[introConnID], 10, 64); err != nil {
-		return bad("bad ConnID %q", all[introConnID])
-	}
-	for _, k := range []string{introName, introNickName, introUID, introConnID} {
-		delete(all, k)
-	}
-	if len(all) > MaxFeatures {
-		return bad("%d features, max %d", len(all), MaxFeatures)
-	}
-	in.Features = all
-	return in, nil
 }

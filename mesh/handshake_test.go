@@ -15,8 +15,8 @@ import (
 )
 
 // hsParams returns valid params for a test peer numbered n.
-func hsParams(n int, password string) HandshakeParams {
-	p := HandshakeParams{
+func hsParams(n int, password string) handshakeParams {
+	p := handshakeParams{
 		Name:     PeerName(0x0a0000000000 + uint64(n)),
 		NickName: fmt.Sprintf("host-%d", n),
 		UID:      uint64(1000 + n),
@@ -57,23 +57,23 @@ func hsTCPPair(t testing.TB) (dialled, accepted net.Conn) {
 }
 
 type hsResult struct {
-	conn  *Conn
-	intro RemoteIntro
+	conn  *framedConn
+	intro remoteIntro
 	err   error
 }
 
 // hsRun runs both handshakes at once and returns both results.
-func hsRun(a, b net.Conn, pa, pb HandshakeParams) (ra, rb hsResult) {
+func hsRun(a, b net.Conn, pa, pb handshakeParams) (ra, rb hsResult) {
 	pa.Outbound = true
 	var wg sync.WaitGroup
-	wg.Go(func() { ra.conn, ra.intro, ra.err = Handshake(a, pa) })
-	wg.Go(func() { rb.conn, rb.intro, rb.err = Handshake(b, pb) })
+	wg.Go(func() { ra.conn, ra.intro, ra.err = handshake(context.Background(), a, pa) })
+	wg.Go(func() { rb.conn, rb.intro, rb.err = handshake(context.Background(), b, pb) })
 	wg.Wait()
 	return ra, rb
 }
 
 // hsConnected returns two handshaken connections over loopback TCP.
-func hsConnected(t testing.TB, pa, pb HandshakeParams) (*Conn, *Conn, RemoteIntro, RemoteIntro) {
+func hsConnected(t testing.TB, pa, pb handshakeParams) (*framedConn, *framedConn, remoteIntro, remoteIntro) {
 	t.Helper()
 	a, b := hsTCPPair(t)
 	ra, rb := hsRun(a, b, pa, pb)
@@ -125,7 +125,7 @@ func TestHandshakeHappyPath(t *testing.T) {
 	}
 }
 
-func hsExpectDelivery(t *testing.T, from, to *Conn, msg []byte) {
+func hsExpectDelivery(t *testing.T, from, to *framedConn, msg []byte) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() { errc <- from.Send(msg) }()
@@ -183,7 +183,7 @@ func TestConnConcurrentSendKeepsOrder(t *testing.T) {
 }
 
 func TestHandshakeWrongPassword(t *testing.T) {
-	var ca, cb ConnCounters
+	var ca, cb connCounters
 	pa, pb := hsParams(1, "right"), hsParams(2, "wrong")
 	pa.Counters, pb.Counters = &ca, &cb
 	a, b := hsTCPPair(t)
@@ -205,7 +205,7 @@ func TestHandshakeWrongPassword(t *testing.T) {
 }
 
 func TestHandshakePasswordOnOneSide(t *testing.T) {
-	var cp, cn ConnCounters
+	var cp, cn connCounters
 	withPw, without := hsParams(1, "pw"), hsParams(2, "")
 	withPw.Counters, without.Counters = &cp, &cn
 	a, b := hsTCPPair(t)
@@ -222,15 +222,15 @@ func TestHandshakePasswordOnOneSide(t *testing.T) {
 	}
 }
 
-// hsRawPeer runs Handshake against a scripted peer over net.Pipe: the peer writes script,
+// hsRawPeer runs handshake against a scripted peer over net.Pipe: the peer writes script,
 // then drains whatever we send until closed.
-func hsRawPeer(t *testing.T, p HandshakeParams, script []byte) error {
+func hsRawPeer(t *testing.T, p handshakeParams, script []byte) error {
 	t.Helper()
 	a, b := net.Pipe()
 	defer b.Close()
 	go func() { _, _ = b.Write(script) }()
 	go func() { _, _ = io.Copy(io.Discard, b) }()
-	c, _, err := Handshake(a, p)
+	c, _, err := handshake(context.Background(), a, p)
 	if err == nil {
 		c.Close()
 	}
@@ -238,7 +238,7 @@ func hsRawPeer(t *testing.T, p HandshakeParams, script []byte) error {
 }
 
 func TestHandshakeVersionMismatch(t *testing.T) {
-	var cc ConnCounters
+	var cc connCounters
 	p := hsParams(1, "")
 	p.Counters = &cc
 	// A Weave Net 2.x router (protocol 1..2) met during a migration.
@@ -302,7 +302,7 @@ func TestHandshakeMalformedPeer(t *testing.T) {
 			{"NickName", "x"}, {"UID", "1"}, {"ConnID", "2"}}))), "", ErrBadHandshake},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var cc ConnCounters
+			var cc connCounters
 			p := hsParams(1, tc.password)
 			p.Counters = &cc
 			err := hsRawPeer(t, p, []byte(tc.script))
@@ -315,7 +315,7 @@ func TestHandshakeMalformedPeer(t *testing.T) {
 				counter = &cc.BadGreeting
 			}
 			if n := counter.Load(); n != 1 {
-				t.Errorf("counter %d, want 1 (%+v)", n, cc.Reasons())
+				t.Errorf("counter %d, want 1 (%+v)", n, cc.reasons())
 			}
 			// Counting is optional: the same refusal without counters.
 			p.Counters = nil
@@ -344,21 +344,21 @@ func TestHandshakeReflectedStream(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
 	go func() { _, _ = io.Copy(b, b) }()
-	_, _, err := Handshake(a, hsParams(1, "pw"))
+	_, _, err := handshake(context.Background(), a, hsParams(1, "pw"))
 	if !errors.Is(err, ErrBadHandshake) || !strings.Contains(err.Error(), "echoed our public key") {
 		t.Fatalf("got %v, want ErrBadHandshake for an echoed key", err)
 	}
 }
 
 func TestHandshakeTimeout(t *testing.T) {
-	var cc ConnCounters
+	var cc connCounters
 	p := hsParams(1, "pw")
 	p.Timeout = 150 * time.Millisecond
 	p.Counters = &cc
 	a, b := hsTCPPair(t) // b never speaks (the kernel buffers our hello)
 	_ = b
 	start := time.Now()
-	_, _, err := Handshake(a, p)
+	_, _, err := handshake(context.Background(), a, p)
 	elapsed := time.Since(start)
 	if !errors.Is(err, ErrHandshakeTimeout) {
 		t.Fatalf("got %v, want ErrHandshakeTimeout", err)
@@ -377,13 +377,13 @@ func TestHandshakeTimeout(t *testing.T) {
 }
 
 func TestHandshakeContextCancel(t *testing.T) {
-	var cc ConnCounters
+	var cc connCounters
 	p := hsParams(1, "pw")
 	p.Counters = &cc
 	a, b := hsTCPPair(t) // b never speaks
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { _, _, err := HandshakeContext(ctx, a, p); errc <- err }()
+	go func() { _, _, err := handshake(ctx, a, p); errc <- err }()
 	// Wait until the hello is on the wire, so the cancel hits a handshake in flight.
 	hello := make([]byte, helloSize)
 	if _, err := io.ReadFull(b, hello); err != nil {
@@ -404,7 +404,7 @@ func TestHandshakeContextCancel(t *testing.T) {
 	// Already cancelled: refused at once, connection closed.
 	c1, c2 := net.Pipe()
 	defer c2.Close()
-	if _, _, err := HandshakeContext(ctx, c1, p); !errors.Is(err, context.Canceled) {
+	if _, _, err := handshake(ctx, c1, p); !errors.Is(err, context.Canceled) {
 		t.Errorf("pre-cancelled: got %v", err)
 	}
 	if _, err := c2.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
@@ -413,21 +413,21 @@ func TestHandshakeContextCancel(t *testing.T) {
 }
 
 func TestHandshakeInvalidParams(t *testing.T) {
-	for name, mod := range map[string]func(*HandshakeParams){
-		"zero name":       func(p *HandshakeParams) { p.Name = 0 },
-		"name > 48 bits":  func(p *HandshakeParams) { p.Name = 1 << 50 },
-		"zero UID":        func(p *HandshakeParams) { p.UID = 0 },
-		"long nickname":   func(p *HandshakeParams) { p.NickName = strings.Repeat("n", MaxNickNameLen+1) },
-		"control in nick": func(p *HandshakeParams) { p.NickName = "a\nb" },
-		"reserved key":    func(p *HandshakeParams) { p.Features = map[string]string{"UID": "7"} },
-		"empty key":       func(p *HandshakeParams) { p.Features = map[string]string{"": "7"} },
-		"long value": func(p *HandshakeParams) {
-			p.Features = map[string]string{"k": strings.Repeat("v", MaxFeatureValueLen+1)}
+	for name, mod := range map[string]func(*handshakeParams){
+		"zero name":       func(p *handshakeParams) { p.Name = 0 },
+		"name > 48 bits":  func(p *handshakeParams) { p.Name = 1 << 50 },
+		"zero UID":        func(p *handshakeParams) { p.UID = 0 },
+		"long nickname":   func(p *handshakeParams) { p.NickName = strings.Repeat("n", maxNickLen+1) },
+		"control in nick": func(p *handshakeParams) { p.NickName = "a\nb" },
+		"reserved key":    func(p *handshakeParams) { p.Features = map[string]string{"UID": "7"} },
+		"empty key":       func(p *handshakeParams) { p.Features = map[string]string{"": "7"} },
+		"long value": func(p *handshakeParams) {
+			p.Features = map[string]string{"k": strings.Repeat("v", maxFeatureValueLen+1)}
 		},
-		"bad versions": func(p *HandshakeParams) { p.MinVersion, p.MaxVersion = 1, 9 },
-		"too many features": func(p *HandshakeParams) {
+		"bad versions": func(p *handshakeParams) { p.MinVersion, p.MaxVersion = 1, 9 },
+		"too many features": func(p *handshakeParams) {
 			p.Features = map[string]string{}
-			for i := range MaxFeatures + 1 {
+			for i := range maxFeatures + 1 {
 				p.Features[fmt.Sprint("k", i)] = "v"
 			}
 		},
@@ -437,7 +437,7 @@ func TestHandshakeInvalidParams(t *testing.T) {
 			mod(&p)
 			a, b := net.Pipe()
 			defer b.Close()
-			_, _, err := Handshake(a, p)
+			_, _, err := handshake(context.Background(), a, p)
 			if err == nil || !strings.Contains(err.Error(), "invalid handshake params") {
 				t.Fatalf("got %v, want invalid params", err)
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -37,7 +38,7 @@ type Router struct {
 	done      chan struct{}
 	ready     atomic.Bool
 	started   atomic.Bool
-	counters  ConnCounters
+	counters  connCounters
 	rng       *lockedRand
 	admit     *admission
 	// refuseLog rate-limits the logs of refused inbound connections, per reason.
@@ -230,10 +231,7 @@ func (r *Router) Close() error {
 		}
 		r.mu.Lock()
 		r.closed = true
-		conns := make([]*meshConn, 0, len(r.conns))
-		for _, c := range r.conns {
-			conns = append(conns, c)
-		}
+		conns := slices.Collect(maps.Values(r.conns))
 		for h := range r.handshakes {
 			h.nc.Close()
 		}
@@ -318,7 +316,7 @@ func (r *Router) step() time.Time {
 	if !r.routeAt.IsZero() && !now.Before(r.routeAt) {
 		r.routeAt = time.Time{}
 		r.topo.recompute()
-		if !mapsEqual(r.lastRoutes, r.topo.rt.unicast) {
+		if !maps.Equal(r.lastRoutes, r.topo.rt.unicast) {
 			r.lastRoutes = r.topo.rt.unicast
 			routeFns = slices.Clone(r.onRoutes)
 		}
@@ -342,18 +340,6 @@ func (r *Router) step() time.Time {
 		f()
 	}
 	return next
-}
-
-func mapsEqual(a, b map[PeerName]PeerName) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // jittered returns d ± 10%, so peers started together do not gossip in lockstep.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -108,7 +109,7 @@ func TestNameClaimRefusedDirect(t *testing.T) {
 	c2.Peers = []string{hostOf(0)}
 	claimant := startClaimant(t, c2)
 	testutil.Eventually(t, 5*time.Second, "claim refused as name in use", func() error {
-		if n := rs[0].Counters().NameInUse.Load(); n == 0 {
+		if n := rs[0].counters.NameInUse.Load(); n == 0 {
 			return errors.New("not refused yet")
 		}
 		return nil
@@ -141,7 +142,7 @@ func TestNameClaimRefusedThroughNeighbour(t *testing.T) {
 		c.Peers = []string{hostOf(0)}
 		claimant := startClaimant(t, c)
 		testutil.Eventually(t, 5*time.Second, "claim refused", func() error {
-			if n := rs[0].Counters().NameInUse.Load(); n < uint64(i+1) {
+			if n := rs[0].counters.NameInUse.Load(); n < uint64(i+1) {
 				return fmt.Errorf("name_in_use %d", n)
 			}
 			return nil
@@ -359,7 +360,7 @@ func TestHeartbeatTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, _, err := Handshake(nc, HandshakeParams{Name: 0x0b0000000001, NickName: "silent", UID: 5, Outbound: true, Timeout: time.Second})
+	conn, _, err := handshake(context.Background(), nc, handshakeParams{Name: 0x0b0000000001, NickName: "silent", UID: 5, Outbound: true, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,7 +580,7 @@ func TestRouters100Converge(t *testing.T) {
 			r.topo.recompute()
 			got := r.topo.rt.unicast
 			r.mu.Unlock()
-			if !mapsEqual(got, want) || len(got) != n-1 {
+			if !maps.Equal(got, want) || len(got) != n-1 {
 				return fmt.Errorf("%s: %d routes, want %d", r.Name(), len(got), len(want))
 			}
 			return nil
@@ -820,7 +821,7 @@ func TestHostileMessagesCountedNotFatal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, _, err := Handshake(nc, HandshakeParams{Name: 0x0b0000000002, NickName: "evil", UID: 6, Outbound: true, Timeout: time.Second})
+	conn, _, err := handshake(context.Background(), nc, handshakeParams{Name: 0x0b0000000002, NickName: "evil", UID: 6, Outbound: true, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -870,7 +871,7 @@ func TestForgedClaimsAboutUsNotFatal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, _, err := Handshake(nc, HandshakeParams{Name: 0x0b0000000002, NickName: "evil", UID: 6, Outbound: true, Timeout: time.Second})
+	conn, _, err := handshake(context.Background(), nc, handshakeParams{Name: 0x0b0000000002, NickName: "evil", UID: 6, Outbound: true, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

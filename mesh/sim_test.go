@@ -3,6 +3,7 @@ package mesh
 import (
 	"container/heap"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -290,7 +291,7 @@ func TestSimRoutesConverge(t *testing.T) {
 		for name, n := range s.nodes {
 			n.t.recompute()
 			want := newRouteTable(name, truth)
-			if !mapsEqual(n.t.rt.unicast, want.unicast) || len(want.unicast) != 99 {
+			if !maps.Equal(n.t.rt.unicast, want.unicast) || len(want.unicast) != 99 {
 				t.Fatalf("seed %d: %s routes differ from ground truth", seed, name)
 			}
 		}

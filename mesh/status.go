@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -85,7 +86,7 @@ func (r *Router) Status() Status {
 		}
 		s.Peers = append(s.Peers, ps)
 	}
-	slices.SortFunc(s.Peers, func(a, b PeerStatus) int { return cmpName(a.Name, b.Name) })
+	slices.SortFunc(s.Peers, func(a, b PeerStatus) int { return cmp.Compare(a.Name, b.Name) })
 	shown := map[string]bool{}
 	for _, c := range r.conns {
 		st, info := StateEstablished, "TCP connection established"
@@ -127,7 +128,7 @@ func (r *Router) Status() Status {
 		s.Connections = append(s.Connections, cs)
 	}
 	slices.SortFunc(s.Connections, func(a, b ConnectionStatus) int {
-		if c := cmpName(a.Peer, b.Peer); c != 0 {
+		if c := cmp.Compare(a.Peer, b.Peer); c != 0 {
 			return c
 		}
 		if a.Address < b.Address {
@@ -138,11 +139,13 @@ func (r *Router) Status() Status {
 	for dst, via := range r.topo.routes().unicast {
 		s.Routes = append(s.Routes, RouteStatus{Dest: dst, Via: via})
 	}
-	slices.SortFunc(s.Routes, func(a, b RouteStatus) int { return cmpName(a.Dest, b.Dest) })
+	slices.SortFunc(s.Routes, func(a, b RouteStatus) int { return cmp.Compare(a.Dest, b.Dest) })
 	r.mu.Unlock()
 	s.Liveness = r.livenessStatus()
 	return s
 }
 
-// Counters returns the handshake and connection failure counters (for metrics).
-func (r *Router) Counters() *ConnCounters { return &r.counters }
+// Refusals returns how many connections were refused before, during or right after the
+// handshake, and how many died of a fatal message error, by reason label (snake_case), for
+// the weave_mesh_refused_total{reason} metric.
+func (r *Router) Refusals() map[string]uint64 { return r.counters.reasons() }

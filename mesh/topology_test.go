@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -28,7 +29,7 @@ func randomGraph(rng *rand.Rand, n, extra int) map[PeerName]*peerEntry {
 		for _, p := range [][2]PeerName{{a, b}, {b, a}} {
 			e := peers[p[0]]
 			e.Conns = append(e.Conns, connSummary{Name: p[1], Addr: "x", Outbound: p[0] < p[1], Established: true})
-			slices.SortFunc(e.Conns, func(x, y connSummary) int { return cmpName(x.Name, y.Name) })
+			slices.SortFunc(e.Conns, func(x, y connSummary) int { return cmp.Compare(x.Name, y.Name) })
 		}
 	}
 	for i := 1; i < n; i++ {
@@ -431,7 +432,7 @@ func FuzzGossipMessage(f *testing.F) {
 			t.Fatal(err)
 		}
 		r.NewGossip("ch", newTestGossiper())
-		mc := &meshConn{r: r, intro: RemoteIntro{Name: 2}, done: make(chan struct{}), sendq: make(chan []byte, 16)}
+		mc := &meshConn{r: r, intro: remoteIntro{Name: 2}, done: make(chan struct{}), sendq: make(chan []byte, 16)}
 		r.dispatch(mc, b)
 		r.Close()
 	})

@@ -109,6 +109,17 @@ func (n *Node) ID() NodeID { return n.id }
 // Quorum returns the number of acceptances needed.
 func (n *Node) Quorum() int { return n.quorum }
 
+// RaiseQuorum makes the node need at least q acceptances and reports whether that changed
+// anything. It never lowers the quorum: a node never decides on fewer acceptances than it
+// was created with.
+func (n *Node) RaiseQuorum(q int) bool {
+	if q <= n.quorum {
+		return false
+	}
+	n.quorum = q
+	return true
+}
+
 // State returns a copy of everything the node knows, for gossip.
 func (n *Node) State() State { return n.knows.Clone() }
 

@@ -161,3 +161,27 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// RaiseQuorum only ever raises: a node told the mesh has three peers no longer decides on
+// its own vote, and a lower count later does not bring that back.
+func TestRaiseQuorum(t *testing.T) {
+	a := NewNode(NodeID{Name: 1, UID: 1}, 1)
+	if !a.RaiseQuorum(2) || a.RaiseQuorum(1) || a.Quorum() != 2 {
+		t.Fatalf("quorum %d", a.Quorum())
+	}
+	a.Propose()
+	a.Think()
+	if v, ok := a.Consensus(); ok {
+		t.Fatalf("decided %v alone with a quorum of 2", v)
+	}
+	b := NewNode(NodeID{Name: 2, UID: 2}, 2)
+	for range 4 {
+		b.Update(a.State())
+		b.Think()
+		a.Update(b.State())
+		a.Think()
+	}
+	if _, ok := a.Consensus(); !ok {
+		t.Fatal("no decision with a quorum of two votes")
+	}
+}

@@ -32,10 +32,10 @@ func claimName(t *testing.T, h *netlab.Host, addr string, name mesh.PeerName) st
 	if err != nil {
 		t.Fatalf("impostor dial %s: %v", addr, err)
 	}
-	conn, _, err := mesh.Handshake(nc, mesh.HandshakeParams{
+	conn, err := mesh.RawPeer{
 		Name: name, NickName: "impostor", UID: uint64(time.Now().UnixNano()) | 1,
-		Features: map[string]string{"started": "1"}, Outbound: true, Timeout: 5 * time.Second,
-	})
+		Features: map[string]string{"started": "1"}, Timeout: 5 * time.Second,
+	}.Handshake(nc)
 	if err != nil {
 		t.Fatalf("impostor handshake with %s: %v", addr, err)
 	}
@@ -58,8 +58,8 @@ func claimName(t *testing.T, h *netlab.Host, addr string, name mesh.PeerName) st
 	}
 }
 
-// refused returns weave_mesh_refused_total{reason=...} of r.
-func refused(t *testing.T, r *router, reason string) float64 {
+// meshRefused returns weave_mesh_refused_total{reason=...} of r.
+func meshRefused(t *testing.T, r *router, reason string) float64 {
 	return metricValue(t, r.metrics(), `weave_mesh_refused_total{reason="`+reason+`"}`)
 }
 
@@ -108,7 +108,7 @@ func TestHostileMeshNameClaim(t *testing.T) {
 			t.Fatalf("claim %d to %s: refusal %q, want name in use", i+1, target.host.Name, reason)
 		}
 		testutil.Eventually(t, 10*time.Second, "claim counted", func() error {
-			if n := refused(t, target, "name_in_use"); n < 1 {
+			if n := meshRefused(t, target, "name_in_use"); n < 1 {
 				return fmt.Errorf("%s: name_in_use %v", target.host.Name, n)
 			}
 			return nil
@@ -198,7 +198,7 @@ func TestHostileMeshFlood(t *testing.T) {
 	wg.Wait()
 	t.Logf("joined in %v while %s made %d connects", joined.Round(time.Millisecond), flooder.Name, atJoin)
 
-	limited := refused(t, victim, "rate_limited") + refused(t, victim, "too_many_handshakes")
+	limited := meshRefused(t, victim, "rate_limited") + meshRefused(t, victim, "too_many_handshakes")
 	if limited < 100 {
 		t.Fatalf("only %v refusals counted as rate limited after %d connects", limited, atJoin)
 	}

@@ -124,8 +124,8 @@ func guardState(t *testing.T, h *netlab.Host) guard.State {
 	return st
 }
 
-// fastdpRefused is the weave_fastdp_refused_total of n's router.
-func fastdpRefused(t *testing.T, n *dpNode) float64 {
+// vxlanRefused is the weave_fastdp_refused_total of n's router.
+func vxlanRefused(t *testing.T, n *dpNode) float64 {
 	t.Helper()
 	return metricValue(t, n.r.metrics(), `weave_fastdp_refused_total{reason="unknown_source"}`)
 }
@@ -160,7 +160,7 @@ func TestHostileVXLANPlaintextMesh(t *testing.T) {
 		t.Errorf("guard in %s: %+v; want port %d admitting only %s", a.h.Name, st, fastdpPort, b.h.Addr)
 	}
 	// The counter starts with the router; nothing but the injections was refused.
-	if got := fastdpRefused(t, a); got < 3 {
+	if got := vxlanRefused(t, a); got < 3 {
 		t.Errorf("weave_fastdp_refused_total is %v, want at least the 3 injected datagrams", got)
 	}
 
@@ -211,7 +211,7 @@ func TestHostileVXLANPasswordMesh(t *testing.T) {
 		}
 		noPoison(t, a, mac)
 	}
-	if got := fastdpRefused(t, a); got < 6 {
+	if got := vxlanRefused(t, a); got < 6 {
 		t.Errorf("weave_fastdp_refused_total is %v, want at least the 6 injected datagrams", got)
 	}
 }
@@ -378,7 +378,7 @@ func TestHostileVXLANOVS(t *testing.T) {
 			}
 			// What OVS did not decapsulate went up the host stack to the VXLAN port, where
 			// the guard dropped and counted it.
-			if got := fastdpRefused(t, a); got < float64(3*len(srcs)) {
+			if got := vxlanRefused(t, a); got < float64(3*len(srcs)) {
 				t.Errorf("weave_fastdp_refused_total is %v, want at least the %d injected datagrams", got, 3*len(srcs))
 			}
 			pingNoDup(t, a, b, 3)

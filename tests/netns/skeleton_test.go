@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -75,8 +76,21 @@ func TestLaunchStatusStopThreeRouters(t *testing.T) {
 
 	// Metrics carry Weave's names and agree with the report.
 	m := rs[0].metrics()
+	// Established connections start on the sleeve and may have moved to fastdp by now: the
+	// series of all overlays add up to the two connections.
+	est := 0.0
+	for _, line := range strings.Split(m, "\n") {
+		if rest, ok := strings.CutPrefix(line, `weave_connections{encryption="",state="established",type="`); ok {
+			if _, v, ok := strings.Cut(rest, "} "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				est += f
+			}
+		}
+	}
+	if est != 2 {
+		t.Errorf("weave_connections established = %v, want 2\n%s", est, m)
+	}
 	for _, want := range []string{
-		`weave_connections{encryption="",state="established",type="sleeve"} 2`,
 		"weave_connection_terminations_total ",
 		"weave_peers 3",
 		"weave_ready 1",

@@ -159,7 +159,7 @@ func (t *topo) setConn(c connSummary) {
 		}
 		*cur = c
 	} else {
-		i, _ := slices.BinarySearchFunc(t.self.Conns, c.Name, func(x connSummary, n PeerName) int { return cmpName(x.Name, n) })
+		i, _ := connIndex(t.self.Conns, c.Name)
 		t.self.Conns = slices.Insert(t.self.Conns, i, c)
 	}
 	if _, ok := t.peers[c.Name]; !ok {
@@ -170,7 +170,7 @@ func (t *topo) setConn(c connSummary) {
 
 // delConn removes one of our own connections.
 func (t *topo) delConn(name PeerName) {
-	i, ok := slices.BinarySearchFunc(t.self.Conns, name, func(x connSummary, n PeerName) int { return cmpName(x.Name, n) })
+	i, ok := connIndex(t.self.Conns, name)
 	if !ok {
 		return
 	}

@@ -1,75 +1,14 @@
 package mesh
 
+// The wire codec of the topology protocol's messages: peer entries, updates, digests, name
+// lists and topology hashes. The decoders read untrusted bytes through rbuf, which bounds
+// every count and length (fuzzed by FuzzDecodeTopology and FuzzGossipMessage).
+
 import (
+	"cmp"
 	"fmt"
-	"hash/fnv"
 	"slices"
 )
-
-// connSummary is one connection as its owning peer reports it.
-type connSummary struct {
-	Name        PeerName
-	Addr        string // remote TCP address as seen by the reporting peer
-	Outbound    bool
-	Established bool
-}
-
-// peerEntry is everything the mesh knows about one peer. Only the peer itself changes its
-// entry; everyone else keeps the newest copy (see newerThan). A placeholder (UID 0,
-// Version 0) stands for a peer that is only referenced by someone's connection list.
-type peerEntry struct {
-	Name     PeerName
-	NickName string
-	UID      uint64
-	Version  uint64
-	Started  uint64 // incarnation start, unix microseconds: decides who yields on a name collision
-	Conns    []connSummary
-	hash     uint64
-}
-
-// newerThan is the merge rule: a higher version wins; at equal versions the larger UID
-// wins, so two incarnations that reached the same version still converge to one answer.
-func (e *peerEntry) newerThan(o *peerEntry) bool {
-	if o == nil {
-		return true
-	}
-	if e.Version != o.Version {
-		return e.Version > o.Version
-	}
-	return e.UID > o.UID
-}
-
-func (e *peerEntry) conn(name PeerName) *connSummary {
-	i, ok := slices.BinarySearchFunc(e.Conns, name, func(c connSummary, n PeerName) int {
-		return cmpName(c.Name, n)
-	})
-	if !ok {
-		return nil
-	}
-	return &e.Conns[i]
-}
-
-func cmpName(a, b PeerName) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// digestHash identifies (name, uid, version); XOR of all of them is the topology hash two
-// neighbours compare before exchanging anything bigger.
-func (e *peerEntry) digestHash() uint64 {
-	var w wbuf
-	w.name(e.Name)
-	w.u64(e.UID)
-	w.u64(e.Version)
-	h := fnv.New64a()
-	h.Write(w.b)
-	return h.Sum64()
-}
 
 func encodeEntry(w *wbuf, e *peerEntry) {
 	w.name(e.Name)
@@ -125,7 +64,7 @@ func decodeEntry(r *rbuf) *peerEntry {
 		return nil
 	}
 	// Sorted, duplicate-free connection lists are what lookups and route BFS rely on.
-	slices.SortFunc(e.Conns, func(a, b connSummary) int { return cmpName(a.Name, b.Name) })
+	slices.SortFunc(e.Conns, func(a, b connSummary) int { return cmp.Compare(a.Name, b.Name) })
 	e.Conns = slices.CompactFunc(e.Conns, func(a, b connSummary) bool { return a.Name == b.Name })
 	e.hash = e.digestHash()
 	return e
