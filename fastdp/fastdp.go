@@ -440,7 +440,7 @@ func (f *FastDP) kerr(err error) {
 	}
 }
 
-// Learn records that mac lives behind peer (the router learned it, or the mesh said so);
+// Learn records that mac lives behind peer (l2switch learned it, or the mesh said so);
 // call it for remote MACs only. While the pair is on fastdp the kernel gets a unicast FDB
 // entry for it; otherwise a drop entry, so that frames for a MAC that sleeve carries are
 // not flooded to every fastdp peer while the bridge does not know the MAC.
