@@ -67,13 +67,13 @@ func TestImportRules(t *testing.T) {
 		stdOnly   bool     // only the standard library
 		allowOnly []string // if set: the only project trees allowed
 	}
-	dataPlane := []string{"router", "overlay", "sleeve", "fastdp", "tap", "udp"}
+	dataPlane := []string{"l2switch", "overlay", "sleeve", "fastdp", "tap", "udp"}
 	rules := []rule{
 		{pkgs: []string{"api"}, stdOnly: true},
-		{pkgs: []string{"mesh"}, forbidden: []string{"router", "overlay", "sleeve", "fastdp", "ipam", "daemon", "api", "plugin", "tap", "udp"}},
-		{pkgs: []string{"router"}, forbidden: []string{"sleeve", "fastdp", "ipam", "daemon", "internal/netdev"}},
-		{pkgs: []string{"sleeve", "fastdp"}, forbidden: []string{"router", "daemon"}},
-		{pkgs: []string{"overlay"}, forbidden: []string{"router", "sleeve", "fastdp", "daemon"}},
+		{pkgs: []string{"mesh"}, forbidden: []string{"l2switch", "overlay", "sleeve", "fastdp", "ipam", "daemon", "api", "plugin", "tap", "udp"}},
+		{pkgs: []string{"l2switch"}, forbidden: []string{"sleeve", "fastdp", "ipam", "daemon", "internal/netdev"}},
+		{pkgs: []string{"sleeve", "fastdp"}, forbidden: []string{"l2switch", "daemon"}},
+		{pkgs: []string{"overlay"}, forbidden: []string{"l2switch", "sleeve", "fastdp", "daemon"}},
 		{pkgs: []string{"ipam"}, allowOnly: []string{"ipam", "mesh", "internal"}},
 		{pkgs: []string{"tap", "udp"}, allowOnly: []string{"tap", "udp", "internal"}},
 		{pkgs: []string{"plugin", "cmd/weave-cni"}, forbidden: append([]string{"daemon", "mesh", "ipam"}, dataPlane...)},

@@ -12,9 +12,9 @@ import (
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/fastdp/guard"
+	"github.com/weavemesh/weave/l2switch"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
-	"github.com/weavemesh/weave/router"
 	"github.com/weavemesh/weave/sleeve"
 	"github.com/weavemesh/weave/tap"
 	"github.com/weavemesh/weave/udp"
@@ -33,10 +33,10 @@ const envCPUProfile = "WEAVE_CPUPROFILE"
 // sleeve carries them), to measure what it gains; a debug and benchmark knob.
 const envNoGSO = "WEAVE_NO_GSO"
 
-// dataPlane wires the router (MAC learning) and two overlays: the sleeve (userspace, UDP
+// dataPlane wires the L2 switch (l2switch: MAC learning) and two overlays: the sleeve (userspace, UDP
 // --port, every pair) between the TAP on the bridge and the socket, and fastdp (kernel
 // VXLAN on --port+1, a port of the same bridge) for the pairs whose VXLAN heartbeats pass.
-// The overlay.Switch tells the router per neighbour whether the kernel already carried what
+// The overlay.Switch tells the L2 switch per neighbour whether the kernel already carried what
 // our bridge sent; fastdp flips it (OnChange).
 //
 // Connections become established for data once the sleeve's heartbeats pass both ways
@@ -53,7 +53,7 @@ type dataPlane struct {
 	fdp    *fastdp.FastDP    // nil: sleeve only, for the reason in noFdp
 	noFdp  fastdp.PeerStatus // why every pair is on sleeve when fdp is nil
 	guard  Guard             // the VXLAN port's filter; nil only where nftables is missing
-	router *router.Router
+	l2     *l2switch.Switch
 	prof   *os.File // CPU profile being written, if asked for
 }
 
@@ -97,11 +97,11 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 		dev.Close()
 		return nil, err
 	}
-	rcfg := router.Config{Name: d.name, TAP: dev, Forwarder: dp.sw, NoGSO: noGSO, Logger: d.log.With("component", "router")}
+	rcfg := l2switch.Config{Name: d.name, TAP: dev, Forwarder: dp.sw, NoGSO: noGSO, Logger: d.log.With("component", "l2switch")}
 	if dp.fdp != nil {
 		rcfg.Learner = dp.fdp
 	}
-	r, err := router.New(rcfg)
+	r, err := l2switch.New(rcfg)
 	if err != nil {
 		if dp.fdp != nil {
 			dp.fdp.Close()
@@ -110,7 +110,7 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 		dev.Close()
 		return nil, err
 	}
-	dp.router = r
+	dp.l2 = r
 	if path := os.Getenv(envCPUProfile); path != "" {
 		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())) // one file per router of a lab
 		if f, err := os.Create(path); err != nil {
@@ -304,10 +304,10 @@ func (h overlayHooks) OverlayControl(peer mesh.PeerName, connID uint64, msg []by
 
 // start runs the data plane on top of the started mesh.
 func (dp *dataPlane) start(m *mesh.Router) error {
-	m.OnRoutesChanged(dp.router.RoutesChanged)
-	m.OnPeerGC(dp.router.PeerGone)
-	dp.router.Start(m)
-	dp.sleeve.Start(m, dp.router)
+	m.OnRoutesChanged(dp.l2.RoutesChanged)
+	m.OnPeerGC(dp.l2.PeerGone)
+	dp.l2.Start(m)
+	dp.sleeve.Start(m, dp.l2)
 	if dp.fdp != nil {
 		dp.fdp.Start(m)
 	}
@@ -318,7 +318,7 @@ func (dp *dataPlane) start(m *mesh.Router) error {
 // and so does the VXLAN device with its entries (reset removes both).
 func (dp *dataPlane) close() error {
 	dp.logStats()
-	err := dp.router.Close() // closes the TAP
+	err := dp.l2.Close() // closes the TAP
 	if e := dp.sleeve.Close(); err == nil {
 		err = e
 	}
@@ -394,7 +394,7 @@ func (dp *dataPlane) annotateConnections(conns []api.Connection) {
 
 // logStats logs what the data plane carried and how well the offloads batched it.
 func (dp *dataPlane) logStats() {
-	args := []any{"sleeve", dp.sleeve.Stats(), "router", dp.router.Stats()}
+	args := []any{"sleeve", dp.sleeve.Stats(), "l2switch", dp.l2.Stats()}
 	if dp.fdp != nil {
 		args = append(args, "fastdp", dp.fdp.Stats())
 	}
@@ -432,6 +432,6 @@ func (dp *dataPlane) fastdpRefused() (n uint64, ok bool) {
 	return n, true
 }
 
-// routerStats are the forwarding core's counters (frames relayed, without route, too big,
+// l2switchStats are the forwarding core's counters (frames relayed, without route, too big,
 // ICMP sent, fragmented, MAC moves), for metrics.
-func (dp *dataPlane) routerStats() router.Stats { return dp.router.Stats() }
+func (dp *dataPlane) l2switchStats() l2switch.Stats { return dp.l2.Stats() }

@@ -236,6 +236,8 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
+// prefixesToStrings is the one conversion of prefixes for the API and the logs. It never
+// returns nil, so a JSON array of CIDRs is [] when empty, never null.
 func prefixesToStrings(ps []netip.Prefix) []string {
 	out := make([]string, 0, len(ps))
 	for _, p := range ps {

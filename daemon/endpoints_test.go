@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -280,5 +281,22 @@ func TestAttachRefusesNonNetnsTarget(t *testing.T) {
 	}
 	if n := d.epEvents.refusedTargets.Load(); n != 4 {
 		t.Errorf("refused_target counted %d, want 4", n)
+	}
+}
+
+// The API's CIDR lists are JSON arrays: empty is [], never null (clients iterate them).
+func TestPrefixesToStringsEmptyIsArray(t *testing.T) {
+	for _, in := range [][]netip.Prefix{nil, {}} {
+		b, err := json.Marshal(api.Endpoint{ID: "x", CIDRs: prefixesToStrings(in)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), `"cidrs":[]`) {
+			t.Errorf("endpoint with no CIDRs encodes as %s, want \"cidrs\":[]", b)
+		}
+	}
+	got := prefixesToStrings([]netip.Prefix{netip.MustParsePrefix("10.32.0.1/12")})
+	if len(got) != 1 || got[0] != "10.32.0.1/12" {
+		t.Errorf("got %q", got)
 	}
 }

@@ -334,10 +334,8 @@ func (d *Daemon) ipamReport(st mesh.Status) *api.IPAM {
 }
 
 func appendUnique(ss []string, s string) []string {
-	for _, x := range ss {
-		if x == s {
-			return ss
-		}
+	if slices.Contains(ss, s) {
+		return ss
 	}
 	return append(ss, s)
 }

@@ -54,8 +54,8 @@ var (
 		[]string{"reason"}, nil)
 	descGSOBackoffs = prometheus.NewDesc("weave_sleeve_gso_backoffs_total",
 		"Times a peer reported lost super-frames and the sleeve sent it cut TCP segments for a while instead.", nil, nil)
-	descRouterEvents = prometheus.NewDesc("weave_router_frames_total",
-		"Frames the router relayed, dropped, answered with ICMP, fragmented, left to the kernel path, or passed as whole or cut TCP super-frames, by event.",
+	descL2SwitchEvents = prometheus.NewDesc("weave_router_frames_total",
+		"Frames the L2 switch (package l2switch) relayed, dropped, answered with ICMP, fragmented, left to the kernel path, or passed as whole or cut TCP super-frames, by event.",
 		[]string{"event"}, nil)
 )
 
@@ -124,13 +124,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descFastdpRefused, prometheus.CounterValue, float64(n), "unknown_source")
 		}
 		ch <- prometheus.MustNewConstMetric(descGSOBackoffs, prometheus.CounterValue, float64(c.d.dp.sleeve.Stats().GSOBackoffs))
-		rs := c.d.dp.routerStats()
+		rs := c.d.dp.l2switchStats()
 		for event, v := range map[string]uint64{
 			"relayed": rs.Relayed, "no_route": rs.NoRoute, "oversize": rs.Oversize, "icmp_sent": rs.ICMPSent,
 			"fragmented": rs.Fragmented, "malformed": rs.Malformed, "kernel_carried": rs.KernelCarried,
 			"gso_whole": rs.GSOWhole, "gso_cut": rs.GSOCut,
 		} {
-			ch <- prometheus.MustNewConstMetric(descRouterEvents, prometheus.CounterValue, float64(v), event)
+			ch <- prometheus.MustNewConstMetric(descL2SwitchEvents, prometheus.CounterValue, float64(v), event)
 		}
 	}
 	if c.d.ipam != nil {

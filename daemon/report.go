@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"net/netip"
 	"time"
 
 	"github.com/weavemesh/weave/api"
@@ -18,7 +17,7 @@ func (d *Daemon) report() api.Report {
 			Name: d.name.String(), NickName: d.cfg.NickName, UID: d.uid, Port: d.cfg.Port,
 			Encryption: len(d.cfg.Password) > 0, Discovery: !d.cfg.NoDiscovery,
 			Peers: []api.Peer{}, Connections: []api.Connection{}, Targets: []string{},
-			TrustedSubnets: prefixStrings(d.cfg.TrustedSubnets),
+			TrustedSubnets: prefixesToStrings(d.cfg.TrustedSubnets),
 		},
 	}
 	if d.endpoints != nil {
@@ -69,12 +68,4 @@ func (d *Daemon) report() api.Report {
 	}
 	rep.IPAM = d.ipamReport(st)
 	return rep
-}
-
-func prefixStrings(ps []netip.Prefix) []string {
-	var out []string
-	for _, p := range ps {
-		out = append(out, p.String())
-	}
-	return out
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -59,29 +58,15 @@ func inNetns(ns string, fn func() error) error {
 	if ns == "" {
 		return fn()
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("current netns: %w", err)
-	}
-	defer orig.Close()
 	target, err := openNetns(ns)
 	if err != nil {
-		runtime.UnlockOSThread()
 		return err
 	}
 	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", ns, err)
+	if err := netdev.InNamespace(target, fn); err != nil {
+		return fmt.Errorf("netns %s: %w", ns, err)
 	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("leave netns %s: %w", ns, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nil
 }
 
 func openNetns(ns string) (netns.NsHandle, error) {
@@ -155,24 +140,15 @@ func openKernel(cfg Config) (_ *vxlanKernel, err error) {
 		}
 	}
 	err = inNetns(cfg.Netns, func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(htons(etherType)))
-		if err != nil {
-			return fmt.Errorf("packet socket: %w", err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(etherType), Ifindex: k.idx}); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("bind packet socket to %s: %w", cfg.Device, err)
-		}
-		k.sock = os.NewFile(uintptr(fd), "fastdp-heartbeat")
-		return nil
+		var err error
+		k.sock, err = netdev.PacketSocket(k.idx, etherType, "fastdp-heartbeat")
+		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("fastdp: %w", err)
+		return nil, fmt.Errorf("fastdp: %s: %w", cfg.Device, err)
 	}
 	return k, nil
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // ensureDevice creates the VXLAN device, or adopts one left by an earlier run when it has
 // the same VNI and port (a restart keeps the kernel path up); one with other settings is
@@ -488,8 +464,7 @@ func Cleanup(ns, device string) error {
 	defer h.Close()
 	l, err := h.LinkByName(device)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if netdev.IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("fastdp: cleanup %s: %w", device, err)

@@ -2,7 +2,9 @@ package ipam
 
 import (
 	"fmt"
+	"maps"
 
+	"github.com/weavemesh/weave/ipam/addr"
 	"github.com/weavemesh/weave/ipam/paxos"
 	"github.com/weavemesh/weave/ipam/ring"
 	"github.com/weavemesh/weave/mesh"
@@ -93,11 +95,7 @@ func (a *Allocator) OnGossipUnicast(src mesh.PeerName, b []byte) error {
 	switch m.kind {
 	case msgRing:
 		// A unicast ring is the answer to a space request (or a claim): the request is over.
-		for sr, req := range a.spaceReqs {
-			if req.peer == src {
-				delete(a.spaceReqs, sr)
-			}
-		}
+		maps.DeleteFunc(a.spaceReqs, func(_ addr.Range, req request) bool { return req.peer == src })
 		a.mergeRing(m.ring, src.String())
 		a.notify()
 	case msgHello:

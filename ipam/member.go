@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 )
 
@@ -144,4 +145,51 @@ func writeMemberRecord(path string, m memberRecord) error {
 		d.Close()
 	}
 	return nil
+}
+
+// checkMembership decides, when the database has no ring, whether we belonged to one
+// before: then the ring still exists at its other owners, and making a new one (consensus
+// with a quorum of one, or a seed) would hand out their containers' addresses again.
+func (a *Allocator) checkMembership() error {
+	if a.cfg.MemberPath == "" || !a.ring.Empty() || a.adopting || a.cfg.mode == initObserver {
+		return nil
+	}
+	m, exists, err := readMemberRecord(a.cfg.MemberPath)
+	switch {
+	case err != nil && exists:
+		// Unreadable but there: we did belong to a ring. Waiting is safe; guessing is not.
+		a.stats.badRecords.Add(1)
+		a.log.Error("membership record unreadable; waiting for a peer's ring instead of making one", logx.KeyErr, err,
+			logx.KeyReason, "to repair, remove "+a.cfg.MemberPath+" only if every peer of the old ring lost its ipam.db")
+		a.adopting, a.rejoining = true, true
+	case err != nil:
+		return err
+	case !exists:
+	case m.rng != a.cfg.Range:
+		a.log.Info("membership record is for another range; not rejoining it", logx.KeyCIDR, a.cfg.Range, logx.KeyReason, fmt.Sprintf("the record is for %v", m.rng))
+	case slices.ContainsFunc(m.owners, func(p mesh.PeerName) bool { return p != a.cfg.Name }):
+		a.log.Warn("no ring in the database but this peer belonged to one: waiting to adopt it from a peer",
+			logx.KeyCount, len(m.owners), logx.KeyPath, a.cfg.MemberPath)
+		a.adopting, a.rejoining = true, true
+		a.member, a.memberSaved = m, true
+	}
+	return nil
+}
+
+// saveMembership keeps the membership record up to date with the ring's owners. It is
+// written only when they change, and before the ring is committed.
+func (a *Allocator) saveMembership() {
+	if a.cfg.MemberPath == "" || a.ring.Empty() || a.cfg.mode == initObserver {
+		return
+	}
+	m := memberRecord{rng: a.cfg.Range, owners: a.ring.Owners()}
+	if a.memberSaved && a.member.rng == m.rng && slices.Equal(a.member.owners, m.owners) {
+		return
+	}
+	if err := writeMemberRecord(a.cfg.MemberPath, m); err != nil {
+		a.stats.persistErrors.Add(1)
+		a.log.Error("saving the ipam membership record failed; will retry", logx.KeyErr, err)
+		return
+	}
+	a.member, a.memberSaved = m, true
 }

@@ -1,7 +1,6 @@
 package ipam
 
 import (
-	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -22,11 +21,7 @@ type MemStore struct {
 func (m *MemStore) Load() (Snapshot, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := Snapshot{Ring: slices.Clone(m.ring), Paxos: slices.Clone(m.paxos), Allocs: map[Key][]netip.Prefix{}}
-	for k, v := range m.allocs {
-		s.Allocs[k] = slices.Clone(v)
-	}
-	return s, nil
+	return Snapshot{Ring: slices.Clone(m.ring), Paxos: slices.Clone(m.paxos), Allocs: cloneAllocs(m.allocs)}, nil
 }
 
 // Commit implements Store.
@@ -59,8 +54,17 @@ func (m *MemStore) Commit(c Change) error {
 func (m *MemStore) Allocs() map[Key][]netip.Prefix {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return maps.Clone(m.allocs)
+	return cloneAllocs(m.allocs)
 }
 
 // Close implements Store.
 func (m *MemStore) Close() error { return nil }
+
+// cloneAllocs is a deep copy: callers may not share the slices of a map behind a lock.
+func cloneAllocs(m map[Key][]netip.Prefix) map[Key][]netip.Prefix {
+	out := make(map[Key][]netip.Prefix, len(m))
+	for k, v := range m {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}

@@ -153,28 +153,15 @@ func (LinuxHost) Detach(netnsPath, ifName, hostIfName string) error {
 	var errs []error
 	if netnsPath != "" {
 		err := withHandle(netnsPath, func(nh *netlink.Handle) error {
-			link, err := nh.LinkByName(ifName)
-			if err != nil {
-				var nf netlink.LinkNotFoundError
-				if errors.As(err, &nf) {
-					return nil
-				}
-				return fmt.Errorf("look up %s: %w", ifName, err)
-			}
-			if err := nh.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-				return fmt.Errorf("delete %s: %w", ifName, err)
-			}
-			return nil
+			return netdev.DeleteLink(nh, ifName)
 		})
 		if err != nil && !isGone(err) {
 			errs = append(errs, fmt.Errorf("in %s: %w", netnsPath, err))
 		}
 	}
 	// Normally gone with its peer; left over when the container end was moved or renamed.
-	if l, err := netlink.LinkByName(hostIfName); err == nil {
-		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-			errs = append(errs, fmt.Errorf("delete %s: %w", hostIfName, err))
-		}
+	if err := netdev.DeleteLink(nil, hostIfName); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -136,11 +137,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 // AddResult attaches the container: veth on the bridge, an address, routes via the bridge.
 // The result is in the version the configuration asks for.
 func (p *Plugin) AddResult(args *skel.CmdArgs) (types.Result, error) {
-	conf, err := ParseNetConf(args.StdinData)
+	conf, err := parseArgs(args, true)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkArgs(args, true); err != nil {
 		return nil, err
 	}
 	if same, err := p.host.IsOwnNetns(args.Netns); err != nil {
@@ -292,11 +290,8 @@ func (p *Plugin) gateway(ctx context.Context, rt Router, conf *NetConf, cidr net
 // Del detaches the container and releases its address. It succeeds when there is nothing
 // left to do: no namespace, no interface, an unknown container.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
-	conf, err := ParseNetConf(args.StdinData)
+	conf, err := parseArgs(args, false)
 	if err != nil {
-		return err
-	}
-	if err := checkArgs(args, false); err != nil {
 		return err
 	}
 	ctx, cancel := p.context()
@@ -330,11 +325,8 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 // Check verifies that what ADD left is still in place: interface, address, routes, and (own
 // IPAM) the router still holding the address.
 func (p *Plugin) Check(args *skel.CmdArgs) error {
-	conf, err := ParseNetConf(args.StdinData)
+	conf, err := parseArgs(args, true)
 	if err != nil {
-		return err
-	}
-	if err := checkArgs(args, true); err != nil {
 		return err
 	}
 	if conf.PrevResult == nil {
@@ -391,12 +383,8 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 
 func holds(allocs []api.Allocation, id, iface, cidr string) bool {
 	for _, a := range allocs {
-		if a.ID == id && a.Iface == iface {
-			for _, c := range a.CIDRs {
-				if c == cidr {
-					return true
-				}
-			}
+		if a.ID == id && a.Iface == iface && slices.Contains(a.CIDRs, cidr) {
+			return true
 		}
 	}
 	return false
@@ -467,7 +455,19 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	return nil
 }
 
-// checkArgs refuses what the runtime must always give.
+// parseArgs parses the net conf of an ADD, DEL or CHECK and refuses what the runtime must
+// always give.
+func parseArgs(args *skel.CmdArgs, needNetns bool) (*NetConf, error) {
+	conf, err := ParseNetConf(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkArgs(args, needNetns); err != nil {
+		return nil, err
+	}
+	return conf, nil
+}
+
 func checkArgs(args *skel.CmdArgs, needNetns bool) error {
 	if args.ContainerID == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "weave-cni: CNI_CONTAINERID is empty", "")

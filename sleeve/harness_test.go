@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/weavemesh/weave/internal/testutil"
+	"github.com/weavemesh/weave/l2switch"
 	"github.com/weavemesh/weave/mesh"
-	"github.com/weavemesh/weave/router"
 	"github.com/weavemesh/weave/sleeve"
 	"github.com/weavemesh/weave/tap/taptest"
 	"github.com/weavemesh/weave/udp/udptest"
@@ -25,7 +25,7 @@ type node struct {
 	host string
 	m    *mesh.Router
 	s    *sleeve.Sleeve
-	r    *router.Router
+	r    *l2switch.Switch
 	tap  *taptest.Device
 	bind *captureBind
 }
@@ -137,7 +137,7 @@ func (l *lab) addNode(i int, o labOpts) *node {
 		t.Fatal(err)
 	}
 	dev := taptest.New(taptest.Config{Name: fmt.Sprintf("tap%d", i), MTU: 1438})
-	r, err := router.New(router.Config{Name: peerName(i), TAP: dev, Forwarder: s, Logger: log})
+	r, err := l2switch.New(l2switch.Config{Name: peerName(i), TAP: dev, Forwarder: s, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -128,7 +128,10 @@ func ioctlInt(fd uintptr, req uintptr, arg uintptr) error {
 	return nil
 }
 
-func openOffload(cfg Config, queues int) (devs []*device, name string, err error) {
+// openQueues opens queues queues of the TAP name with open (q: the queue's index; it
+// returns the device and the interface's name, which the kernel picks when name is a
+// pattern); on failure it closes the queues already open.
+func openQueues(name string, queues int, open func(q int, name string) (*device, string, error)) (devs []*device, _ string, err error) {
 	defer func() {
 		if err != nil {
 			for _, d := range devs {
@@ -137,11 +140,22 @@ func openOffload(cfg Config, queues int) (devs []*device, name string, err error
 			devs = nil
 		}
 	}()
-	name = cfg.Name
 	for q := range queues {
+		d, n, err := open(q, name)
+		if err != nil {
+			return devs, name, err
+		}
+		name = n
+		devs = append(devs, d)
+	}
+	return devs, name, nil
+}
+
+func openOffload(cfg Config, queues int) ([]*device, string, error) {
+	return openQueues(cfg.Name, queues, func(q int, name string) (*device, string, error) {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 		if err != nil {
-			return devs, name, fmt.Errorf("open /dev/net/tun: %w", err)
+			return nil, name, fmt.Errorf("open /dev/net/tun: %w", err)
 		}
 		var req ifreqFlags
 		copy(req.name[:unix.IFNAMSIZ-1], name)
@@ -151,34 +165,30 @@ func openOffload(cfg Config, queues int) (devs []*device, name string, err error
 		}
 		if err := ioctlPtr(uintptr(fd), unix.TUNSETIFF, unsafe.Pointer(&req)); err != nil {
 			_ = unix.Close(fd)
-			return devs, name, fmt.Errorf("tunsetiff %q with vnet header: %w", name, err)
+			return nil, name, fmt.Errorf("tunsetiff %q with vnet header: %w", name, err)
 		}
 		name = unix.ByteSliceToString(req.name[:])
 		if q == 0 {
 			hdrSize := int32(VirtioNetHdrLen) // the kernel reads a C int
 			if err := ioctlPtr(uintptr(fd), unix.TUNSETVNETHDRSZ, unsafe.Pointer(&hdrSize)); err != nil {
 				_ = unix.Close(fd)
-				return devs, name, fmt.Errorf("tunsetvnethdrsz %s: %w", name, err)
+				return nil, name, fmt.Errorf("tunsetvnethdrsz %s: %w", name, err)
 			}
 			// UDP segmentation offload where the kernel has it (>= 6.2), TCP only where not.
 			if err := ioctlInt(uintptr(fd), unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4|tunFTSO6|tunFUSO4|tunFUSO6); err != nil {
 				if err := ioctlInt(uintptr(fd), unix.TUNSETOFFLOAD, tunFCsum|tunFTSO4|tunFTSO6); err != nil {
 					_ = unix.Close(fd)
-					return devs, name, fmt.Errorf("tunsetoffload %s: %w", name, err)
+					return nil, name, fmt.Errorf("tunsetoffload %s: %w", name, err)
 				}
 			}
 			if err := setPersist(uintptr(fd), cfg.Persist); err != nil {
 				_ = unix.Close(fd)
-				return devs, name, err
+				return nil, name, err
 			}
 		}
 		d, err := newDevice(os.NewFile(uintptr(fd), "/dev/net/tun"), name, true)
-		if err != nil {
-			return devs, name, err
-		}
-		devs = append(devs, d)
-	}
-	return devs, name, nil
+		return d, name, err
+	})
 }
 
 func setPersist(fd uintptr, on bool) error {
@@ -192,17 +202,8 @@ func setPersist(fd uintptr, on bool) error {
 	return nil
 }
 
-func openWater(cfg Config, queues int) (devs []*device, name string, err error) {
-	defer func() {
-		if err != nil {
-			for _, d := range devs {
-				_ = d.Close()
-			}
-			devs = nil
-		}
-	}()
-	name = cfg.Name
-	for range queues {
+func openWater(cfg Config, queues int) ([]*device, string, error) {
+	return openQueues(cfg.Name, queues, func(_ int, name string) (*device, string, error) {
 		// water sets TUNSETPERSIST to exactly cfg.Persist on every open, clearing a
 		// persistence left behind by an earlier run when Persist is false.
 		ifce, err := water.New(water.Config{
@@ -212,21 +213,17 @@ func openWater(cfg Config, queues int) (devs []*device, name string, err error) 
 			},
 		})
 		if err != nil {
-			return devs, name, fmt.Errorf("open tap %q: %w", name, err)
+			return nil, name, fmt.Errorf("open tap %q: %w", name, err)
 		}
 		name = ifce.Name()
 		f, ok := ifce.ReadWriteCloser.(*os.File)
 		if !ok {
 			_ = ifce.Close()
-			return devs, name, fmt.Errorf("water returned a %T, not an *os.File", ifce.ReadWriteCloser)
+			return nil, name, fmt.Errorf("water returned a %T, not an *os.File", ifce.ReadWriteCloser)
 		}
 		d, err := newDevice(f, name, false)
-		if err != nil {
-			return devs, name, err
-		}
-		devs = append(devs, d)
-	}
-	return devs, name, nil
+		return d, name, err
+	})
 }
 
 // device is one queue of a TAP interface.
@@ -327,15 +324,8 @@ func (d *device) Close() error {
 // sysmon on the first frame after every idle spell (a futex wake and a context switch on the
 // path of each ping). The fd is non-blocking, so the call returns at once.
 func (d *device) rawRead(fd uintptr) bool {
-	var p unsafe.Pointer
-	if len(d.rtarget) > 0 {
-		p = unsafe.Pointer(&d.rtarget[0])
-	}
-	n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(p), uintptr(len(d.rtarget)))
-	d.rn, d.rerr = int(n), nil
-	if errno != 0 {
-		d.rn, d.rerr = 0, errno
-	}
+	n, errno := rawIO(unix.SYS_READ, fd, d.rtarget)
+	d.rn, d.rerr = n, errOf(errno)
 	if errno == unix.EAGAIN || errno == unix.EINTR {
 		return !d.rblock
 	}
@@ -346,16 +336,30 @@ func (d *device) rawRead(fd uintptr) bool {
 // the runtime's entersyscall would wake its sysmon thread on the first write after an idle
 // spell (a futex wake and a context switch on every hop of an idle path).
 func (d *device) rawWrite(fd uintptr) bool {
-	var p unsafe.Pointer
-	if len(d.wbuf) > 0 {
-		p = unsafe.Pointer(&d.wbuf[0])
-	}
-	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(p), uintptr(len(d.wbuf)))
-	d.wn, d.werr = int(n), nil
-	if errno != 0 {
-		d.wn, d.werr = 0, errno
-	}
+	n, errno := rawIO(unix.SYS_WRITE, fd, d.wbuf)
+	d.wn, d.werr = n, errOf(errno)
 	return !(errno == unix.EAGAIN || errno == unix.EINTR)
+}
+
+// rawIO is read(2) or write(2) (trap) of b through RawSyscall: the count, or 0 and the errno.
+func rawIO(trap, fd uintptr, b []byte) (int, unix.Errno) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, errno := unix.RawSyscall(trap, fd, uintptr(p), uintptr(len(b)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), 0
+}
+
+// errOf is errno as an error: nil for 0.
+func errOf(errno unix.Errno) error {
+	if errno == 0 {
+		return nil
+	}
+	return errno
 }
 
 func (d *device) closedErr(err error) error {

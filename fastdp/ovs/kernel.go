@@ -201,11 +201,7 @@ func (k *Kernel) SetHeartbeatRemote(addr netip.Addr, on bool) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if on {
-		if err := k.ensurePortLocked(addr); err != nil {
-			return err
-		}
-		k.beats[addr] = true
-		return nil
+		return k.ensurePortLocked(addr, k.beats)
 	}
 	delete(k.beats, addr)
 	if k.flood[addr] {
@@ -214,12 +210,16 @@ func (k *Kernel) SetHeartbeatRemote(addr netip.Addr, on bool) error {
 	return k.removeLocked(addr)
 }
 
-// ensurePortLocked adds addr's tunnel port, quarantined, unless it has one. Must hold k.mu.
-func (k *Kernel) ensurePortLocked(addr netip.Addr) error {
-	if k.beats[addr] || k.flood[addr] {
-		return nil
+// ensurePortLocked adds addr's tunnel port, quarantined, unless it has one, and records
+// addr in role (k.beats or k.flood): the port goes when its last role does. Must hold k.mu.
+func (k *Kernel) ensurePortLocked(addr netip.Addr, role map[netip.Addr]bool) error {
+	if !k.beats[addr] && !k.flood[addr] {
+		if err := k.b.addPeer(addr.String(), addr, false); err != nil {
+			return err
+		}
 	}
-	return k.b.addPeer(addr.String(), addr, false)
+	role[addr] = true
+	return nil
 }
 
 // SetFloodRemote takes addr's tunnel port out of quarantine (on) or puts it back.
@@ -228,10 +228,9 @@ func (k *Kernel) SetFloodRemote(addr netip.Addr, on bool) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if on {
-		if err := k.ensurePortLocked(addr); err != nil {
+		if err := k.ensurePortLocked(addr, k.flood); err != nil {
 			return err
 		}
-		k.flood[addr] = true
 		return k.b.SetPeerActive(addr.String(), true)
 	}
 	if !k.flood[addr] {

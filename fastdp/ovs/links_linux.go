@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/weavemesh/weave/internal/netdev"
 	"golang.org/x/sys/unix"
 )
 
@@ -48,17 +49,7 @@ func NewNetlinkLinks(nsPath string) (*NetlinkLinks, error) {
 }
 
 // DeleteLink deletes the device name (a veth takes its peer with it); a missing one is fine.
-func (l *NetlinkLinks) DeleteLink(name string) error {
-	link, err := l.h.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return err
-	}
-	return l.h.LinkDel(link)
-}
+func (l *NetlinkLinks) DeleteLink(name string) error { return netdev.DeleteLink(l.h, name) }
 
 // Uplink creates (or completes) the veth pair ovsEnd <-> bridgeEnd: bridgeEnd becomes an
 // isolated port of the Linux bridge (like fastdp's VXLAN device, so frames from OVS never
@@ -192,23 +183,14 @@ func (l *NetlinkLinks) OpenPacket(dev string) (io.ReadWriteCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ovs: %s: %w", dev, err)
 	}
-	proto := uint16(HeartbeatEtherType)
-	proto = proto<<8 | proto>>8 // network byte order
 	var f *os.File
 	err = l.inNetns(func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(proto))
-		if err != nil {
-			return fmt.Errorf("ovs: packet socket: %w", err)
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: link.Attrs().Index}); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("ovs: bind packet socket to %s: %w", dev, err)
-		}
-		f = os.NewFile(uintptr(fd), "ovs-heartbeat-"+dev)
-		return nil
+		var err error
+		f, err = netdev.PacketSocket(link.Attrs().Index, HeartbeatEtherType, "ovs-heartbeat-"+dev)
+		return err
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ovs: %s: %w", dev, err)
 	}
 	return f, nil
 }
@@ -256,28 +238,13 @@ func (l *NetlinkLinks) inNetns(fn func() error) error {
 	if l.ns == "" {
 		return fn()
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("ovs: current netns: %w", err)
-	}
-	defer orig.Close()
 	target, err := netns.GetFromPath(l.ns)
 	if err != nil {
-		runtime.UnlockOSThread()
 		return fmt.Errorf("ovs: open netns %s: %w", l.ns, err)
 	}
 	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("ovs: enter netns %s: %w", l.ns, err)
+	if err := netdev.InNamespace(target, fn); err != nil {
+		return fmt.Errorf("ovs: netns %s: %w", l.ns, err)
 	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// The thread is stuck in the wrong namespace: it stays locked and dies with its goroutine.
-		return fmt.Errorf("ovs: leave netns %s: %w", l.ns, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nil
 }

@@ -1,14 +1,12 @@
 package netdev
 
 import (
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -18,8 +16,8 @@ import (
 var _ Attacher = Netlink{}
 
 func (Netlink) Attach(spec AttachSpec) (Attached, error) {
-	if spec.IfName == "" || len(spec.IfName) > 15 || len(spec.HostIfName) > 15 || spec.HostIfName == "" {
-		return Attached{}, fmt.Errorf("interface names %q/%q must be 1-15 characters", spec.IfName, spec.HostIfName)
+	if err := checkIfNames(spec); err != nil {
+		return Attached{}, err
 	}
 	ns, err := OpenNetns(spec.NetnsPath)
 	if err != nil {
@@ -38,13 +36,12 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 
 	link, err := nh.LinkByName(spec.IfName)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
+		if !IsNotFound(err) {
 			return Attached{}, fmt.Errorf("look up %s in %s: %w", spec.IfName, spec.NetnsPath, err)
 		}
 		// The container has no interface, so a host end of that name is half-made (a
 		// daemon killed mid-attach): it would make every later attach fail with "file
-		// exists". Its peer (a wetmp… device, here or in the namespace) goes with it.
+		// exists". Its peer goes with it (also a wetmp… device an older version left).
 		if err := (Netlink{}).Delete(spec.HostIfName); err != nil {
 			return Attached{}, fmt.Errorf("remove half-made %s: %w", spec.HostIfName, err)
 		}
@@ -89,90 +86,23 @@ func (Netlink) Attach(spec AttachSpec) (Attached, error) {
 	return res, nil
 }
 
+// createVeth makes spec's veth pair (addVeth) for an Attach that found no container
+// interface, and returns the container end.
 func createVeth(nh *netlink.Handle, ns netns.NsHandle, br netlink.Link, spec AttachSpec) (netlink.Link, error) {
-	// The container end is created under a temporary name in our namespace, where the final
-	// name (ethwe) may exist already, then moved and renamed.
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, fmt.Errorf("random name: %w", err)
+	if err := addVeth(ns, br, spec); err != nil {
+		return nil, err
 	}
-	tmp := fmt.Sprintf("wetmp%x", rnd)
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = spec.HostIfName
-	attrs.MTU = spec.MTU
-	attrs.MasterIndex = br.Attrs().Index
-	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: tmp}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("create veth %s: %w", spec.HostIfName, err)
-	}
-	cleanup := func() { _ = netlink.LinkDel(veth) }
-	peer, err := netlink.LinkByName(tmp)
+	link, err := nh.LinkByName(spec.IfName)
 	if err != nil {
-		cleanup()
-		return nil, fmt.Errorf("look up veth peer %s: %w", tmp, err)
+		return nil, fmt.Errorf("look up %s in %s: %w", spec.IfName, spec.NetnsPath, err)
 	}
-	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
-		cleanup()
-		return nil, fmt.Errorf("move %s into %s: %w", tmp, spec.NetnsPath, err)
-	}
-	link, err := nh.LinkByName(tmp)
-	if err != nil {
-		cleanup()
-		return nil, fmt.Errorf("look up %s in %s: %w", tmp, spec.NetnsPath, err)
-	}
-	if err := nh.LinkSetName(link, spec.IfName); err != nil {
-		cleanup()
-		return nil, fmt.Errorf("rename %s to %s: %w", tmp, spec.IfName, err)
-	}
-	if err := nh.LinkSetMTU(link, spec.MTU); err != nil {
-		cleanup()
-		return nil, fmt.Errorf("set mtu of %s: %w", spec.IfName, err)
-	}
-	host, err := netlink.LinkByName(spec.HostIfName)
-	if err != nil {
-		cleanup()
-		return nil, fmt.Errorf("look up %s: %w", spec.HostIfName, err)
-	}
-	if spec.Hairpin {
-		if err := netlink.LinkSetHairpin(host, true); err != nil {
-			cleanup()
-			return nil, fmt.Errorf("hairpin on %s: %w", spec.HostIfName, err)
-		}
-	}
-	if err := netlink.LinkSetUp(host); err != nil {
-		cleanup()
-		return nil, fmt.Errorf("bring %s up: %w", spec.HostIfName, err)
-	}
-	return nh.LinkByName(spec.IfName)
-}
-
-// inNamespace runs fn with the calling goroutine's thread switched into ns. If the thread
-// cannot be switched back it is not unlocked, so Go retires it instead of reusing a thread in
-// the wrong namespace.
-func inNamespace(ns netns.NsHandle, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("current namespace: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter namespace: %w", err)
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("return to namespace: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return link, nil
 }
 
 // disableIPv6RA turns router advertisements off on the container interface: a container
 // must not be able to hijack its neighbours' default route (CVE-2020-11091).
 func disableIPv6RA(ns netns.NsHandle, ifName string) error {
-	return inNamespace(ns, func() error {
+	return InNamespace(ns, func() error {
 		p := "/proc/sys/net/ipv6/conf/" + ifName + "/accept_ra"
 		if err := os.WriteFile(p, []byte("0"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("disable accept_ra on %s: %w", ifName, err)
@@ -185,12 +115,12 @@ func gratuitousARP(ns netns.NsHandle, ifName string, mac net.HardwareAddr, ip ne
 	if !ip.Is4() || len(mac) != 6 {
 		return nil
 	}
-	return inNamespace(ns, func() error {
+	return InNamespace(ns, func() error {
 		ifi, err := net.InterfaceByName(ifName)
 		if err != nil {
 			return err
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_ARP)))
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(Htons(unix.ETH_P_ARP)))
 		if err != nil {
 			return fmt.Errorf("packet socket: %w", err)
 		}
@@ -204,7 +134,7 @@ func gratuitousARP(ns netns.NsHandle, ifName string, mac net.HardwareAddr, ip ne
 		a := ip.As4()
 		copy(pkt[14:], a[:])
 		copy(pkt[24:], a[:])
-		sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index, Halen: 6,
+		sa := &unix.SockaddrLinklayer{Protocol: Htons(unix.ETH_P_ARP), Ifindex: ifi.Index, Halen: 6,
 			Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
 		if err := unix.Sendto(fd, pkt, 0, sa); err != nil {
 			return fmt.Errorf("send: %w", err)
@@ -212,8 +142,6 @@ func gratuitousARP(ns netns.NsHandle, ifName string, mac net.HardwareAddr, ip ne
 		return nil
 	})
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func (Netlink) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
 	ns, err := OpenNetns(netnsPath)
@@ -233,8 +161,7 @@ func (Netlink) Detach(netnsPath, ifName string, cidrs []netip.Prefix) error {
 	defer nh.Close()
 	link, err := nh.LinkByName(ifName)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("look up %s in %s: %w", ifName, netnsPath, err)
@@ -291,8 +218,7 @@ func (Netlink) Inspect(netnsPath, ifName string) (Attached, bool, error) {
 	defer nh.Close()
 	link, err := nh.LinkByName(ifName)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if IsNotFound(err) {
 			return Attached{}, false, nil
 		}
 		return Attached{}, false, fmt.Errorf("look up %s in %s: %w", ifName, netnsPath, err)

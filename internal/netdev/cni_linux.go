@@ -5,17 +5,19 @@ import (
 	"fmt"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // CreateVethIn creates spec's veth pair with the container end made directly inside the
 // namespace under its final name (host end on the bridge, MTU, hairpin, up), so that a
-// following Attach only completes it. Moving a link between namespaces, as Attach does when
-// it creates the pair itself, waits for an RCU grace period: about half of a CNI ADD's time
-// on a busy host. An interface of that name already in the namespace is left for Attach.
+// following Attach only completes it (Attach makes the pair the same way when it finds none;
+// creating it in place, rather than moving a link between namespaces, saves an RCU grace
+// period: about half of a CNI ADD's time on a busy host). An interface of that name already
+// in the namespace is left for Attach.
 func CreateVethIn(spec AttachSpec) error {
-	if spec.IfName == "" || len(spec.IfName) > 15 || len(spec.HostIfName) > 15 || spec.HostIfName == "" {
-		return fmt.Errorf("interface names %q/%q must be 1-15 characters", spec.IfName, spec.HostIfName)
+	if err := checkIfNames(spec); err != nil {
+		return err
 	}
 	ns, err := OpenNetns(spec.NetnsPath)
 	if err != nil {
@@ -26,6 +28,20 @@ func CreateVethIn(spec AttachSpec) error {
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", spec.Bridge, err)
 	}
+	if err := addVeth(ns, br, spec); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil // the host end or the container end exists: Attach completes or reports it
+		}
+		return err
+	}
+	return nil
+}
+
+// addVeth is the one veth creator: the host end on the bridge (MTU, hairpin, up) and the
+// container end made directly inside ns under its final name, so nothing is ever moved
+// between namespaces (see CreateVethIn). An error from creating the pair wraps the kernel's
+// (EEXIST when either name is taken); a later failure removes the pair again.
+func addVeth(ns netns.NsHandle, br netlink.Link, spec AttachSpec) error {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = spec.HostIfName
 	attrs.MTU = spec.MTU
@@ -33,13 +49,11 @@ func CreateVethIn(spec AttachSpec) error {
 	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: spec.IfName, PeerMTU: uint32(spec.MTU),
 		PeerNamespace: netlink.NsFd(int(ns))}
 	if err := netlink.LinkAdd(veth); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return nil // the host end or the container end exists: Attach completes or reports it
-		}
 		return fmt.Errorf("create veth %s/%s: %w", spec.HostIfName, spec.IfName, err)
 	}
 	host, err := netlink.LinkByName(spec.HostIfName)
 	if err != nil {
+		_ = netlink.LinkDel(veth)
 		return fmt.Errorf("look up %s: %w", spec.HostIfName, err)
 	}
 	if spec.Hairpin {
@@ -51,6 +65,15 @@ func CreateVethIn(spec AttachSpec) error {
 	if err := netlink.LinkSetUp(host); err != nil {
 		_ = netlink.LinkDel(host)
 		return fmt.Errorf("bring %s up: %w", spec.HostIfName, err)
+	}
+	return nil
+}
+
+// checkIfNames refuses interface names the kernel would refuse (IFNAMSIZ), before anything
+// is made.
+func checkIfNames(spec AttachSpec) error {
+	if spec.IfName == "" || len(spec.IfName) > 15 || len(spec.HostIfName) > 15 || spec.HostIfName == "" {
+		return fmt.Errorf("interface names %q/%q must be 1-15 characters", spec.IfName, spec.HostIfName)
 	}
 	return nil
 }

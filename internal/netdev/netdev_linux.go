@@ -17,8 +17,7 @@ var _ Links = Netlink{}
 func (Netlink) EnsureBridge(name string, mac net.HardwareAddr, mtu int) error {
 	link, err := netlink.LinkByName(name)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
+		if !IsNotFound(err) {
 			return fmt.Errorf("look up bridge %s: %w", name, err)
 		}
 		attrs := netlink.NewLinkAttrs()
@@ -60,8 +59,7 @@ func (Netlink) EnsureTAP(name, bridge string, mtu int) error {
 	}
 	link, err := netlink.LinkByName(name)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
+		if !IsNotFound(err) {
 			return fmt.Errorf("look up tap %s: %w", name, err)
 		}
 		attrs := netlink.NewLinkAttrs()
@@ -97,28 +95,14 @@ func (Netlink) EnsureTAP(name, bridge string, mtu int) error {
 	return nil
 }
 
-func (Netlink) Delete(name string) error {
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return fmt.Errorf("look up %s: %w", name, err)
-	}
-	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete %s: %w", name, err)
-	}
-	return nil
-}
+func (Netlink) Delete(name string) error { return DeleteLink(nil, name) }
 
 func (Netlink) Exists(name string) (bool, error) {
 	_, err := netlink.LinkByName(name)
 	if err == nil {
 		return true, nil
 	}
-	var nf netlink.LinkNotFoundError
-	if errors.As(err, &nf) {
+	if IsNotFound(err) {
 		return false, nil
 	}
 	return false, fmt.Errorf("look up %s: %w", name, err)
@@ -150,8 +134,7 @@ func (Netlink) UnderlayMTU() (int, error) {
 func (n Netlink) DeleteBridge(name string) error {
 	br, err := netlink.LinkByName(name)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
+		if IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("look up bridge %s: %w", name, err)

@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime"
 
 	"github.com/vishvananda/netns"
+	"github.com/weavemesh/weave/internal/netdev"
 )
 
 func checkPlatform() error { return nil }
@@ -15,29 +15,15 @@ func checkPlatform() error { return nil }
 // that namespace after the thread switches back. If switching back fails, the thread stays
 // locked and dies with the goroutine rather than returning to the pool in the wrong namespace.
 func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netlab: current netns: %w", err)
-	}
-	defer orig.Close()
 	target, err := netns.GetFromName(name)
 	if err != nil {
-		runtime.UnlockOSThread()
 		return fmt.Errorf("netlab: open netns %s: %w", name, err)
 	}
 	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("netlab: enter netns %s: %w", name, err)
+	if err := netdev.InNamespace(target, fn); err != nil {
+		return fmt.Errorf("netlab: netns %s: %w", name, err)
 	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("netlab: leave netns %s: %w", name, err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	return nil
 }
 
 func doIn(ns string, fn func() error) error { return inNetns(ns, fn) }

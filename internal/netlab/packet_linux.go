@@ -7,30 +7,21 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/weavemesh/weave/internal/netdev"
 )
 
 // PacketSocket opens a raw AF_PACKET socket for one EtherType on link inside namespace ns: tests
 // use it to send hand-made frames and to count exactly which copies of a frame arrived where.
 // The socket never sees its own sends.
 func PacketSocket(ns, link string, etherType uint16) (*os.File, error) {
-	proto := etherType<<8 | etherType>>8 // network byte order
 	var f *os.File
 	err := inNetns(ns, func() error {
 		ifi, err := net.InterfaceByName(link)
 		if err != nil {
 			return err
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, int(proto))
-		if err != nil {
-			return err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: proto, Ifindex: ifi.Index}); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		f = os.NewFile(uintptr(fd), link)
-		return nil
+		f, err = netdev.PacketSocket(ifi.Index, etherType, link)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("netlab: packet socket on %s in %s: %w", link, ns, err)

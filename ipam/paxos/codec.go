@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/weavemesh/weave/mesh"
@@ -35,11 +36,7 @@ func appendProposal(b []byte, p ProposalID) []byte {
 
 // Encode returns the wire form of s, nodes in a fixed order.
 func (s State) Encode() []byte {
-	ids := make([]NodeID, 0, len(s))
-	for id := range s {
-		ids = append(ids, id)
-	}
-	slices.SortFunc(ids, NodeID.compare)
+	ids := slices.SortedFunc(maps.Keys(s), NodeID.compare)
 	b := []byte{'P', 1}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(ids)))
 	for _, id := range ids {

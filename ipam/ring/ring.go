@@ -16,6 +16,7 @@
 package ring
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -303,19 +304,7 @@ func (r *Ring) Donors(subnet addr.Range, self mesh.PeerName) []Donor {
 		out = append(out, Donor{p, f})
 	}
 	slices.SortFunc(out, func(a, b Donor) int {
-		if a.Free != b.Free {
-			if a.Free > b.Free {
-				return -1
-			}
-			return 1
-		}
-		if a.Peer < b.Peer {
-			return -1
-		}
-		if a.Peer > b.Peer {
-			return 1
-		}
-		return 0
+		return cmp.Or(cmp.Compare(b.Free, a.Free), cmp.Compare(a.Peer, b.Peer))
 	})
 	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -289,7 +290,7 @@ func TestHostileUnwritableStateDir(t *testing.T) {
 			t.Errorf("a refused target is dialled: %+v", cn)
 		}
 	}
-	if got := endpointsAgree(t, ctx, r, cs); !mapsEqual(got, before) {
+	if got := endpointsAgree(t, ctx, r, cs); !maps.Equal(got, before) {
 		t.Errorf("endpoints %v after refused attaches, want %v", got, before)
 	}
 	if m := r.metrics(); !strings.Contains(m, `weave_endpoint_events_total{event="persist_error"}`) ||
@@ -305,24 +306,12 @@ func TestHostileUnwritableStateDir(t *testing.T) {
 		t.Fatalf("stop: %v\n%s", err, out)
 	}
 	r.launch()
-	if got := endpointsAgree(t, ctx, r, cs); !mapsEqual(got, before) {
+	if got := endpointsAgree(t, ctx, r, cs); !maps.Equal(got, before) {
 		t.Errorf("endpoints %v after the restart, want %v", got, before)
 	}
 	if got := r.report().Router.Targets; !slices.Equal(got, targetsBefore) {
 		t.Errorf("targets %v after the restart, want %v", got, targetsBefore)
 	}
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func grepLines(s, sub string) string {

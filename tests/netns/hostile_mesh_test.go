@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,7 +92,7 @@ func TestHostileMeshNameClaim(t *testing.T) {
 	rs := launchAll(t, lab, 2, map[int][]int{1: {0}})
 	for _, r := range rs {
 		testutil.Eventually(t, 30*time.Second, r.host.Name+" connected", func() error {
-			return established(r, rs[1-indexOf(rs, r)].name)
+			return established(r, rs[1-slices.Index(rs, r)].name)
 		})
 	}
 	pids := []int{rs[0].pid(), rs[1].pid()}
@@ -129,15 +130,6 @@ func TestHostileMeshNameClaim(t *testing.T) {
 			t.Fatalf("%s was told to stop\n%s", r.host.Name, r.logTail())
 		}
 	}
-}
-
-func indexOf(rs []*router, r *router) int {
-	for i, x := range rs {
-		if x == r {
-			return i
-		}
-	}
-	return -1
 }
 
 // TestHostileMeshFlood: one host floods a router's control port with TCP connects (2000

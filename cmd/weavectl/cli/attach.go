@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -36,64 +37,47 @@ func printCIDRs(c *ctx, ep api.Endpoint) {
 	}
 }
 
-func runAttach(c *ctx, args []string) error {
-	cidrs, target, err := splitCIDRs(args, true)
+// endpointVerb runs attach, detach, expose or hide: [CIDR...] and (needTarget) TARGET from
+// the arguments, one call within d, and the endpoint's CIDRs printed one per line.
+func endpointVerb(c *ctx, args []string, needTarget bool, d time.Duration,
+	call func(cx context.Context, cidrs []string, target string) (api.Endpoint, error)) error {
+	cidrs, target, err := splitCIDRs(args, needTarget)
 	if err != nil {
 		return err
 	}
-	cx, cancel := timeout(60 * time.Second) // an IPAM allocation may wait for the ring
+	cx, cancel := timeout(d)
 	defer cancel()
-	ep, err := c.client.Attach(cx, api.AttachRequest{Target: target, CIDRs: cidrs})
+	ep, err := call(cx, cidrs, target)
 	if err != nil {
 		return err
 	}
 	printCIDRs(c, ep)
 	return nil
+}
+
+func runAttach(c *ctx, args []string) error {
+	// 60 s: an IPAM allocation may wait for the ring.
+	return endpointVerb(c, args, true, 60*time.Second, func(cx context.Context, cidrs []string, target string) (api.Endpoint, error) {
+		return c.client.Attach(cx, api.AttachRequest{Target: target, CIDRs: cidrs})
+	})
 }
 
 func runDetach(c *ctx, args []string) error {
-	cidrs, target, err := splitCIDRs(args, true)
-	if err != nil {
-		return err
-	}
-	cx, cancel := timeout(30 * time.Second)
-	defer cancel()
-	ep, err := c.client.Detach(cx, api.DetachRequest{Target: target, CIDRs: cidrs})
-	if err != nil {
-		return err
-	}
-	printCIDRs(c, ep)
-	return nil
+	return endpointVerb(c, args, true, 30*time.Second, func(cx context.Context, cidrs []string, target string) (api.Endpoint, error) {
+		return c.client.Detach(cx, api.DetachRequest{Target: target, CIDRs: cidrs})
+	})
 }
 
 func runExpose(c *ctx, args []string) error {
-	cidrs, _, err := splitCIDRs(args, false)
-	if err != nil {
-		return err
-	}
-	cx, cancel := timeout(60 * time.Second)
-	defer cancel()
-	ep, err := c.client.Expose(cx, cidrs)
-	if err != nil {
-		return err
-	}
-	printCIDRs(c, ep)
-	return nil
+	return endpointVerb(c, args, false, 60*time.Second, func(cx context.Context, cidrs []string, _ string) (api.Endpoint, error) {
+		return c.client.Expose(cx, cidrs)
+	})
 }
 
 func runHide(c *ctx, args []string) error {
-	cidrs, _, err := splitCIDRs(args, false)
-	if err != nil {
-		return err
-	}
-	cx, cancel := timeout(30 * time.Second)
-	defer cancel()
-	ep, err := c.client.Hide(cx, cidrs)
-	if err != nil {
-		return err
-	}
-	printCIDRs(c, ep)
-	return nil
+	return endpointVerb(c, args, false, 30*time.Second, func(cx context.Context, cidrs []string, _ string) (api.Endpoint, error) {
+		return c.client.Hide(cx, cidrs)
+	})
 }
 
 func runPs(c *ctx, args []string) error {

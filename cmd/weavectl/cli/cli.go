@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -154,13 +155,7 @@ func splitFlags(args []string, known ...string) (set map[string]bool, pos []stri
 			continue
 		}
 		name := strings.TrimLeft(a, "-")
-		ok := false
-		for _, k := range known {
-			if k == name {
-				ok = true
-			}
-		}
-		if !ok {
+		if !slices.Contains(known, name) {
 			return nil, nil, usageError{fmt.Sprintf("unknown flag %s", a)}
 		}
 		set[name] = true

@@ -94,12 +94,10 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 			w.WriteHeader(400)
 			return
 		}
-		for _, p := range req.Peers {
-			if p == "bad:peer:addr" {
-				w.WriteHeader(400)
-				json.NewEncoder(w).Encode(api.Errorf(api.CodeBadRequest, "bad peer address %q", p))
-				return
-			}
+		if slices.Contains(req.Peers, "bad:peer:addr") {
+			w.WriteHeader(400)
+			json.NewEncoder(w).Encode(api.Errorf(api.CodeBadRequest, "bad peer address %q", "bad:peer:addr"))
+			return
 		}
 		f.mu.Lock()
 		f.bodies = append(f.bodies, req)

@@ -1,4 +1,4 @@
-package router
+package l2switch
 
 import (
 	"net"

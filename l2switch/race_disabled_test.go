@@ -1,5 +1,5 @@
 //go:build !race
 
-package router
+package l2switch
 
 const raceEnabled = false

@@ -1,4 +1,4 @@
-package router
+package l2switch
 
 import (
 	"net"
@@ -33,7 +33,7 @@ var stpMAC = frame.MAC{0x01, 0x80, 0xc2, 0, 0, 0}
 // worker holds the scratch state of one goroutine on the forwarding path, so that a warm
 // worker forwards without allocating.
 type worker struct {
-	r         *Router
+	r         *Switch
 	now       int64
 	table     *routeTable
 	readBufs  [][]byte
@@ -65,7 +65,7 @@ type learnOp struct {
 	peer mesh.PeerName
 }
 
-func newWorker(r *Router, mtu int) *worker {
+func newWorker(r *Switch, mtu int) *worker {
 	w := &worker{r: r}
 	if mtu > 0 {
 		size := tap.Headroom + mtu + 18

@@ -1,6 +1,6 @@
 //go:build race
 
-package router
+package l2switch
 
 // The race detector makes allocation counts meaningless.
 const raceEnabled = true

@@ -1,4 +1,4 @@
-package router
+package l2switch
 
 import (
 	"errors"
@@ -31,10 +31,10 @@ type snapshotter interface {
 	Routes() *mesh.RouteSnapshot
 }
 
-// routePoll is how often the router checks whether the mesh recomputed its routes.
+// routePoll is how often the switch checks whether the mesh recomputed its routes.
 const routePoll = 100 * time.Millisecond
 
-// Config configures a Router.
+// Config configures a Switch.
 type Config struct {
 	// Name is our peer name. Required.
 	Name mesh.PeerName
@@ -55,8 +55,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Learner follows the router's MAC learning for remote MACs. Its methods are called from
-// the forwarding goroutines and housekeeping, without the router's locks held; a MAC is
+// Learner follows the switch's MAC learning for remote MACs. Its methods are called from
+// the forwarding goroutines and housekeeping, without the switch's locks held; a MAC is
 // learned again only when it is new or moved, so calls are rare.
 type Learner interface {
 	// Learn: mac lives behind the remote peer.
@@ -65,7 +65,7 @@ type Learner interface {
 	Forget(mac net.HardwareAddr)
 }
 
-// Stats counts what the router did. Counters only grow.
+// Stats counts what the switch did. Counters only grow.
 type Stats struct {
 	TAPFramesIn, TAPFramesOut uint64 // frames read from / written to the bridge
 	Relayed                   uint64 // frames passed on towards another peer
@@ -76,21 +76,21 @@ type Stats struct {
 	Malformed                 uint64 // frames too short for an Ethernet header
 	MACMoves                  uint64 // MACs that moved between peers
 	TAPWriteErrors            uint64
-	// KernelCarried counts frames from our bridge that the router did not send because
+	// KernelCarried counts frames from our bridge that the switch did not send because
 	// the kernel path (overlay.KernelCarrier) carried them already; KernelRelayOnly counts
 	// broadcasts sent over userspace to such a neighbour only for it to pass them on.
 	KernelCarried, KernelRelayOnly uint64
 	// GSOWhole counts super-frames handed to an overlay or the TAP whole; GSOCut counts
-	// super-frames the router had to cut into segments (a hop or TAP that takes no
+	// super-frames the switch had to cut into segments (a hop or TAP that takes no
 	// super-frames, a flood, a segment too big for the path).
 	GSOWhole, GSOCut uint64
 }
 
-// Router is the L2 forwarding core between one TAP and the overlays.
+// Switch is the L2 forwarding core between one TAP and the overlays.
 //
 // Goroutines: routineReadTAP (one per TAP queue) and routineHousekeeping (route table
 // rebuilds, MAC expiry); Receive runs on the overlay's readers. All stop on Close.
-type Router struct {
+type Switch struct {
 	name   mesh.PeerName
 	tap    tap.Device
 	routes Routes
@@ -125,10 +125,10 @@ type routeTable struct {
 	bcast   map[mesh.PeerName][]mesh.PeerName
 }
 
-// New checks cfg and returns a Router; Start runs it.
-func New(cfg Config) (*Router, error) {
+// New checks cfg and returns a Switch; Start runs it.
+func New(cfg Config) (*Switch, error) {
 	if cfg.Name == mesh.UnknownPeerName || cfg.TAP == nil {
-		return nil, errors.New("router: Name and TAP are required")
+		return nil, errors.New("l2switch: Name and TAP are required")
 	}
 	if cfg.MACMaxAge <= 0 {
 		cfg.MACMaxAge = DefaultMACMaxAge
@@ -136,7 +136,7 @@ func New(cfg Config) (*Router, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{
+	r := &Switch{
 		name:   cfg.Name,
 		tap:    cfg.TAP,
 		log:    cfg.Logger,
@@ -163,11 +163,11 @@ func New(cfg Config) (*Router, error) {
 }
 
 // SetForwarder attaches the overlay that carries frames to neighbours.
-func (r *Router) SetForwarder(f overlay.Forwarder) { r.fwd.Store(&fwdBox{f}) }
+func (r *Switch) SetForwarder(f overlay.Forwarder) { r.fwd.Store(&fwdBox{f}) }
 
 // Start takes the mesh's routes, builds the first route table and starts the goroutines. It
 // does not block; call it once.
-func (r *Router) Start(routes Routes) {
+func (r *Switch) Start(routes Routes) {
 	r.routes = routes
 	r.rebuild()
 	queues := []tap.Device{r.tap}
@@ -182,7 +182,7 @@ func (r *Router) Start(routes Routes) {
 }
 
 // Close stops the goroutines and closes the TAP; idempotent.
-func (r *Router) Close() error {
+func (r *Switch) Close() error {
 	var err error
 	r.once.Do(func() {
 		close(r.closed)
@@ -192,10 +192,10 @@ func (r *Router) Close() error {
 	return err
 }
 
-// RoutesChanged tells the router that the mesh's routes changed; it never blocks (the mesh
+// RoutesChanged tells the switch that the mesh's routes changed; it never blocks (the mesh
 // calls it with its own locks released, and the rebuild happens on the housekeeping
 // goroutine).
-func (r *Router) RoutesChanged() {
+func (r *Switch) RoutesChanged() {
 	select {
 	case r.dirty <- struct{}{}:
 	default:
@@ -203,7 +203,7 @@ func (r *Router) RoutesChanged() {
 }
 
 // PeerGone forgets every MAC learned from peer (the mesh garbage-collected it).
-func (r *Router) PeerGone(peer mesh.PeerName) {
+func (r *Switch) PeerGone(peer mesh.PeerName) {
 	if gone := r.macs.forgetPeer(peer); len(gone) > 0 {
 		r.forget(gone)
 		r.log.Debug("forgot MACs of a removed peer", logx.KeyPeer, peer.String(), logx.KeyCount, len(gone))
@@ -212,25 +212,25 @@ func (r *Router) PeerGone(peer mesh.PeerName) {
 }
 
 // Owner returns the peer that owns mac, as learned so far.
-func (r *Router) Owner(mac net.HardwareAddr) (mesh.PeerName, bool) {
+func (r *Switch) Owner(mac net.HardwareAddr) (mesh.PeerName, bool) {
 	if len(mac) != 6 {
 		return 0, false
 	}
 	return r.macs.get(frame.MAC(mac))
 }
 
-// NextHop returns the neighbour the router currently sends dst's frames to.
-func (r *Router) NextHop(dst mesh.PeerName) (mesh.PeerName, bool) {
+// NextHop returns the neighbour the switch currently sends dst's frames to.
+func (r *Switch) NextHop(dst mesh.PeerName) (mesh.PeerName, bool) {
 	return r.unicastHop(r.table.Load(), dst)
 }
 
-// BroadcastHops returns the neighbours the router currently passes origin's broadcasts to.
-func (r *Router) BroadcastHops(origin mesh.PeerName) []mesh.PeerName {
+// BroadcastHops returns the neighbours the switch currently passes origin's broadcasts to.
+func (r *Switch) BroadcastHops(origin mesh.PeerName) []mesh.PeerName {
 	return slices.Clone(r.table.Load().bcast[origin])
 }
 
 // Stats returns the counters.
-func (r *Router) Stats() Stats {
+func (r *Switch) Stats() Stats {
 	c := &r.stats
 	return Stats{
 		TAPFramesIn: c.tapIn.Load(), TAPFramesOut: c.tapOut.Load(), Relayed: c.relayed.Load(),
@@ -243,7 +243,7 @@ func (r *Router) Stats() Stats {
 
 // rebuild replaces the route table. Called from Start and then only from the housekeeping
 // goroutine.
-func (r *Router) rebuild() {
+func (r *Switch) rebuild() {
 	var src Routes = r.routes
 	if s, ok := r.routes.(snapshotter); ok {
 		r.snap = s.Routes()
@@ -278,14 +278,14 @@ func (s snapshotRoutes) BroadcastNextHops(origin mesh.PeerName) []mesh.PeerName 
 }
 
 // routesMoved reports whether the mesh has recomputed its routes since the last rebuild.
-func (r *Router) routesMoved() bool {
+func (r *Switch) routesMoved() bool {
 	s, ok := r.routes.(snapshotter)
 	return ok && s.Routes() != r.snap
 }
 
 // broadcastHops returns the hops of origin's tree; an origin we have not heard of yet (its
 // topology arrived after our last rebuild) is asked for directly.
-func (r *Router) broadcastHops(t *routeTable, origin mesh.PeerName) []mesh.PeerName {
+func (r *Switch) broadcastHops(t *routeTable, origin mesh.PeerName) []mesh.PeerName {
 	if hops, ok := t.bcast[origin]; ok {
 		return hops
 	}
@@ -296,7 +296,7 @@ func (r *Router) broadcastHops(t *routeTable, origin mesh.PeerName) []mesh.PeerN
 	return r.routes.BroadcastNextHops(origin)
 }
 
-func (r *Router) unicastHop(t *routeTable, dst mesh.PeerName) (mesh.PeerName, bool) {
+func (r *Switch) unicastHop(t *routeTable, dst mesh.PeerName) (mesh.PeerName, bool) {
 	if hop, ok := t.unicast[dst]; ok {
 		return hop, true
 	}
@@ -305,7 +305,7 @@ func (r *Router) unicastHop(t *routeTable, dst mesh.PeerName) (mesh.PeerName, bo
 
 // routineHousekeeping rebuilds the route table when told to or when the mesh's snapshot
 // changed (a peer's broadcast tree can change without a callback), and expires MACs.
-func (r *Router) routineHousekeeping() {
+func (r *Switch) routineHousekeeping() {
 	defer r.wg.Done()
 	poll := time.NewTicker(routePoll)
 	defer poll.Stop()
@@ -333,7 +333,7 @@ func (r *Router) routineHousekeeping() {
 }
 
 // forget tells the Learner that remote MACs are gone.
-func (r *Router) forget(macs []frame.MAC) {
+func (r *Switch) forget(macs []frame.MAC) {
 	if r.learnr == nil {
 		return
 	}
@@ -343,7 +343,7 @@ func (r *Router) forget(macs []frame.MAC) {
 }
 
 // routineReadTAP reads batches of frames from one TAP queue and forwards them.
-func (r *Router) routineReadTAP(dev tap.Device) {
+func (r *Switch) routineReadTAP(dev tap.Device) {
 	defer r.wg.Done()
 	w := newWorker(r, dev.MTU())
 	gr, gso := dev.(tap.GSOReader)
@@ -380,7 +380,7 @@ func (r *Router) routineReadTAP(dev tap.Device) {
 }
 
 // Receive implements overlay.Receiver.
-func (r *Router) Receive(from mesh.PeerName, frames []overlay.Frame) {
+func (r *Switch) Receive(from mesh.PeerName, frames []overlay.Frame) {
 	var w *worker
 	select {
 	case w = <-r.free:
@@ -396,7 +396,7 @@ func (r *Router) Receive(from mesh.PeerName, frames []overlay.Frame) {
 
 // writeTAP writes frames to the bridge; each buffer has tapOffset bytes in front. gso is
 // nil, or describes each frame (only a GSOWriter TAP is given super-frames).
-func (r *Router) writeTAP(bufs [][]byte, gso []frame.VirtioNetHdr) {
+func (r *Switch) writeTAP(bufs [][]byte, gso []frame.VirtioNetHdr) {
 	if len(bufs) == 0 {
 		return
 	}

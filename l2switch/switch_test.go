@@ -1,4 +1,4 @@
-package router
+package l2switch
 
 import (
 	"bytes"
@@ -70,7 +70,7 @@ func (f *fakeForwarder) take() []overlay.Frame {
 	return s
 }
 
-func newTestRouter(t *testing.T, max int) (*Router, *taptest.Device, *fakeForwarder) {
+func newTestSwitch(t *testing.T, max int) (*Switch, *taptest.Device, *fakeForwarder) {
 	dev := taptest.New(taptest.Config{MTU: 1500})
 	fwd := &fakeForwarder{max: max}
 	r, err := New(Config{Name: us, TAP: dev, Forwarder: fwd})
@@ -130,7 +130,7 @@ func waitSent(t *testing.T, fwd *fakeForwarder, n int) []overlay.Frame {
 }
 
 func TestLearningUnicastAndMoves(t *testing.T) {
-	r, dev, fwd := newTestRouter(t, 1500)
+	r, dev, fwd := newTestSwitch(t, 1500)
 	// Unknown destination: flooded along our tree, tagged for the hop.
 	dev.Inject(eth(macRemote, macLocal, 60))
 	got := waitSent(t, fwd, 1)
@@ -186,7 +186,7 @@ func TestLearningUnicastAndMoves(t *testing.T) {
 func bcast() frame.MAC { return frame.Broadcast }
 
 func TestRelayByDestinationPeer(t *testing.T) {
-	r, dev, fwd := newTestRouter(t, 1500)
+	r, dev, fwd := newTestSwitch(t, 1500)
 	// A frame for C arriving from elsewhere is relayed to B unchanged, never injected.
 	r.Receive(peerB, []overlay.Frame{{Src: 7, Dst: peerC, Data: eth(macRemote, macLocal, 70)}})
 	got := waitSent(t, fwd, 1)
@@ -208,7 +208,7 @@ func TestRelayByDestinationPeer(t *testing.T) {
 }
 
 func TestOversizeDFGetsICMP(t *testing.T) {
-	r, dev, fwd := newTestRouter(t, 1000)
+	r, dev, fwd := newTestSwitch(t, 1000)
 	r.Receive(peerB, []overlay.Frame{{Src: peerC, Dst: us, Data: eth(macLocal, macRemote, 60)}})
 	<-dev.Written()
 	dev.Inject(ipv4Frame(macRemote, macLocal, 1400, true))
@@ -243,7 +243,7 @@ func TestOversizeDFGetsICMP(t *testing.T) {
 }
 
 func TestOversizeWithoutDFIsFragmented(t *testing.T) {
-	r, dev, fwd := newTestRouter(t, 600)
+	r, dev, fwd := newTestSwitch(t, 600)
 	r.Receive(peerB, []overlay.Frame{{Src: peerC, Dst: us, Data: eth(macLocal, macRemote, 60)}})
 	<-dev.Written()
 	orig := ipv4Frame(macRemote, macLocal, 1400, false)
@@ -326,7 +326,7 @@ func TestForwardingAllocatesNothing(t *testing.T) {
 // TestInjectInPlace: frames lent with their buffer are written to the bridge from it,
 // intact, alongside frames that are copied.
 func TestInjectInPlace(t *testing.T) {
-	r, dev, _ := newTestRouter(t, 1500)
+	r, dev, _ := newTestSwitch(t, 1500)
 	buf := make([]byte, 4096)
 	f1 := eth(macLocal, macRemote, 300)
 	f1[100] = 0x42
