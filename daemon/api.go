@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 )
 
@@ -119,9 +120,9 @@ func (d *Daemon) handleReset(w http.ResponseWriter, _ *http.Request) {
 	if d.ipam != nil {
 		// Our space goes to a live peer first, so the network does not lose it.
 		if heir, err := d.ipam.Handover(); err != nil {
-			d.log.Warn("reset: could not hand our address space over", "err", err)
+			d.log.Warn("could not hand our address space over on reset", logx.KeyErr, err)
 		} else if heir != mesh.UnknownPeerName {
-			d.log.Info("reset: address space handed over", "heir", heir.String())
+			d.log.Info("address space handed over on reset", logx.KeyPeer, heir.String())
 		}
 	}
 	d.resetReq.Store(true)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weavemesh/weave/fastdp"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netdev"
 	"github.com/weavemesh/weave/ipam"
 	"github.com/weavemesh/weave/mesh"
@@ -126,7 +127,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{
 		cfg:        cfg,
-		log:        cfg.Logger.With(slog.String("peer", name.String())),
+		log:        cfg.Logger.With(logx.KeyLocal, name.String()),
 		links:      cfg.Links,
 		name:       name,
 		uid:        binary.BigEndian.Uint64(b[:]) | 1,
@@ -206,7 +207,7 @@ func (d *Daemon) Start() (err error) {
 		if !ok {
 			undo = append(undo, func() {
 				if err := remove(name); err != nil {
-					d.log.Warn("failed start: cannot remove a device it created", "device", name, "err", err)
+					d.log.Warn("cannot remove a device it created after a failed start", logx.KeyDevice, name, logx.KeyErr, err)
 				}
 			})
 		}
@@ -296,8 +297,8 @@ func (d *Daemon) Start() (err error) {
 		return err
 	}
 	close(d.ready)
-	d.log.Info("router started", "nickname", d.cfg.NickName, "port", d.cfg.Port, "mtu", mtu,
-		"encryption", len(d.cfg.Password) > 0, "socket", d.cfg.Socket)
+	d.log.Info("router started", logx.KeyNickname, d.cfg.NickName, logx.KeyPort, d.cfg.Port, logx.KeyMTU, mtu,
+		logx.KeyEncrypted, len(d.cfg.Password) > 0, logx.KeyPath, d.cfg.Socket)
 	return nil
 }
 
@@ -307,7 +308,7 @@ func (d *Daemon) containerMTU() (int, error) {
 	}
 	under, err := d.links.UnderlayMTU()
 	if err != nil {
-		d.log.Warn("cannot read the underlay MTU; assuming 1500", "err", err)
+		d.log.Warn("cannot read the underlay MTU; assuming 1500", logx.KeyErr, err)
 		under = fallbackUnderlayMTU
 	}
 	overhead := sleeveOverheadPlain
@@ -414,7 +415,7 @@ func (d *Daemon) Close() error {
 			if err := cleanupHost(d.cfg); err != nil {
 				errs = append(errs, fmt.Errorf("reset: %w", err))
 			} else {
-				d.log.Info("reset: bridge, devices and state removed")
+				d.log.Info("bridge, devices and state removed on reset")
 			}
 		}
 		d.bridgeLock.Close()

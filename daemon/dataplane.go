@@ -12,6 +12,7 @@ import (
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/fastdp/guard"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/l2switch"
 	"github.com/weavemesh/weave/mesh"
 	"github.com/weavemesh/weave/overlay"
@@ -69,12 +70,12 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 		listenUDP = d.cfg.Env.ListenUDP
 	}
 	dev, err := openTAP(tap.Config{Name: d.cfg.TAP, Offload: true, Persist: true,
-		Logger: d.log.With("component", "tap")})
+		Logger: d.log})
 	if err != nil {
 		return nil, fmt.Errorf("open tap %s: %w", d.cfg.TAP, err)
 	}
 	bind, err := listenUDP(udp.Config{Addr: netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(d.cfg.Port)),
-		Logger: d.log.With("component", "udp")})
+		Logger: d.log})
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("listen on udp port %d: %w", d.cfg.Port, err)
@@ -85,7 +86,7 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 	}
 	noGSO := os.Getenv(envNoGSO) == "1"
 	s, err := sleeve.New(sleeve.Config{Name: d.name, Bind: bind, Ciphers: ciphers, DisableGSO: noGSO,
-		Logger: d.log.With("component", "sleeve")})
+		Logger: d.log.With(logx.KeyComponent, "sleeve")})
 	if err != nil {
 		bind.Close()
 		dev.Close()
@@ -97,7 +98,7 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 		dev.Close()
 		return nil, err
 	}
-	rcfg := l2switch.Config{Name: d.name, TAP: dev, Forwarder: dp.sw, NoGSO: noGSO, Logger: d.log.With("component", "l2switch")}
+	rcfg := l2switch.Config{Name: d.name, TAP: dev, Forwarder: dp.sw, NoGSO: noGSO, Logger: d.log.With(logx.KeyComponent, "l2switch")}
 	if dp.fdp != nil {
 		rcfg.Learner = dp.fdp
 	}
@@ -114,10 +115,10 @@ func (d *Daemon) newDataPlane() (*dataPlane, error) {
 	if path := os.Getenv(envCPUProfile); path != "" {
 		path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())) // one file per router of a lab
 		if f, err := os.Create(path); err != nil {
-			d.log.Warn("cannot write the CPU profile", "path", path, "err", err)
+			d.log.Warn("cannot write the CPU profile", logx.KeyPath, path, logx.KeyErr, err)
 		} else if err := pprof.StartCPUProfile(f); err != nil {
 			f.Close()
-			d.log.Warn("cannot start the CPU profile", "path", path, "err", err)
+			d.log.Warn("cannot start the CPU profile", logx.KeyPath, path, logx.KeyErr, err)
 		} else {
 			dp.prof = f
 		}
@@ -158,18 +159,18 @@ func (dp *dataPlane) newFastDP() error {
 	openGuard := d.cfg.Env.Guard
 	if openGuard == nil {
 		openGuard = func(port int) (Guard, error) {
-			return guard.Open(guard.Config{Port: port, Logger: d.log.With("component", "fastdp")})
+			return guard.Open(guard.Config{Port: port, Logger: d.log.With(logx.KeyComponent, "fastdp")})
 		}
 	}
 	g, gerr := openGuard(d.cfg.Port + 1)
 	if gerr == nil {
 		dp.guard = g
 	} else {
-		d.log.Warn("cannot install the nftables guard of the VXLAN port", "port", d.cfg.Port+1, "err", gerr)
+		d.log.Warn("cannot install the nftables guard of the VXLAN port", logx.KeyPort, d.cfg.Port+1, logx.KeyErr, gerr)
 	}
 	if st := fastdpPolicy(d.cfg); st != nil {
 		dp.noFdp = *st
-		d.log.Info("no kernel path for this mesh: every connection uses the sleeve", "reason", st.Reason)
+		d.log.Info("no kernel path for this mesh: every connection uses the sleeve", logx.KeyReason, st.Reason)
 		return dp.removeKernelPaths()
 	}
 	if gerr != nil {
@@ -195,13 +196,13 @@ func (dp *dataPlane) newFastDP() error {
 		// Only the peers fastdp heartbeats with get through to the VXLAN port (OVS's too:
 		// its vport listens on the same UDP port of this namespace).
 		Filter: dp.guard,
-		Logger: d.log.With("component", "fastdp"),
+		Logger: d.log.With(logx.KeyComponent, "fastdp"),
 		// Called after the kernel is programmed when a pair goes to fastdp, and before its
 		// entries go when it leaves: frames may be lost at a flip, never duplicated.
 		OnChange: dp.fastdpChanged,
 	})
 	if errors.Is(err, fastdp.ErrNoKernelSupport) {
-		d.log.Warn("no kernel VXLAN: every connection uses the sleeve", "err", err)
+		d.log.Warn("no kernel VXLAN: every connection uses the sleeve", logx.KeyErr, err)
 		dp.noFdp = fastdp.Unavailable(fastdp.ReasonNoKernel, err)
 		return nil
 	}
@@ -229,7 +230,7 @@ func (dp *dataPlane) removeKernelPaths() error {
 		return nil
 	}
 	if dp.guard != nil {
-		d.log.Warn("cannot remove the kernel path of an earlier run; the guard drops its datagrams", "err", err)
+		d.log.Warn("cannot remove the kernel path of an earlier run; the guard drops its datagrams", logx.KeyErr, err)
 		return nil
 	}
 	return fmt.Errorf("fastdp: remove the unfiltered kernel path of an earlier run: %w", err)
@@ -392,19 +393,23 @@ func (dp *dataPlane) annotateConnections(conns []api.Connection) {
 	}
 }
 
-// logStats logs what the data plane carried and how well the offloads batched it.
+// logStats logs what the data plane carried and how well the offloads batched it, a line
+// per component.
 func (dp *dataPlane) logStats() {
-	args := []any{"sleeve", dp.sleeve.Stats(), "l2switch", dp.l2.Stats()}
+	line := func(component string, stats any) {
+		dp.d.log.Info("data plane totals", logx.KeyComponent, component, logx.KeyStats, stats)
+	}
+	line("sleeve", dp.sleeve.Stats())
+	line("l2switch", dp.l2.Stats())
 	if dp.fdp != nil {
-		args = append(args, "fastdp", dp.fdp.Stats())
+		line("fastdp", dp.fdp.Stats())
 	}
 	if sr, ok := dp.dev.(tap.StatsReporter); ok {
-		args = append(args, "tap", sr.Stats())
+		line("tap", sr.Stats())
 	}
 	if sr, ok := dp.bind.(udp.StatsReporter); ok {
-		args = append(args, "udp", sr.Stats())
+		line("udp", sr.Stats())
 	}
-	dp.d.log.Info("data plane totals", args...)
 }
 
 // sleeveRefused counts datagrams the sleeve refused, by reason, for a
@@ -426,7 +431,7 @@ func (dp *dataPlane) fastdpRefused() (n uint64, ok bool) {
 	}
 	n, err := dp.guard.Refused()
 	if err != nil {
-		dp.d.log.Debug("cannot read the fastdp guard's counter", "err", err)
+		dp.d.log.Debug("cannot read the fastdp guard's counter", logx.KeyErr, err)
 		return 0, false
 	}
 	return n, true

@@ -11,6 +11,7 @@ import (
 
 	"github.com/weavemesh/weave/fastdp"
 	"github.com/weavemesh/weave/fastdp/ovs"
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // Kernel path backends (--datapath).
@@ -77,7 +78,7 @@ func (dp *dataPlane) ovsKernel() (fastdp.Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	log := d.log.With("component", "ovs")
+	log := d.log.With(logx.KeyComponent, "ovs")
 	links, err := ovs.NewNetlinkLinks("")
 	if err != nil {
 		return nil, err
@@ -113,7 +114,7 @@ func (dp *dataPlane) removeOVS() error {
 	if err := cleanupOVS(d.cfg); err != nil {
 		// OVS is unreachable (gone?): at least cut our OVS bridge off the weave bridge;
 		// the rest waits for a reset.
-		d.log.Warn("cannot remove the OVS setup; detaching it from the bridge", "err", err)
+		d.log.Warn("cannot remove the OVS setup; detaching it from the bridge", logx.KeyErr, err)
 		return detachOVSUplink()
 	}
 	return nil

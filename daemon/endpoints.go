@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netdev"
 )
 
@@ -133,7 +134,7 @@ func writeSynced(path string, b []byte) error {
 // persistError is the API error for a record that cannot be written: nothing was changed.
 func (d *Daemon) persistError(op string, err error) error {
 	d.epEvents.persistErrors.Add(1)
-	d.log.Error("cannot record endpoint in the state dir; change refused", "op", op, "err", err)
+	d.log.Error("cannot record endpoint in the state dir; change refused", logx.KeyErr, fmt.Errorf("%s: %w", op, err))
 	return api.Errorf(api.CodeInternal, "%s: cannot record it in the state dir, nothing was changed: %v", op, err)
 }
 
@@ -315,11 +316,11 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Endpoin
 		if devices {
 			if fresh {
 				if err := d.links.Delete(hostIf); err != nil {
-					d.log.Warn("roll back attach: remove veth", "netns", nsPath, "err", err)
+					d.log.Warn("roll back attach: remove veth", logx.KeyNetns, nsPath, logx.KeyErr, err)
 				}
 			} else if len(adding) > 0 {
 				if err := d.links.Detach(nsPath, ifName, adding); err != nil {
-					d.log.Warn("roll back attach: remove addresses", "netns", nsPath, "err", err)
+					d.log.Warn("roll back attach: remove addresses", logx.KeyNetns, nsPath, logx.KeyErr, err)
 				}
 			}
 		}
@@ -337,7 +338,7 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Endpoin
 			s.restoreLocked(key, prev)
 			if err := s.saveLocked(); err != nil {
 				// The pending record stays on disk; the next start undoes it again.
-				d.log.Warn("roll back attach: cannot rewrite the endpoint records", "err", err)
+				d.log.Warn("roll back attach: cannot rewrite the endpoint records", logx.KeyErr, err)
 			}
 		}
 	}
@@ -380,11 +381,11 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Endpoin
 			}
 			// Only the MAC changed (the interface was re-made): the record still names the
 			// endpoint and its addresses, and the start after a restart reads the MAC anew.
-			d.log.Warn("cannot record the new MAC of an endpoint", "netns", nsPath, "err", err)
+			d.log.Warn("cannot record the new MAC of an endpoint", logx.KeyNetns, nsPath, logx.KeyErr, err)
 		}
 	}
 	s.mu.Unlock()
-	d.log.Info("attached", "netns", nsPath, "id", id, "cidrs", prefixesToStrings(done.CIDRs))
+	d.log.Info("attached", logx.KeyNetns, nsPath, logx.KeyContainer, id, logx.KeyCIDR, prefixesToStrings(done.CIDRs))
 	return api.Endpoint{ID: id, MAC: done.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
 }
 
@@ -470,12 +471,12 @@ func (d *Daemon) detach(ctx context.Context, req api.DetachRequest) (api.Endpoin
 	if err := d.links.Detach(nsPath, ifName, cidrs); err != nil {
 		s.m[key] = e
 		if serr := s.saveLocked(); serr != nil {
-			d.log.Warn("detach failed and the record cannot be restored", "netns", nsPath, "err", serr)
+			d.log.Warn("detach failed and the record cannot be restored", logx.KeyNetns, nsPath, logx.KeyErr, serr)
 		}
 		return api.Endpoint{}, api.Errorf(api.CodeInternal, "detach %s: %v", req.Target, err)
 	}
 	d.release(id, ifName, cidrs)
-	d.log.Info("detached", "netns", nsPath, "id", id, "cidrs", prefixesToStrings(removed))
+	d.log.Info("detached", logx.KeyNetns, nsPath, logx.KeyContainer, id, logx.KeyCIDR, prefixesToStrings(removed))
 	return api.Endpoint{ID: id, MAC: e.MAC, CIDRs: prefixesToStrings(removed)}, nil
 }
 
@@ -531,7 +532,7 @@ func (d *Daemon) expose(ctx context.Context, req api.ExposeRequest) (api.Endpoin
 			d.releaseOnly(api.ExposeID, d.cfg.Bridge, added)
 			s.restoreLocked(key, prev)
 			if serr := s.saveLocked(); serr != nil {
-				d.log.Warn("expose failed and the record cannot be restored", "err", serr)
+				d.log.Warn("expose failed and the record cannot be restored", logx.KeyErr, serr)
 			}
 			return api.Endpoint{}, api.Errorf(api.CodeInternal, "expose %s: %v", c, err)
 		}
@@ -570,7 +571,7 @@ func (d *Daemon) hide(_ context.Context, req api.ExposeRequest) (api.Endpoint, e
 		if err := d.links.Hide(d.cfg.Bridge, c); err != nil {
 			s.m[key] = e
 			if serr := s.saveLocked(); serr != nil {
-				d.log.Warn("hide failed and the record cannot be restored", "err", serr)
+				d.log.Warn("hide failed and the record cannot be restored", logx.KeyErr, serr)
 			}
 			return api.Endpoint{}, api.Errorf(api.CodeInternal, "hide %s: %v", c, err)
 		}

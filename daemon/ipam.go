@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/ipam"
 	"github.com/weavemesh/weave/mesh"
 )
@@ -130,7 +130,7 @@ func (d *Daemon) newIPAM(m *mesh.Router) error {
 		NickName:         d.cfg.NickName,
 		UID:              d.uid,
 		Peers:            d.peers,
-		Logger:           d.log.With(slog.String("component", "ipam")),
+		Logger:           d.log, // ipam adds its component key
 	})
 	if err != nil {
 		return fmt.Errorf("ipam: %w", err)
@@ -255,7 +255,7 @@ func (d *Daemon) claimLater(id, iface string, cidrs []netip.Prefix) {
 		defer d.bg.Done()
 		for _, c := range cidrs {
 			if err := d.ipam.Claim(d.bgCtx, id, iface, c); err != nil && d.bgCtx.Err() == nil {
-				d.log.Error("address given to attach conflicts with the IPAM ring", "id", id, "cidr", c.String(), "err", err)
+				d.log.Error("address given to attach conflicts with the IPAM ring", logx.KeyContainer, id, logx.KeyCIDR, c.String(), logx.KeyErr, err)
 			}
 		}
 	}()
@@ -277,7 +277,7 @@ func (d *Daemon) release(id, iface string, cidrs []netip.Prefix) {
 		}
 	}
 	if err != nil {
-		d.log.Warn("release addresses", "id", id, "err", err)
+		d.log.Warn("release addresses", logx.KeyContainer, id, logx.KeyErr, err)
 	}
 }
 
@@ -297,7 +297,7 @@ func (d *Daemon) rmpeer(req api.RmpeerRequest) (api.RmpeerResponse, error) {
 	if err != nil {
 		return api.RmpeerResponse{}, ipamError(err)
 	}
-	d.log.Info("took over the address space of a removed peer", "removed", p.String(), "addresses", n)
+	d.log.Info("took over the address space of a removed peer", logx.KeyPeer, p.String(), logx.KeyCount, n)
 	return api.RmpeerResponse{Peer: p.String(), Taken: uint64(n)}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 
 	"github.com/weavemesh/weave/api"
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 // endpointEvents count what the endpoint code refused, undid and repaired, for metrics.
@@ -44,10 +45,10 @@ func (d *Daemon) reconcileEndpoints() {
 		if e.ID == api.ExposeID {
 			continue // the bridge's own addresses: kept with the bridge
 		}
-		log := d.log.With("netns", e.NetnsPath, "id", e.ID)
+		log := d.log.With(logx.KeyNetns, e.NetnsPath, logx.KeyContainer, e.ID)
 		if e.Pending {
 			if err := d.links.Delete(e.HostIf); err != nil {
-				log.Warn("cannot remove the veth of an unfinished attach", "err", err)
+				log.Warn("cannot remove the veth of an unfinished attach", logx.KeyErr, err)
 				continue
 			}
 			d.release(e.ID, e.IfName, nil)
@@ -62,24 +63,24 @@ func (d *Daemon) reconcileEndpoints() {
 			ok, err = d.links.Exists(e.HostIf)
 		}
 		if err != nil {
-			log.Warn("cannot inspect endpoint; keeping it", "err", err)
+			log.Warn("cannot inspect endpoint; keeping it", logx.KeyErr, err)
 			continue
 		}
 		if !ok {
 			if err := d.links.Delete(e.HostIf); err != nil {
-				log.Warn("cannot remove the veth of a gone endpoint", "err", err)
+				log.Warn("cannot remove the veth of a gone endpoint", logx.KeyErr, err)
 				continue
 			}
 			d.release(e.ID, e.IfName, nil)
 			delete(s.m, key)
 			changed = true
 			d.epEvents.forgotten.Add(1)
-			log.Info("forgot an endpoint whose interface is gone; addresses released", "cidrs", prefixesToStrings(e.CIDRs))
+			log.Info("forgot an endpoint whose interface is gone; addresses released", logx.KeyCIDR, prefixesToStrings(e.CIDRs))
 			continue
 		}
 		if len(e.Adding) > 0 {
 			if err := d.links.Detach(e.NetnsPath, e.IfName, e.Adding); err != nil {
-				log.Warn("cannot remove the addresses of an unfinished attach", "err", err)
+				log.Warn("cannot remove the addresses of an unfinished attach", logx.KeyErr, err)
 				continue
 			}
 			d.release(e.ID, e.IfName, e.Adding)
@@ -99,7 +100,7 @@ func (d *Daemon) reconcileEndpoints() {
 	if changed {
 		if err := s.saveLocked(); err != nil {
 			// In memory the records are right; on disk the next start repeats the same work.
-			d.log.Warn("cannot rewrite the endpoint records after reconciling", "err", err)
+			d.log.Warn("cannot rewrite the endpoint records after reconciling", logx.KeyErr, err)
 		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/api/client"
+	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/internal/netdev"
 	wversion "github.com/weavemesh/weave/internal/version"
 )
@@ -235,7 +236,7 @@ func (p *Plugin) AddResult(args *skel.CmdArgs) (types.Result, error) {
 		Routes: att.Routes,
 		DNS:    dns,
 	}
-	p.log.Info("added", "container", args.ContainerID, "ifname", args.IfName, "cidr", addr, "host_if", hostIf)
+	p.log.Info("added", logx.KeyContainer, args.ContainerID, logx.KeyCIDR, addr, logx.KeyDevice, hostIf)
 	return result.GetAsVersion(conf.CNIVersion)
 }
 
@@ -299,7 +300,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if args.Netns != "" {
 		if err := p.host.Detach(args.Netns, args.IfName, hostIfName(args.ContainerID, args.IfName)); err != nil {
 			// The address is still released: a stale interface is harmless, a leaked address is not.
-			p.log.Warn("detach failed", "container", args.ContainerID, "netns", args.Netns, "err", err)
+			p.log.Warn("detach failed", logx.KeyContainer, args.ContainerID, logx.KeyNetns, args.Netns, logx.KeyErr, err)
 		}
 	} else {
 		_ = p.host.Detach("", args.IfName, hostIfName(args.ContainerID, args.IfName))
@@ -447,7 +448,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 			errs = append(errs, fmt.Errorf("release %s/%s: %w", cid, a.Iface, err))
 			continue
 		}
-		p.log.Info("gc released", "container", cid, "ifname", a.Iface, "cidrs", a.CIDRs)
+		p.log.Info("gc released", logx.KeyContainer, cid, logx.KeyDevice, a.Iface, logx.KeyCIDR, a.CIDRs)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return routerError("release stale allocations", conf.Socket, err)
