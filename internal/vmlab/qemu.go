@@ -1,0 +1,98 @@
+package vmlab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Verdict is what the guest reported.
+type Verdict int
+
+const (
+	// NoVerdict: QEMU ended without the guest writing to isa-debug-exit (kernel panic, init died).
+	NoVerdict Verdict = iota
+	Passed
+	Failed
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Passed:
+		return "passed"
+	case Failed:
+		return "failed"
+	}
+	return "no verdict"
+}
+
+// bootConfig is one VM run.
+type bootConfig struct {
+	kernel, initrd string
+	memMB, cpus    int
+	timeout        time.Duration
+	// line receives every line of the guest's serial console as it comes.
+	line func(string)
+}
+
+// qemuArgs builds the command line measured on this machine kind: TCG always (KVM hangs on a
+// stock kernel here), no devices but the serial console and isa-debug-exit, no reboot.
+func qemuArgs(cfg bootConfig) []string {
+	return []string{
+		"-accel", "tcg,thread=multi", "-cpu", "max",
+		"-m", strconv.Itoa(cfg.memMB), "-smp", strconv.Itoa(cfg.cpus),
+		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+		"-serial", "stdio", "-nic", "none", "-no-reboot",
+		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+		"-kernel", cfg.kernel, "-initrd", cfg.initrd,
+		"-append", "console=ttyS0 quiet panic=-1 rdinit=/init",
+	}
+}
+
+// boot runs QEMU until the guest gives its verdict, dies, or the timeout passes; QEMU is
+// killed in every case before boot returns (and, on Linux, if this process dies first).
+func boot(ctx context.Context, cfg bootConfig) (Verdict, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", qemuArgs(cfg)...)
+	setDeathSignal(cmd)
+	cmd.WaitDelay = 5 * time.Second
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	cmd.Stderr = pw
+	if err := cmd.Start(); err != nil {
+		return NoVerdict, fmt.Errorf("start qemu: %w", err)
+	}
+	waitErr := make(chan error, 1)
+	go func() { // owned by boot: ends when QEMU does, and boot waits for it
+		err := cmd.Wait()
+		pw.Close()
+		waitErr <- err
+	}()
+	sc := bufio.NewScanner(pr)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		cfg.line(strings.TrimRight(sc.Text(), "\r"))
+	}
+	_, _ = io.Copy(io.Discard, pr)
+	err := <-waitErr
+	if ctx.Err() != nil {
+		return NoVerdict, fmt.Errorf("VM did not finish within %v (QEMU killed): %w", cfg.timeout, ctx.Err())
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return NoVerdict, errors.New("the guest ended without a verdict (kernel panic or init died; see the console above)")
+	case errors.As(err, &ee) && ee.ExitCode() == 1:
+		return Passed, nil
+	case errors.As(err, &ee) && ee.ExitCode() == 3:
+		return Failed, nil
+	}
+	return NoVerdict, fmt.Errorf("qemu: %w", err)
+}
