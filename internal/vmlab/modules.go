@@ -20,8 +20,9 @@ var baseModuleDirs = []string{
 }
 
 // eagerModules are loaded by the guest's init before anything else: busybox modprobe ignores
-// softdep, so crc32c_generic must be there before libcrc32c users (openvswitch, conntrack).
-var eagerModules = []string{"crc32c_generic"}
+// softdep, so crc32c_generic must be there before libcrc32c users (openvswitch, conntrack);
+// /dev/net/tun appears in devtmpfs only once tun is loaded, and the daemon opens that node.
+var eagerModules = []string{"crc32c_generic", "tun"}
 
 // moduleIndex maps a module name ("sch_netem"; '-' and '_' are the same) to its path relative
 // to the module directory and its dependencies' paths, from modules.dep.
