@@ -30,6 +30,8 @@ type config struct {
 	cpus    int
 }
 
+func defaultConfig() config { return config{timeout: DefaultTimeout, memMB: 1024, cpus: 2} }
+
 // Option tunes Require.
 type Option func(*config)
 
@@ -53,7 +55,7 @@ func InGuest() bool { return os.Getenv(GuestEnv) == "1" }
 // the guest's output and verdict as the test's, and returns false: the caller returns.
 func Require(t *testing.T, opts ...Option) bool {
 	t.Helper()
-	cfg := config{timeout: DefaultTimeout, memMB: 1024, cpus: 2}
+	cfg := defaultConfig()
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -83,6 +85,39 @@ var HostRequirements = []string{"qemu-system-x86_64", "apt-get", "apt-cache", "d
 
 func runInVM(t *testing.T, cfg config) {
 	t.Helper()
+	if dl, ok := t.Deadline(); ok {
+		// Leave go test time to print our failure instead of panicking over us.
+		if left := time.Until(dl) - 10*time.Second; left < cfg.timeout {
+			cfg.timeout = max(left, time.Second)
+		}
+	}
+	g := prepareGuest(t, cfg, []string{"-test.run", runPattern(t.Name()), "-test.v", "-test.count=1",
+		"-test.timeout", cfg.timeout.String()}, nil)
+	start := time.Now()
+	verdict, err := g.boot(t, cfg)
+	t.Logf("vmlab: kernel %s (%s) ready in %v, initramfs %.1f MiB in %v, VM ran %v: %s",
+		g.kernel.Release, g.kernel.Version, g.kernelTime.Round(time.Millisecond), float64(g.size)/(1<<20),
+		g.imageTime.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), verdict)
+	switch {
+	case err != nil:
+		t.Fatalf("vmlab: %v", err)
+	case verdict != Passed:
+		t.Fatalf("vmlab: the test failed inside the VM (guest output above)")
+	}
+}
+
+// guest is a kernel and an initramfs ready to boot.
+type guest struct {
+	kernel                *Kernel
+	initrd                string
+	size                  int64
+	kernelTime, imageTime time.Duration
+}
+
+// prepareGuest checks the host, fetches (or finds) the kernel and builds an initramfs that
+// runs this test binary with args; extraEnv adds KEY=VALUE pairs to the guest test's env.
+func prepareGuest(t *testing.T, cfg config, args, extraEnv []string) *guest {
+	t.Helper()
 	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
 		t.Fatalf("this test needs the VM lab (QEMU with Debian's amd64 kernel); running on %s/%s", runtime.GOOS, runtime.GOARCH)
 	}
@@ -94,19 +129,13 @@ func runInVM(t *testing.T, cfg config) {
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	ctx := context.Background()
-	if dl, ok := t.Deadline(); ok {
-		// Leave go test time to print our failure instead of panicking over us.
-		if left := time.Until(dl) - 10*time.Second; left < cfg.timeout {
-			cfg.timeout = max(left, time.Second)
-		}
-	}
-
+	g := &guest{}
 	start := time.Now()
 	k, err := FetchKernel(ctx, CacheDir(), log)
 	if err != nil {
 		t.Fatalf("vmlab: %v", err)
 	}
-	kernelTime := time.Since(start)
+	g.kernel, g.kernelTime = k, time.Since(start)
 
 	exe, err := os.Executable()
 	if err != nil {
@@ -124,32 +153,25 @@ func runInVM(t *testing.T, cfg config) {
 		kernel:  k,
 		modules: cfg.modules,
 		testBin: exe,
-		args: []string{"-test.run", runPattern(t.Name()), "-test.v", "-test.count=1",
-			"-test.timeout", cfg.timeout.String()},
-		env:    []string{GuestEnv + "=1", "WEAVE_BIN_DIR=" + guestBinDir},
-		binDir: binDir,
+		args:    args,
+		env:     append([]string{GuestEnv + "=1", "WEAVE_BIN_DIR=" + guestBinDir}, extraEnv...),
+		binDir:  binDir,
 	}
 	start = time.Now()
-	initrd := filepath.Join(dir, "initramfs.gz")
-	size, err := buildInitramfs(ctx, spec, filepath.Join(dir, "scratch"), initrd)
-	if err != nil {
+	g.initrd = filepath.Join(dir, "initramfs.gz")
+	if g.size, err = buildInitramfs(ctx, spec, filepath.Join(dir, "scratch"), g.initrd); err != nil {
 		t.Fatalf("vmlab: %v", err)
 	}
-	imageTime := time.Since(start)
-	start = time.Now()
-	verdict, err := boot(ctx, bootConfig{
-		kernel: k.ELF, initrd: initrd, memMB: cfg.memMB, cpus: cfg.cpus, timeout: cfg.timeout,
+	g.imageTime = time.Since(start)
+	return g
+}
+
+// boot runs the guest, its console going to the test log.
+func (g *guest) boot(t *testing.T, cfg config) (Verdict, error) {
+	return boot(context.Background(), bootConfig{
+		kernel: g.kernel.ELF, initrd: g.initrd, memMB: cfg.memMB, cpus: cfg.cpus, timeout: cfg.timeout,
 		line: func(l string) { t.Log("guest| " + l) },
 	})
-	t.Logf("vmlab: kernel %s (%s) ready in %v, initramfs %.1f MiB in %v, VM ran %v: %s",
-		k.Release, k.Version, kernelTime.Round(time.Millisecond), float64(size)/(1<<20),
-		imageTime.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), verdict)
-	switch {
-	case err != nil:
-		t.Fatalf("vmlab: %v", err)
-	case verdict != Passed:
-		t.Fatalf("vmlab: the test failed inside the VM (guest output above)")
-	}
 }
 
 // runPattern selects exactly this test (and this subtest path) with -test.run.

@@ -1,0 +1,137 @@
+package vmlab
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/weavemesh/weave/internal/testutil"
+)
+
+// The archive must unpack with a real cpio into the tree we meant: files with content and
+// mode, parent directories, symlinks.
+func TestCPIOUnpacks(t *testing.T) {
+	testutil.RequireCommands(t, "busybox")
+	var buf bytes.Buffer
+	c := newCPIOWriter(&buf)
+	c.file("/a/b/c.txt", 0o644, []byte("hello"))
+	c.file("/a/odd", 0o755, []byte("x"))
+	c.symlink("/a/link", "b/c.txt")
+	c.mkdirAll("/empty/dir")
+	if err := c.close(); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Len()%4 != 0 {
+		t.Errorf("archive length %d is not 4-aligned", buf.Len())
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("busybox", "cpio", "-i", "-d")
+	cmd.Dir = dir
+	cmd.Stdin = &buf
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("busybox cpio: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "a/b/c.txt")); err != nil || string(b) != "hello" {
+		t.Errorf("a/b/c.txt: %q %v", b, err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "a/odd")); err != nil || st.Mode().Perm() != 0o755 {
+		t.Errorf("a/odd: %v %v", st, err)
+	}
+	if l, err := os.Readlink(filepath.Join(dir, "a/link")); err != nil || l != "b/c.txt" {
+		t.Errorf("a/link -> %q %v", l, err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "empty/dir")); err != nil || !st.IsDir() {
+		t.Errorf("empty/dir: %v", err)
+	}
+}
+
+func TestModuleClosure(t *testing.T) {
+	dir := t.TempDir()
+	dep := "kernel/net/sched/sch_netem.ko:\n" +
+		"kernel/net/ipv4/esp4.ko: kernel/net/xfrm/xfrm_algo.ko kernel/crypto/aead-helper.ko\n" +
+		"kernel/net/xfrm/xfrm_algo.ko:\n" +
+		"kernel/crypto/aead-helper.ko:\n" +
+		"kernel/drivers/net/veth.ko:\n" +
+		"kernel/drivers/net/vethx.ko:\n"
+	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := readModuleIndex(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := idx.closure([]string{"esp4", "sch-netem"}, []string{"drivers/net/veth.ko"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "kernel/net/xfrm/xfrm_algo.ko kernel/crypto/aead-helper.ko kernel/net/ipv4/esp4.ko kernel/net/sched/sch_netem.ko kernel/drivers/net/veth.ko"
+	if strings.Join(got, " ") != want {
+		t.Errorf("closure:\n got %s\nwant %s", strings.Join(got, " "), want)
+	}
+	if _, err := idx.closure([]string{"no_such_mod"}, nil); err == nil {
+		t.Error("an unknown module was accepted")
+	}
+}
+
+func TestRunPattern(t *testing.T) {
+	for in, want := range map[string]string{
+		"TestA":              "^TestA$",
+		"TestA/sub.case(1)":  `^TestA$/^sub\.case\(1\)$`,
+		"TestVMSleeve/loss5": "^TestVMSleeve$/^loss5$",
+	} {
+		if got := runPattern(in); got != want {
+			t.Errorf("runPattern(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The init script must hand the test binary its arguments and environment unchanged, even
+// with quotes and spaces in them.
+func TestInitScriptQuoting(t *testing.T) {
+	s := initScript(imageSpec{args: []string{"-test.run", "^It's a $test$"}, env: []string{"K=v w'x"}})
+	want := guestTest + ` '-test.run' '^It'\''s a $test$'`
+	if !strings.Contains(s, want) {
+		t.Errorf("init script does not run %s:\n%s", want, s)
+	}
+	out, err := exec.Command("sh", "-c", "printf %s "+shellQuote("^It's a $test$")).Output()
+	if err != nil || string(out) != "^It's a $test$" {
+		t.Errorf("shellQuote does not survive sh: %q %v", out, err)
+	}
+	if !strings.Contains(s, `export 'K=v w'\''x'`) {
+		t.Errorf("env not exported:\n%s", s)
+	}
+}
+
+func TestExtractELF(t *testing.T) {
+	testutil.RequireCommands(t, "xz")
+	dir := t.TempDir()
+	elfData := append([]byte("\x7fELF"), bytes.Repeat([]byte("kernel"), 100)...)
+	cmd := exec.Command("xz", "-c")
+	cmd.Stdin = bytes.NewReader(elfData)
+	xz, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A bzImage: setup code, the xz stream, then trailing data after it.
+	bz := append(append(bytes.Repeat([]byte{0x90}, 1000), xz...), []byte("trailer")...)
+	in, out := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(in, bz, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := extractELF(context.Background(), in, out); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, elfData) {
+		t.Errorf("extracted %d bytes, want the %d-byte ELF", len(got), len(elfData))
+	}
+	if err := os.WriteFile(in, []byte("no stream here"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := extractELF(context.Background(), in, out); err == nil {
+		t.Error("an image without an xz stream was accepted")
+	}
+}
