@@ -18,7 +18,7 @@
 // No test is ever skipped: what is missing on the host (QEMU, apt, busybox-static) fails the
 // test with the reason.
 //
-// The kernel package is resolved at run time (`apt-cache depends linux-image-amd64`: the ABI
+// The kernel package is resolved at run time (what `linux-image-amd64` depends on: the ABI
 // number changes), downloaded with `apt-get download`, unpacked with `dpkg-deb -x`, indexed with
 // `depmod -b`, and its ELF image is cut out of the bzImage so QEMU boots it through the PVH
 // entry (no real-mode decompressor: ~4 s to a shell under TCG instead of ~10 s). All of that

@@ -48,37 +48,56 @@ func CacheDir() string {
 
 var safeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.+:~_-]*$`)
 
-// resolvePackage asks apt which versioned kernel package linux-image-amd64 depends on, and
-// which version of it apt would download.
+// resolvePackage asks apt which versioned kernel package linux-image-amd64 depends on (the
+// ABI number in its name changes), and which version of it to download. One apt-cache call
+// when the meta package pins the version, as Debian's does; a second one otherwise.
 func resolvePackage(ctx context.Context) (pkg, version string, err error) {
-	out, err := exec.CommandContext(ctx, "apt-cache", "depends", metaPackage).Output()
+	out, err := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", metaPackage).Output()
 	if err != nil {
-		return "", "", fmt.Errorf("apt-cache depends %s: %w", metaPackage, err)
+		return "", "", fmt.Errorf("apt-cache show %s (run apt-get update): %w", metaPackage, err)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		line = strings.TrimSpace(line)
-		if dep, ok := strings.CutPrefix(line, "Depends: "); ok && strings.HasPrefix(dep, "linux-image-") {
-			pkg = strings.TrimSpace(dep)
-			break
+	pkg, version = parseMetaDepends(string(out))
+	if pkg == "" {
+		return "", "", fmt.Errorf("apt-cache show %s names no kernel package:\n%s", metaPackage, out)
+	}
+	if version == "" {
+		out, err = exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", pkg).Output()
+		if err != nil {
+			return "", "", fmt.Errorf("apt-cache show %s: %w", pkg, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(line, "Version: "); ok {
+				version = strings.TrimSpace(v)
+				break
+			}
 		}
 	}
-	if pkg == "" || !safeName.MatchString(pkg) {
-		return "", "", fmt.Errorf("apt-cache depends %s names no kernel package (run apt-get update):\n%s", metaPackage, out)
-	}
-	out, err = exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", pkg).Output()
-	if err != nil {
-		return "", "", fmt.Errorf("apt-cache show %s: %w", pkg, err)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(line, "Version: "); ok {
-			version = strings.TrimSpace(v)
-			break
-		}
-	}
-	if version == "" || !safeName.MatchString(version) {
-		return "", "", fmt.Errorf("apt-cache show %s gives no version", pkg)
+	if !safeName.MatchString(version) {
+		return "", "", fmt.Errorf("apt-cache gives no usable version for %s: %q", pkg, version)
 	}
 	return pkg, version, nil
+}
+
+// parseMetaDepends finds the linux-image-* dependency of the meta package's record, and the
+// version it pins with "(= V)" if any.
+func parseMetaDepends(record string) (pkg, version string) {
+	for _, line := range strings.Split(record, "\n") {
+		deps, ok := strings.CutPrefix(line, "Depends: ")
+		if !ok {
+			continue
+		}
+		for _, d := range strings.Split(deps, ",") {
+			name, rest, _ := strings.Cut(strings.TrimSpace(d), " ")
+			if !strings.HasPrefix(name, "linux-image-") || !safeName.MatchString(name) {
+				continue
+			}
+			if v, ok := strings.CutPrefix(strings.TrimSpace(rest), "(= "); ok {
+				version = strings.TrimSuffix(v, ")")
+			}
+			return name, version
+		}
+	}
+	return "", ""
 }
 
 // FetchKernel returns the kernel that linux-image-amd64 currently points to, from the cache

@@ -135,3 +135,17 @@ func TestExtractELF(t *testing.T) {
 		t.Error("an image without an xz stream was accepted")
 	}
 }
+
+func TestParseMetaDepends(t *testing.T) {
+	for rec, want := range map[string][2]string{
+		"Package: linux-image-amd64\nVersion: 6.1.192-3\nDepends: linux-image-6.1.0-57-amd64 (= 6.1.192-3)\n": {"linux-image-6.1.0-57-amd64", "6.1.192-3"},
+		"Depends: foo, linux-image-6.12.0-1-amd64\n":                                                          {"linux-image-6.12.0-1-amd64", ""},
+		"Depends: linux-image-$(reboot) (= 1)\n":                                                              {"", ""},
+		"Version: 1\n":                                                                                        {"", ""},
+	} {
+		pkg, v := parseMetaDepends(rec)
+		if pkg != want[0] || v != want[1] {
+			t.Errorf("parseMetaDepends(%q) = %q, %q; want %q", rec, pkg, v, want)
+		}
+	}
+}
