@@ -133,7 +133,7 @@ func FetchKernel(ctx context.Context, root string, log *slog.Logger) (*Kernel, e
 		return nil, fmt.Errorf("vmlab cache: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	log.Info("vmlab: fetching kernel package", "package", pkg, "version", version, "cache", root)
+	log.Info("fetching kernel package", "package", pkg, "version", version, "cache", root)
 	if err := run(ctx, tmp, "apt-get", "download", "-q", pkg+"="+version); err != nil {
 		return nil, err
 	}
@@ -159,7 +159,7 @@ func FetchKernel(ctx context.Context, root string, log *slog.Logger) (*Kernel, e
 	if err := os.Rename(tree, dir); err != nil {
 		return nil, fmt.Errorf("vmlab cache: %w", err)
 	}
-	log.Info("vmlab: kernel cached", "package", pkg, "release", release, "duration", time.Since(start).Round(time.Millisecond))
+	log.Info("kernel cached", "package", pkg, "release", release, "duration", time.Since(start).Round(time.Millisecond))
 	return loadKernel(pkg, version, dir)
 }
 

@@ -127,7 +127,7 @@ func prepareGuest(t *testing.T, cfg config, args, extraEnv []string) *guest {
 	if err := checkStatic(busyboxPath); err != nil {
 		t.Fatalf("the VM lab needs busybox-static (scripts/install-deps.sh installs it): %v", err)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	log := slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("component", "vmlab")
 	ctx := context.Background()
 	g := &guest{}
 	start := time.Now()
