@@ -32,11 +32,16 @@ func (v Verdict) String() string {
 	return "no verdict"
 }
 
+// statusLine starts the line the guest's init prints with the test binary's exit status.
+const statusLine = "vmlab: test exit status "
+
 // bootConfig is one VM run.
 type bootConfig struct {
 	kernel, initrd string
 	memMB, cpus    int
-	timeout        time.Duration
+	// qemu is the emulator to run; empty means qemu-system-x86_64 (tests put a fake here).
+	qemu    string
+	timeout time.Duration
 	// line receives every line of the guest's serial console as it comes.
 	line func(string)
 }
@@ -60,7 +65,11 @@ func qemuArgs(cfg bootConfig) []string {
 func boot(ctx context.Context, cfg bootConfig) (Verdict, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", qemuArgs(cfg)...)
+	qemu := cfg.qemu
+	if qemu == "" {
+		qemu = "qemu-system-x86_64"
+	}
+	cmd := exec.CommandContext(ctx, qemu, qemuArgs(cfg)...)
 	setDeathSignal(cmd)
 	cmd.WaitDelay = 5 * time.Second
 	pr, pw := io.Pipe()
@@ -77,8 +86,13 @@ func boot(ctx context.Context, cfg bootConfig) (Verdict, error) {
 	}()
 	sc := bufio.NewScanner(pr)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	guestStatus := ""
 	for sc.Scan() {
-		cfg.line(strings.TrimRight(sc.Text(), "\r"))
+		l := strings.TrimRight(sc.Text(), "\r")
+		if st, ok := strings.CutPrefix(l, statusLine); ok {
+			guestStatus, _, _ = strings.Cut(st, " ")
+		}
+		cfg.line(l)
 	}
 	_, _ = io.Copy(io.Discard, pr)
 	err := <-waitErr
@@ -90,6 +104,10 @@ func boot(ctx context.Context, cfg bootConfig) (Verdict, error) {
 	case err == nil:
 		return NoVerdict, errors.New("the guest ended without a verdict (kernel panic or init died; see the console above)")
 	case errors.As(err, &ee) && ee.ExitCode() == 1:
+		// QEMU also exits 1 on its own errors: only the guest's status line makes it a pass.
+		if guestStatus != "0" {
+			return NoVerdict, fmt.Errorf("qemu exited 1 but the guest never reported its test passed (status %q): %w", guestStatus, err)
+		}
 		return Passed, nil
 	case errors.As(err, &ee) && ee.ExitCode() == 3:
 		return Failed, nil

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weavemesh/weave/internal/testutil"
 )
@@ -146,6 +147,41 @@ func TestParseMetaDepends(t *testing.T) {
 		pkg, v := parseMetaDepends(rec)
 		if pkg != want[0] || v != want[1] {
 			t.Errorf("parseMetaDepends(%q) = %q, %q; want %q", rec, pkg, v, want)
+		}
+	}
+}
+
+// The verdict comes from QEMU's exit status and the guest's status line together: QEMU exits
+// 1 on its own errors too, which must never read as a pass.
+func TestBootVerdictFromFakeQEMU(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, script string
+		want         Verdict
+		errHas       string
+	}{
+		{"passed", "echo 'vmlab: test exit status 0 after 3.1s'\r; exit 1", Passed, ""},
+		{"failed", "echo 'vmlab: test exit status 1 after 3.1s'; exit 3", Failed, ""},
+		{"qemu error", "echo 'qemu-system-x86_64: -kernel: cannot load' >&2; exit 1", NoVerdict, "never reported"},
+		{"guest died", "echo 'Kernel panic'; exit 0", NoVerdict, "without a verdict"},
+		{"hung", "exec sleep 30", NoVerdict, "did not finish"},
+	} {
+		fake := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+		if err := os.WriteFile(fake, []byte("#!/bin/sh\n"+tc.script+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var lines []string
+		start := time.Now()
+		v, err := boot(context.Background(), bootConfig{qemu: fake, memMB: 64, cpus: 1, timeout: time.Second,
+			line: func(l string) { lines = append(lines, l) }})
+		if v != tc.want || (tc.errHas == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.errHas)) {
+			t.Errorf("%s: verdict %v, err %v; want %v, error containing %q", tc.name, v, err, tc.want, tc.errHas)
+		}
+		if d := time.Since(start); d > 8*time.Second {
+			t.Errorf("%s: boot took %v with a 1s timeout", tc.name, d)
+		}
+		if tc.name == "passed" && (len(lines) != 1 || strings.HasSuffix(lines[0], "\r")) {
+			t.Errorf("console lines %q: want one line without the serial CR", lines)
 		}
 	}
 }
