@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -60,11 +63,35 @@ func qemuArgs(cfg bootConfig) []string {
 	}
 }
 
-// boot runs QEMU until the guest gives its verdict, dies, or the timeout passes; QEMU is
-// killed in every case before boot returns (and, on Linux, if this process dies first).
+// InterruptedError is boot's error when an interrupt or SIGTERM came while QEMU ran. The
+// caller cleans up and then delivers Signal to itself again (see runInVM).
+type InterruptedError struct{ Signal os.Signal }
+
+func (e *InterruptedError) Error() string {
+	return "interrupted by " + e.Signal.String() + " (QEMU killed)"
+}
+
+// boot runs QEMU until the guest gives its verdict, dies, the timeout passes or an interrupt
+// comes; QEMU is killed in every case before boot returns (and, on Linux, if this process dies
+// first).
 func boot(ctx context.Context, cfg bootConfig) (Verdict, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
+	// While QEMU runs an interrupt is ours to handle, so that the temporary files go too.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	caught := make(chan os.Signal, 1)
+	watchDone := make(chan struct{})
+	defer close(watchDone)
+	go func() { // owned by boot: ends when boot returns
+		select {
+		case s := <-sigs:
+			caught <- s
+			cancel()
+		case <-watchDone:
+		}
+	}()
 	qemu := cfg.qemu
 	if qemu == "" {
 		qemu = "qemu-system-x86_64"
@@ -96,6 +123,11 @@ func boot(ctx context.Context, cfg bootConfig) (Verdict, error) {
 	}
 	_, _ = io.Copy(io.Discard, pr)
 	err := <-waitErr
+	select {
+	case s := <-caught:
+		return NoVerdict, &InterruptedError{Signal: s}
+	default:
+	}
 	if ctx.Err() != nil {
 		return NoVerdict, fmt.Errorf("VM did not finish within %v (QEMU killed): %w", cfg.timeout, ctx.Err())
 	}

@@ -3,6 +3,7 @@ package vmlab
 import (
 	"context"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,10 +93,21 @@ func runInVM(t *testing.T, cfg config) {
 			cfg.timeout = max(left, time.Second)
 		}
 	}
+	// Registered before anything that needs cleaning, so it runs after all of it: an
+	// interrupt caught during the boot is delivered again once the temporary files are gone.
+	var interrupted *InterruptedError
+	t.Cleanup(func() {
+		if interrupted != nil {
+			if s, ok := interrupted.Signal.(syscall.Signal); ok {
+				_ = syscall.Kill(os.Getpid(), s)
+			}
+		}
+	})
 	g := prepareGuest(t, cfg, []string{"-test.run", runPattern(t.Name()), "-test.v", "-test.count=1",
 		"-test.timeout", cfg.timeout.String()}, nil)
 	start := time.Now()
 	verdict, err := g.boot(t, cfg)
+	errors.As(err, &interrupted)
 	t.Logf("vmlab: kernel %s (%s) ready in %v, initramfs %.1f MiB in %v, VM ran %v: %s",
 		g.kernel.Release, g.kernel.Version, g.kernelTime.Round(time.Millisecond), float64(g.size)/(1<<20),
 		g.imageTime.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), verdict)

@@ -3,10 +3,12 @@ package vmlab
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,5 +185,24 @@ func TestBootVerdictFromFakeQEMU(t *testing.T) {
 		if tc.name == "passed" && (len(lines) != 1 || strings.HasSuffix(lines[0], "\r")) {
 			t.Errorf("console lines %q: want one line without the serial CR", lines)
 		}
+	}
+}
+
+// An interrupt while QEMU runs kills QEMU and comes back as an InterruptedError (so the
+// caller can clean up and re-deliver it), instead of killing the test process on the spot.
+func TestBootInterrupted(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "qemu")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\necho booting\nexec sleep 30\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := boot(context.Background(), bootConfig{qemu: fake, memMB: 64, cpus: 1, timeout: 20 * time.Second,
+		line: func(string) { _ = syscall.Kill(os.Getpid(), syscall.SIGINT) }})
+	var ie *InterruptedError
+	if !errors.As(err, &ie) || ie.Signal != os.Interrupt {
+		t.Fatalf("boot after SIGINT: %v; want an InterruptedError for interrupt", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("boot returned %v after the interrupt: QEMU was not killed promptly", d)
 	}
 }
