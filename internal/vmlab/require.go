@@ -81,9 +81,9 @@ func loadModules(t *testing.T, names []string) {
 	}
 }
 
-// HostRequirements are the programs the host needs to run the lab (scripts/install-deps.sh
+// hostRequirements are the programs the host needs to run the lab (scripts/install-deps.sh
 // installs them).
-var HostRequirements = []string{"qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb", "depmod", "xz", "ldd"}
+var hostRequirements = []string{"qemu-system-x86_64", "apt-get", "apt-cache", "dpkg-deb", "depmod", "xz", "ldd"}
 
 func runInVM(t *testing.T, cfg config) {
 	t.Helper()
@@ -103,8 +103,11 @@ func runInVM(t *testing.T, cfg config) {
 			}
 		}
 	})
+	// The guest's own go test timeout fires first, so a hung test prints its goroutines
+	// before QEMU is killed.
+	inner := max(cfg.timeout-20*time.Second, cfg.timeout/2)
 	g := prepareGuest(t, cfg, []string{"-test.run", runPattern(t.Name()), "-test.v", "-test.count=1",
-		"-test.timeout", cfg.timeout.String()}, nil)
+		"-test.timeout", inner.String()}, nil)
 	start := time.Now()
 	verdict, err := g.boot(t, cfg)
 	errors.As(err, &interrupted)
@@ -135,7 +138,7 @@ func prepareGuest(t *testing.T, cfg config, args, extraEnv []string) *guest {
 		t.Fatalf("this test needs the VM lab (QEMU with Debian's amd64 kernel); running on %s/%s", runtime.GOOS, runtime.GOARCH)
 	}
 	testutil.RequireRoot(t)
-	testutil.RequireCommands(t, HostRequirements...)
+	testutil.RequireCommands(t, hostRequirements...)
 	testutil.RequireCommands(t, guestTools...)
 	if err := checkStatic(busyboxPath); err != nil {
 		t.Fatalf("the VM lab needs busybox-static (scripts/install-deps.sh installs it): %v", err)
