@@ -31,6 +31,13 @@ declare -A need=(
   [ovs-vswitchd]=openvswitch-switch
   [ovsdb-tool]=openvswitch-common
   [ovs-vsctl]=openvswitch-common
+  # the VM lab (internal/vmlab, tests/vm): QEMU (TCG) boots Debian's kernel package, fetched
+  # with apt-get download and unpacked with dpkg-deb; busybox-static (above) is the guest's userland
+  [qemu-system-x86_64]=qemu-system-x86
+  [xz]=xz-utils
+  [depmod]=kmod
+  [dpkg-deb]=dpkg
+  [ldd]=libc-bin
 )
 
 missing=()
@@ -40,19 +47,28 @@ for cmd in "${!need[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
+# The VM lab downloads the kernel package linux-image-amd64 points to: apt must know it.
+need_update=0
+if ! apt-cache show --no-all-versions linux-image-amd64 >/dev/null 2>&1; then
+  need_update=1
+fi
+
+if [ ${#missing[@]} -eq 0 ] && [ $need_update -eq 0 ]; then
   exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: missing packages ${missing[*]}; run as root to install them" >&2
+  echo "install-deps: missing packages ${missing[*]:-none}, apt lists $([ $need_update -eq 1 ] && echo stale || echo fine); run as root to install them" >&2
   exit 1
 fi
 
-mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
-echo "install-deps: installing ${pkgs[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
+echo "install-deps: installing ${pkgs[*]}"
 # iperf3's package asks whether to start a daemon; answer no.
 echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections 2>/dev/null || true
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
