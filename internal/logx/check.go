@@ -10,7 +10,7 @@ import (
 // Keys returns the vocabulary: the values of the Key* constants.
 func Keys() []string {
 	return []string{KeyComponent, KeyLocal, KeyPeer, KeyNickname, KeyUID, KeyConn, KeyOutbound, KeyAddr,
-		KeyPort, KeyOverlay, KeyNetns, KeyDevice, KeyMAC, KeyContainer, KeyCIDR, KeyIP, KeyPath, KeyMTU,
+		KeyPort, KeyOverlay, KeyNetns, KeyDevice, KeyMAC, KeyContainer, KeyCIDR, KeyIP, KeyPath, KeyVersion, KeyMTU,
 		KeyPMTU, KeyCipher, KeyEncrypted, KeyMode, KeyState, KeyReason, KeyFrom, KeyCount, KeyLost,
 		KeyTotal, KeyDuration, KeyStats, KeyErr, KeySuppressed}
 }

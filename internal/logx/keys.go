@@ -23,6 +23,7 @@ const (
 	KeyCIDR      = "cidr"      // overlay address(es) or range in CIDR form
 	KeyIP        = "ip"        // one overlay address
 	KeyPath      = "path"      // a file or directory
+	KeyVersion   = "version"   // a software version: package=version, kernel release
 
 	// What happened.
 	KeyMTU       = "mtu"       // an Ethernet/link MTU

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weavemesh/weave/internal/logx"
 )
 
 const (
@@ -133,7 +135,7 @@ func FetchKernel(ctx context.Context, root string, log *slog.Logger) (*Kernel, e
 		return nil, fmt.Errorf("vmlab cache: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	log.Info("fetching kernel package", "package", pkg, "version", version, "cache", root)
+	log.Info("fetching kernel package", logx.KeyVersion, pkg+"="+version, logx.KeyPath, root)
 	if err := run(ctx, tmp, "apt-get", "download", "-q", pkg+"="+version); err != nil {
 		return nil, err
 	}
@@ -159,7 +161,7 @@ func FetchKernel(ctx context.Context, root string, log *slog.Logger) (*Kernel, e
 	if err := os.Rename(tree, dir); err != nil {
 		return nil, fmt.Errorf("vmlab cache: %w", err)
 	}
-	log.Info("kernel cached", "package", pkg, "release", release, "duration", time.Since(start).Round(time.Millisecond))
+	log.Info("kernel cached", logx.KeyVersion, pkg+"="+version+" ("+release+")", logx.KeyDuration, time.Since(start).Round(time.Millisecond))
 	return loadKernel(pkg, version, dir)
 }
 
