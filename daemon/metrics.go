@@ -27,6 +27,9 @@ var (
 		"Number of peers in the topology, this one included.", nil, nil)
 	descEndpoints = prometheus.NewDesc("weave_endpoints",
 		"Number of interfaces attached to the bridge (the exposed host included).", nil, nil)
+	descAPIRefused = prometheus.NewDesc("weave_api_refused_total",
+		"Control API requests refused (too large, malformed JSON, unknown field, trailing data, invalid values), by reason.",
+		[]string{"reason"}, nil)
 	descReady = prometheus.NewDesc("weave_ready",
 		"1 when the router is ready.", nil, nil)
 )
@@ -97,6 +100,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	for reason, v := range c.d.apiRefused.snapshot() {
+		ch <- prometheus.MustNewConstMetric(descAPIRefused, prometheus.CounterValue, float64(v), reason)
+	}
 	if c.d.dp != nil {
 		for ov, st := range c.d.dp.stats() {
 			f, b, dr := overlayDescs(ov)

@@ -35,7 +35,7 @@ type Router interface {
 	Status(ctx context.Context) (api.Status, error)
 	Expose(ctx context.Context, cidrs []string) (api.Endpoint, error)
 	IPAMAllocate(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error)
-	IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error)
+	IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMReleaseResponse, error)
 	IPAMAllocations(ctx context.Context) ([]api.Allocation, error)
 	Close()
 }

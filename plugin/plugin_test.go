@@ -74,18 +74,18 @@ func (r *fakeRouter) IPAMAllocate(_ context.Context, req api.IPAMRequest) (api.I
 	return api.IPAMResponse{CIDRs: []string{r.alloc(req.ID, req.Iface)}}, nil
 }
 
-func (r *fakeRouter) IPAMRelease(_ context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+func (r *fakeRouter) IPAMRelease(_ context.Context, req api.IPAMRequest) (api.IPAMReleaseResponse, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.down {
-		return api.IPAMResponse{}, client.ErrNotRunning
+		return api.IPAMReleaseResponse{}, client.ErrNotRunning
 	}
 	k := [2]string{req.ID, req.Iface}
 	if _, ok := r.allocs[k]; !ok {
-		return api.IPAMResponse{}, nil
+		return api.IPAMReleaseResponse{}, nil
 	}
 	delete(r.allocs, k)
-	return api.IPAMResponse{Released: 1}, nil
+	return api.IPAMReleaseResponse{Released: 1}, nil
 }
 
 func (r *fakeRouter) IPAMAllocations(context.Context) ([]api.Allocation, error) {
