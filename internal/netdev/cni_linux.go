@@ -1,19 +1,18 @@
 package netdev
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // CreateVethIn creates spec's veth pair with the container end made directly inside the
 // namespace under its final name (host end on the bridge, MTU, hairpin, up), so that a
 // following Attach only completes it. Moving a link between namespaces, as Attach does when
 // it creates the pair itself, waits for an RCU grace period: about half of a CNI ADD's time
-// on a busy host. An interface of that name already in the namespace is left for Attach.
+// on a busy host. When either name exists already nothing is made and the error wraps
+// unix.EEXIST: the caller decides whether what is there is its own.
 func CreateVethIn(spec AttachSpec) error {
 	if spec.IfName == "" || len(spec.IfName) > 15 || len(spec.HostIfName) > 15 || spec.HostIfName == "" {
 		return fmt.Errorf("interface names %q/%q must be 1-15 characters", spec.IfName, spec.HostIfName)
@@ -34,9 +33,6 @@ func CreateVethIn(spec AttachSpec) error {
 	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: spec.IfName, PeerMTU: uint32(spec.MTU),
 		PeerNamespace: netlink.NsFd(int(ns))}
 	if err := netlink.LinkAdd(veth); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return nil // the host end or the container end exists: Attach completes or reports it
-		}
 		return fmt.Errorf("create veth %s/%s: %w", spec.HostIfName, spec.IfName, err)
 	}
 	host, err := netlink.LinkByName(spec.HostIfName)
