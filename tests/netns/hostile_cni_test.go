@@ -82,6 +82,15 @@ func TestCNIAddIntoTakenIfName(t *testing.T) {
 		t.Fatalf("ADD net1 beside the foreign eth0: %v", err)
 	}
 	validResult(t, res, "/run/netns/"+c.Name, "net1", true) // the foreign eth0 has no default route
+	// ADD repeated for the same interface finds its own veth and completes it: only a
+	// foreign interface is a conflict.
+	res2, err := e.newConfig().AddNetworkList(ctx, list, rtConf("ctr-taken", c, "net1"))
+	if err != nil {
+		t.Fatalf("repeated ADD of net1: %v", err)
+	}
+	if first, again := validResult(t, res, "/run/netns/"+c.Name, "net1", true), validResult(t, res2, "/run/netns/"+c.Name, "net1", true); ipOf(first) != ipOf(again) || first.Interfaces[1].Mac != again.Interfaces[1].Mac {
+		t.Errorf("repeated ADD changed the interface: %+v then %+v", first, again)
+	}
 	if err := e.cfg.DelNetworkList(ctx, list, rtConf("ctr-taken", c, "net1")); err != nil {
 		t.Fatal(err)
 	}
