@@ -25,8 +25,9 @@ deps: ## install the system packages the tests and demo need (root, Debian)
 	@bash scripts/install-deps.sh
 
 test: deps build lint ## lint, every test (netns tests included, root), then the unit packages under -race
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 2 ./...
-	@$(MAKE) --no-print-directory test-race
+	@# The race pass runs even when the plain one failed, so one run reports both.
+	@st=0; $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 2 ./... || st=$$?; \
+	$(MAKE) --no-print-directory test-race || st=$$?; exit $$st
 
 # The root-only suites under tests/ (real binaries in namespaces, a CRI runtime) run once,
 # without race: their code under test runs in separate processes, which -race on the test
