@@ -61,6 +61,7 @@ type Daemon struct {
 	dp         *dataPlane
 	apiLn      net.Listener
 	apiSrv     *http.Server
+	apiRefused apiRefusals
 	metricsSrv *http.Server
 
 	started time.Time
