@@ -12,10 +12,10 @@ FUZZTIME ?= 10s
 # The whole suite must stay well under 20 minutes on 2 cores.
 TEST_TIMEOUT ?= 25m
 
-.PHONY: help build test demo demo-clean bench fuzz lint install clean deps
+.PHONY: help build test test-race demo demo-clean bench fuzz lint install clean deps
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 build: ## build weaver, weavectl and weave-cni into bin/
 	@mkdir -p $(BIN)
@@ -24,8 +24,16 @@ build: ## build weaver, weavectl and weave-cni into bin/
 deps: ## install the system packages the tests and demo need (root, Debian)
 	@bash scripts/install-deps.sh
 
-test: deps build ## run every test, netns tests included (root)
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 2 ./...
+test: deps build lint ## lint, every test (netns tests included, root), then the unit packages under -race
+	@# The race pass runs even when the plain one failed, so one run reports both.
+	@st=0; $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 2 ./... || st=$$?; \
+	$(MAKE) --no-print-directory test-race || st=$$?; exit $$st
+
+# The root-only suites under tests/ (real binaries in namespaces, a CRI runtime) run once,
+# without race: their code under test runs in separate processes, which -race on the test
+# binary would not instrument anyway. Allocation budgets skip themselves under race.
+test-race: ## the unit packages (all but ./tests/...) under the race detector
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -p 2 $$($(GO) list ./... | grep -v '/tests/')
 
 demo: deps build ## a small mesh in network namespaces on this machine, traffic across it, status (KEEP=1 keeps it)
 	@$(GO) run ./demo -bin $(BIN)

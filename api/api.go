@@ -211,7 +211,13 @@ const (
 	CodeUnavailable  ErrorCode = 6
 	CodeUnsupported  ErrorCode = 7
 	CodeTooManyPeers ErrorCode = 8
+	// CodeTooLarge: the request body is over MaxRequestBody.
+	CodeTooLarge ErrorCode = 9
 )
+
+// MaxRequestBody is the largest request body the daemon reads; the client refuses to send
+// a larger one.
+const MaxRequestBody = 1 << 20
 
 // Error is the body of every non-2xx answer.
 type Error struct {
@@ -241,6 +247,8 @@ func (c ErrorCode) HTTPStatus() int {
 		return 501
 	case CodeTooManyPeers:
 		return 429
+	case CodeTooLarge:
+		return 413
 	default:
 		return 500
 	}
@@ -310,9 +318,13 @@ type IPAMRequest struct {
 	CIDR   string `json:"cidr,omitempty"`
 }
 
-// IPAMResponse answers allocate and claim (the addresses the interface holds) and release
-// (how many addresses were freed).
+// IPAMResponse answers allocate and claim: the addresses the interface holds.
 type IPAMResponse struct {
-	CIDRs    []string `json:"cidrs,omitempty"`
-	Released int      `json:"released,omitempty"`
+	CIDRs []string `json:"cidrs,omitempty"`
+}
+
+// IPAMReleaseResponse answers release: how many addresses were freed, 0 included (nothing
+// held is not an error, but the caller can tell it apart from a release that freed one).
+type IPAMReleaseResponse struct {
+	Released int `json:"released"`
 }

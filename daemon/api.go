@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,13 +10,25 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/weavemesh/weave/api"
 	"github.com/weavemesh/weave/internal/logx"
 	"github.com/weavemesh/weave/mesh"
 )
 
-const maxRequestBody = 1 << 20
+// apiRefusals counts control API requests refused before or while decoding them, by
+// reason (weave_api_refused_total): hostile or buggy clients show up in the metrics.
+type apiRefusals struct {
+	tooLarge, malformed, unknownField, trailingData, invalid atomic.Uint64
+}
+
+func (a *apiRefusals) snapshot() map[string]uint64 {
+	return map[string]uint64{
+		"too_large": a.tooLarge.Load(), "malformed": a.malformed.Load(), "unknown_field": a.unknownField.Load(),
+		"trailing_data": a.trailingData.Load(), "invalid": a.invalid.Load(),
+	}
+}
 
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -26,16 +39,16 @@ func (d *Daemon) apiHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathReset, d.handleReset)
 	mux.HandleFunc("POST "+api.PathConnect, d.handleConnect)
 	mux.HandleFunc("POST "+api.PathForget, d.handleForget)
-	mux.HandleFunc("POST "+api.PathAttach, endpointHandler(d.attach))
-	mux.HandleFunc("POST "+api.PathDetach, endpointHandler(d.detach))
-	mux.HandleFunc("POST "+api.PathExpose, endpointHandler(d.expose))
-	mux.HandleFunc("POST "+api.PathHide, endpointHandler(d.hide))
-	mux.HandleFunc("POST "+api.PathRmpeer, endpointHandler(func(_ context.Context, req api.RmpeerRequest) (api.RmpeerResponse, error) {
+	mux.HandleFunc("POST "+api.PathAttach, endpointHandler(d, d.attach))
+	mux.HandleFunc("POST "+api.PathDetach, endpointHandler(d, d.detach))
+	mux.HandleFunc("POST "+api.PathExpose, endpointHandler(d, d.expose))
+	mux.HandleFunc("POST "+api.PathHide, endpointHandler(d, d.hide))
+	mux.HandleFunc("POST "+api.PathRmpeer, endpointHandler(d, func(_ context.Context, req api.RmpeerRequest) (api.RmpeerResponse, error) {
 		return d.rmpeer(req)
 	}))
-	mux.HandleFunc("POST "+api.PathIPAMAllocate, endpointHandler(d.ipamAllocate))
-	mux.HandleFunc("POST "+api.PathIPAMClaim, endpointHandler(d.ipamClaim))
-	mux.HandleFunc("POST "+api.PathIPAMRelease, endpointHandler(d.ipamRelease))
+	mux.HandleFunc("POST "+api.PathIPAMAllocate, endpointHandler(d, d.ipamAllocate))
+	mux.HandleFunc("POST "+api.PathIPAMClaim, endpointHandler(d, d.ipamClaim))
+	mux.HandleFunc("POST "+api.PathIPAMRelease, endpointHandler(d, d.ipamRelease))
 	mux.HandleFunc("GET "+api.PathIPAMList, func(w http.ResponseWriter, _ *http.Request) {
 		list, err := d.ipamList()
 		if err != nil {
@@ -70,17 +83,58 @@ func writeError(w http.ResponseWriter, err error) {
 }
 
 // decode reads a JSON body strictly: unknown fields and trailing data are refused, so a
-// client typo is an error instead of a silently ignored setting.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+// client typo is an error instead of a silently ignored setting. A body over the limit is
+// refused as too large, not cut off (which read as a confusing "unexpected EOF").
+func (d *Daemon) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body := http.MaxBytesReader(w, r.Body, api.MaxRequestBody)
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := dec.Decode(v)
+	if err == nil {
+		// Only whitespace may follow the object, and the whole body counts against the
+		// limit: a huge body cannot hide behind a small valid prefix.
+		var rest []byte
+		if rest, err = io.ReadAll(io.MultiReader(dec.Buffered(), body)); err == nil {
+			if len(bytes.TrimSpace(rest)) > 0 {
+				d.apiRefused.trailingData.Add(1)
+				return api.Errorf(api.CodeBadRequest, "bad request body: trailing data after the JSON object")
+			}
+			return nil
+		}
+	}
+	var tooLarge *http.MaxBytesError
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooLarge):
+		d.apiRefused.tooLarge.Add(1)
+		return api.Errorf(api.CodeTooLarge, "request body too large: the limit is %d bytes", tooLarge.Limit)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		// encoding/json has no typed error for DisallowUnknownFields.
+		d.apiRefused.unknownField.Add(1)
+		return api.Errorf(api.CodeBadRequest, "bad request body: %s", strings.TrimPrefix(err.Error(), "json: "))
+	case errors.Is(err, io.EOF):
+		d.apiRefused.malformed.Add(1)
+		return api.Errorf(api.CodeBadRequest, "bad request body: empty, want a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		d.apiRefused.malformed.Add(1)
+		return api.Errorf(api.CodeBadRequest, "bad request body: malformed JSON: the body ends inside the JSON object")
+	case errors.As(err, &syntax), errors.As(err, &typ):
+		d.apiRefused.malformed.Add(1)
+		return api.Errorf(api.CodeBadRequest, "bad request body: malformed JSON: %v", err)
+	default:
+		d.apiRefused.malformed.Add(1)
 		return api.Errorf(api.CodeBadRequest, "bad request body: %v", err)
 	}
-	if dec.More() {
-		return api.Errorf(api.CodeBadRequest, "bad request body: trailing data")
+}
+
+// refusedInvalid counts a request the handler refused as invalid (a decoded body whose
+// values are wrong).
+func (d *Daemon) refusedInvalid(err error) {
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeBadRequest {
+		d.apiRefused.invalid.Add(1)
 	}
-	return nil
 }
 
 func (d *Daemon) isReady() bool {
@@ -130,13 +184,14 @@ func (d *Daemon) handleReset(w http.ResponseWriter, _ *http.Request) {
 	d.requestStop()
 }
 
-func (d *Daemon) peersRequest(r *http.Request) (api.PeersRequest, error) {
+func (d *Daemon) peersRequest(w http.ResponseWriter, r *http.Request) (api.PeersRequest, error) {
 	var req api.PeersRequest
-	if err := decode(r, &req); err != nil {
+	if err := d.decode(w, r, &req); err != nil {
 		return req, err
 	}
 	for _, p := range req.Peers {
 		if p == "" || len(p) > 255 || strings.ContainsAny(p, " \t\n/") {
+			d.apiRefused.invalid.Add(1)
 			return req, api.Errorf(api.CodeBadRequest, "bad peer address %q: want host[:port]", p)
 		}
 	}
@@ -144,7 +199,7 @@ func (d *Daemon) peersRequest(r *http.Request) (api.PeersRequest, error) {
 }
 
 func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) {
-	req, err := d.peersRequest(r)
+	req, err := d.peersRequest(w, r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -157,7 +212,7 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Daemon) handleForget(w http.ResponseWriter, r *http.Request) {
-	req, err := d.peersRequest(r)
+	req, err := d.peersRequest(w, r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -174,15 +229,16 @@ func (d *Daemon) handleForget(w http.ResponseWriter, r *http.Request) {
 }
 
 // endpointHandler decodes a request of type T, runs f and answers with the endpoint.
-func endpointHandler[T, R any](f func(context.Context, T) (R, error)) http.HandlerFunc {
+func endpointHandler[T, R any](d *Daemon, f func(context.Context, T) (R, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req T
-		if err := decode(r, &req); err != nil {
+		if err := d.decode(w, r, &req); err != nil {
 			writeError(w, err)
 			return
 		}
 		ep, err := f(r.Context(), req)
 		if err != nil {
+			d.refusedInvalid(err)
 			writeError(w, err)
 			return
 		}

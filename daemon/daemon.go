@@ -62,6 +62,7 @@ type Daemon struct {
 	dp         *dataPlane
 	apiLn      net.Listener
 	apiSrv     *http.Server
+	apiRefused apiRefusals
 	metricsSrv *http.Server
 
 	started time.Time

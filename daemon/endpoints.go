@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/weavemesh/weave/api"
@@ -454,6 +455,14 @@ func (d *Daemon) detach(ctx context.Context, req api.DetachRequest) (api.Endpoin
 	e := s.m[key]
 	if e == nil {
 		return api.Endpoint{}, api.Errorf(api.CodeNotFound, "%s is not attached", req.Target)
+	}
+	// Detaching an address the target never had is an error, not a silent success that
+	// echoes it (and releases nothing, or worse, another holder's claim).
+	for _, c := range cidrs {
+		if !slices.Contains(e.CIDRs, c) {
+			return api.Endpoint{}, api.Errorf(api.CodeNotFound, "%s is not an address of %s (it has %s)",
+				c, req.Target, strings.Join(prefixesToStrings(e.CIDRs), ", "))
+		}
 	}
 	removed := cidrs
 	if len(cidrs) == 0 {

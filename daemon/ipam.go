@@ -398,13 +398,13 @@ func (d *Daemon) ipamClaim(ctx context.Context, req api.IPAMRequest) (api.IPAMRe
 
 // ipamRelease answers POST /v1/ipam/release: one address, an interface's, or (no iface) all
 // of a container's. Releasing what is not allocated is not an error (CNI DEL is idempotent).
-func (d *Daemon) ipamRelease(_ context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+func (d *Daemon) ipamRelease(_ context.Context, req api.IPAMRequest) (api.IPAMReleaseResponse, error) {
 	if err := d.needIPAM(); err != nil {
-		return api.IPAMResponse{}, err
+		return api.IPAMReleaseResponse{}, err
 	}
 	p, err := optionalPrefix(req.CIDR, "cidr")
 	if err != nil {
-		return api.IPAMResponse{}, err
+		return api.IPAMReleaseResponse{}, err
 	}
 	var n int
 	switch {
@@ -416,9 +416,9 @@ func (d *Daemon) ipamRelease(_ context.Context, req api.IPAMRequest) (api.IPAMRe
 		n, err = d.ipam.Release(req.ID, req.Iface)
 	}
 	if err != nil {
-		return api.IPAMResponse{}, ipamError(err)
+		return api.IPAMReleaseResponse{}, ipamError(err)
 	}
-	return api.IPAMResponse{Released: n}, nil
+	return api.IPAMReleaseResponse{Released: n}, nil
 }
 
 // ipamList answers GET /v1/ipam/allocations: every allocation this peer holds.

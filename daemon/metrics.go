@@ -30,6 +30,9 @@ var (
 	descEndpointEvents = prometheus.NewDesc("weave_endpoint_events_total",
 		"Attach and detach events: targets refused (not a network namespace), changes refused because the state dir could not be written, attaches rolled back, and, on start, unfinished attaches undone, endpoints forgotten because their interface is gone, endpoints adopted.",
 		[]string{"event"}, nil)
+	descAPIRefused = prometheus.NewDesc("weave_api_refused_total",
+		"Control API requests refused (too large, malformed JSON, unknown field, trailing data, invalid values), by reason.",
+		[]string{"reason"}, nil)
 	descReady = prometheus.NewDesc("weave_ready",
 		"1 when the router is ready.", nil, nil)
 )
@@ -106,6 +109,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	for reason, v := range c.d.apiRefused.snapshot() {
+		ch <- prometheus.MustNewConstMetric(descAPIRefused, prometheus.CounterValue, float64(v), reason)
+	}
 	if c.d.dp != nil {
 		for ov, st := range c.d.dp.stats() {
 			f, b, dr := overlayDescs(ov)

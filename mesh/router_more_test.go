@@ -544,9 +544,15 @@ func TestOverlayConfirmsConnections(t *testing.T) {
 }
 
 // TestRouters100Converge: 100 routers over the in-memory network, on a random partial
-// topology, end with the same topology and routes that match the ground truth.
+// topology, end with the same topology and routes that match the ground truth. Under the
+// race detector 100 routers' periodic gossip (O(n^2) work per interval) outruns 2 cores and
+// convergence took ~3 minutes; 40 routers exercise the same code for races, and the scale
+// claim is checked by the run without -race.
 func TestRouters100Converge(t *testing.T) {
-	const n = 100
+	n := 100
+	if testutil.RaceEnabled {
+		n = 40
+	}
 	mn := NewMemNetwork()
 	rng := rand.New(rand.NewPCG(42, 43))
 	cfgs := make([]Config, n)
@@ -563,8 +569,8 @@ func TestRouters100Converge(t *testing.T) {
 	}
 	start := time.Now()
 	rs := startRouters(t, cfgs)
-	testutil.Eventually(t, 30*time.Second, "100 routers converge", func() error { return converged(rs) })
-	t.Logf("100 routers converged in %v", time.Since(start))
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d routers converge", n), func() error { return converged(rs) })
+	t.Logf("%d routers converged in %v", n, time.Since(start))
 	// Ground truth: every router's own entry.
 	truth := map[PeerName]*peerEntry{}
 	for _, r := range rs {

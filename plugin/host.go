@@ -19,17 +19,25 @@ type Host interface {
 	Bridge(name string) (BridgeInfo, error)
 	// IsOwnNetns reports whether netnsPath is the namespace the plugin runs in.
 	IsOwnNetns(netnsPath string) (bool, error)
-	// Attach creates the veth pair (or completes it), addresses and routes it, and announces
-	// the address with gratuitous ARP.
+	// Attach creates the veth pair (or completes the one an earlier ADD made), addresses and
+	// routes it, and announces the address with gratuitous ARP. An ifName in the namespace
+	// (or a hostIfName) that is not that pair is refused with an error wrapping
+	// ErrIfaceExists before anything is made. On any error Attach removes what it made
+	// itself and nothing else.
 	Attach(spec AttachSpec) (Attached, error)
-	// Detach removes ifName from the namespace and hostIfName from the host; whatever is
-	// gone already (namespace, interface) is not an error. netnsPath may be empty.
+	// Detach removes the veth pair by its host end hostIfName; an ifName in the namespace
+	// that is not hostIfName's peer is left alone. Whatever is gone already (namespace,
+	// interface) is not an error. netnsPath may be empty.
 	Detach(netnsPath, ifName, hostIfName string) error
 	// Check verifies the attachment against what ADD returned.
 	Check(want Expected) error
 	// Lock takes an exclusive lock shared by every plugin process on the node.
 	Lock(path string) (unlock func(), err error)
 }
+
+// ErrIfaceExists: the container's interface name (or the host end's) is taken by an
+// interface weave-cni did not make for this container.
+var ErrIfaceExists = errors.New("interface exists already")
 
 // BridgeInfo is what the plugin needs to know of the router's bridge.
 type BridgeInfo struct {
@@ -80,7 +88,8 @@ type FakeHost struct {
 	// Netns are the namespaces that exist; Own is the plugin's.
 	Netns map[string]bool
 	Own   string
-	// Links are the attached interfaces, keyed by netns path + "/" + ifname.
+	// Links are the interfaces in the namespaces, keyed by netns path + "/" + ifname: the
+	// plugin's (HostIfName set) and foreign ones (AddForeignLink, no host end).
 	Links map[string]AttachSpec
 	// FailAttach makes Attach fail.
 	FailAttach error
@@ -97,6 +106,14 @@ func (f *FakeHost) AddBridgeAddr(p netip.Prefix) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.BridgeAddrs = append(f.BridgeAddrs, p)
+}
+
+// AddForeignLink puts an interface the plugin did not make (a runtime's, another
+// plugin's) into a namespace.
+func (f *FakeHost) AddForeignLink(netns, ifName string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Links[netns+"/"+ifName] = AttachSpec{NetnsPath: netns, IfName: ifName}
 }
 
 // Link returns the spec of an attached interface.
@@ -145,14 +162,23 @@ func (f *FakeHost) Attach(spec AttachSpec) (Attached, error) {
 	if !f.Netns[spec.NetnsPath] {
 		return Attached{}, fmt.Errorf("open namespace %s: no such file", spec.NetnsPath)
 	}
+	if prev, ok := f.Links[spec.NetnsPath+"/"+spec.IfName]; ok && prev.HostIfName != spec.HostIfName {
+		return Attached{}, fmt.Errorf("%w: %s in %s is not the peer of %s", ErrIfaceExists, spec.IfName, spec.NetnsPath, spec.HostIfName)
+	}
 	f.Links[spec.NetnsPath+"/"+spec.IfName] = spec
 	return Attached{MAC: fakeMAC(spec.NetnsPath + spec.IfName), HostMAC: fakeMAC(spec.HostIfName), Routes: spec.Routes}, nil
 }
 
-func (f *FakeHost) Detach(netnsPath, ifName, _ string) error {
+// Detach deletes the pair whose host end is hostIfName, as the kernel does when the real
+// one deletes the host end: a foreign interface of the same name stays.
+func (f *FakeHost) Detach(_, _, hostIfName string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.Links, netnsPath+"/"+ifName)
+	for k, l := range f.Links {
+		if l.HostIfName != "" && l.HostIfName == hostIfName {
+			delete(f.Links, k)
+		}
+	}
 	return nil
 }
 

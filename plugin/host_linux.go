@@ -54,15 +54,35 @@ func (LinuxHost) IsOwnNetns(path string) (bool, error) {
 	return a.Dev == b.Dev && a.Ino == b.Ino, nil
 }
 
-func (LinuxHost) Attach(spec AttachSpec) (Attached, error) {
+func (LinuxHost) Attach(spec AttachSpec) (_ Attached, err error) {
 	// netdev does what weavectl attach does (veth on the bridge, MTU, hairpin, accept_ra
 	// off, address, gratuitous ARP); the CNI-specific gateway routes are added here.
 	ns := netdev.AttachSpec{
 		NetnsPath: spec.NetnsPath, IfName: spec.IfName, HostIfName: spec.HostIfName, Bridge: spec.Bridge,
 		MTU: spec.MTU, CIDRs: []netip.Prefix{spec.CIDR}, Hairpin: spec.Hairpin,
 	}
-	if err := netdev.CreateVethIn(ns); err != nil {
+	exists, err := ownVeth(spec)
+	if err != nil {
 		return Attached{}, err
+	}
+	if !exists {
+		if err := netdev.CreateVethIn(ns); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				// Both names were free a moment ago: someone else made one meanwhile.
+				return Attached{}, fmt.Errorf("%w: %s or %s appeared while weave-cni was creating them: %v",
+					ErrIfaceExists, spec.IfName, spec.HostIfName, err)
+			}
+			return Attached{}, err
+		}
+		// From here on a failure removes the pair this call made (deleting the host end
+		// takes the container end with it), and nothing else.
+		defer func() {
+			if err != nil {
+				if l, lerr := netlink.LinkByName(spec.HostIfName); lerr == nil {
+					_ = netlink.LinkDel(l)
+				}
+			}
+		}()
 	}
 	att, err := netdev.Netlink{}.Attach(ns)
 	if err != nil {
@@ -84,6 +104,47 @@ func (LinuxHost) Attach(spec AttachSpec) (Attached, error) {
 		return Attached{}, err
 	}
 	return Attached{MAC: att.MAC, HostMAC: host.Attrs().HardwareAddr, Routes: routes}, nil
+}
+
+// ownVeth reports whether spec's veth pair exists already (an earlier ADD of the same
+// container and interface). Either name taken by anything else is ErrIfaceExists: the
+// container's interface may be another plugin's, or the runtime's own, and is never ours
+// to replace or remove.
+func ownVeth(spec AttachSpec) (bool, error) {
+	host, herr := netlink.LinkByName(spec.HostIfName)
+	var nf netlink.LinkNotFoundError
+	if herr != nil && !errors.As(herr, &nf) {
+		return false, fmt.Errorf("look up %s: %w", spec.HostIfName, herr)
+	}
+	var peer netlink.Link
+	err := withHandle(spec.NetnsPath, func(nh *netlink.Handle) error {
+		l, err := nh.LinkByName(spec.IfName)
+		if err != nil && !errors.As(err, &nf) {
+			return fmt.Errorf("look up %s: %w", spec.IfName, err)
+		}
+		peer = l
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case peer == nil && herr != nil:
+		return false, nil
+	case peer == nil:
+		return false, fmt.Errorf("%w: host interface %s exists, but its peer is not %s in %s",
+			ErrIfaceExists, spec.HostIfName, spec.IfName, spec.NetnsPath)
+	case herr != nil:
+		return false, fmt.Errorf("%w: %s in %s is a %s that weave-cni did not create (no host end %s)",
+			ErrIfaceExists, spec.IfName, spec.NetnsPath, peer.Type(), spec.HostIfName)
+	}
+	// A veth's IFLA_LINK is its peer's index: both ends must name each other.
+	if peer.Type() != "veth" || host.Type() != "veth" ||
+		peer.Attrs().ParentIndex != host.Attrs().Index || host.Attrs().ParentIndex != peer.Attrs().Index {
+		return false, fmt.Errorf("%w: %s in %s (%s) is not the peer of host interface %s",
+			ErrIfaceExists, spec.IfName, spec.NetnsPath, peer.Type(), spec.HostIfName)
+	}
+	return true, nil
 }
 
 // addRoutes adds the routes through link and returns those in place. A gateway outside the
@@ -149,21 +210,12 @@ func isGone(err error) bool {
 	return errors.As(err, &ne) || errors.As(err, &nn) || errors.Is(err, os.ErrNotExist)
 }
 
-func (LinuxHost) Detach(netnsPath, ifName, hostIfName string) error {
-	var errs []error
-	if netnsPath != "" {
-		err := withHandle(netnsPath, func(nh *netlink.Handle) error {
-			return netdev.DeleteLink(nh, ifName)
-		})
-		if err != nil && !isGone(err) {
-			errs = append(errs, fmt.Errorf("in %s: %w", netnsPath, err))
-		}
-	}
-	// Normally gone with its peer; left over when the container end was moved or renamed.
-	if err := netdev.DeleteLink(nil, hostIfName); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+// Detach deletes the host end, which is weave-cni's by its name (a hash of container and
+// interface), and the kernel removes the container end with it. The container's ifName is
+// never deleted by name: without our host end it is not our veth (the runtime's DEL after a
+// refused ADD must not remove the interface the refusal protected).
+func (LinuxHost) Detach(_, _, hostIfName string) error {
+	return netdev.DeleteLink(nil, hostIfName)
 }
 
 func (LinuxHost) Check(want Expected) error {

@@ -37,7 +37,7 @@ type Router interface {
 	Status(ctx context.Context) (api.Status, error)
 	Expose(ctx context.Context, cidrs []string) (api.Endpoint, error)
 	IPAMAllocate(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error)
-	IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error)
+	IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMReleaseResponse, error)
 	IPAMAllocations(ctx context.Context) ([]api.Allocation, error)
 	Close()
 }
@@ -220,9 +220,15 @@ func (p *Plugin) AddResult(args *skel.CmdArgs) (types.Result, error) {
 		MTU: mtu, Hairpin: conf.Hairpin(), CIDR: addr, Routes: routes,
 	})
 	if err != nil {
-		// Leave nothing half-made: the runtime will retry the ADD from scratch.
-		_ = p.host.Detach(args.Netns, args.IfName, hostIf)
+		// Attach has removed what it made, and only that: deleting by name here would take
+		// an interface another plugin or the runtime put there. The address goes back too.
 		release()
+		if errors.Is(err, ErrIfaceExists) {
+			p.log.Warn("add refused: interface exists", "container", args.ContainerID, "netns", args.Netns, "ifname", args.IfName, "err", err)
+			return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
+				fmt.Sprintf("weave-cni: interface %s exists already in %s and is not weave's: refusing to replace or remove it", args.IfName, args.Netns),
+				err.Error())
+		}
 		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("weave-cni: cannot attach %s in %s to bridge %s", args.IfName, args.Netns, conf.Bridge), err.Error())
 	}
 	ipc.Interface = current.Int(1)

@@ -74,18 +74,18 @@ func (r *fakeRouter) IPAMAllocate(_ context.Context, req api.IPAMRequest) (api.I
 	return api.IPAMResponse{CIDRs: []string{r.alloc(req.ID, req.Iface)}}, nil
 }
 
-func (r *fakeRouter) IPAMRelease(_ context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
+func (r *fakeRouter) IPAMRelease(_ context.Context, req api.IPAMRequest) (api.IPAMReleaseResponse, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.down {
-		return api.IPAMResponse{}, client.ErrNotRunning
+		return api.IPAMReleaseResponse{}, client.ErrNotRunning
 	}
 	k := [2]string{req.ID, req.Iface}
 	if _, ok := r.allocs[k]; !ok {
-		return api.IPAMResponse{}, nil
+		return api.IPAMReleaseResponse{}, nil
 	}
 	delete(r.allocs, k)
-	return api.IPAMResponse{Released: 1}, nil
+	return api.IPAMReleaseResponse{Released: 1}, nil
 }
 
 func (r *fakeRouter) IPAMAllocations(context.Context) ([]api.Allocation, error) {
@@ -421,4 +421,47 @@ func FuzzParseNetConf(f *testing.F) {
 			t.Fatalf("accepted an invalid conf: %+v", c)
 		}
 	})
+}
+
+// TestAddIntoTakenIfNameDestroysNothing: the container already has an eth0 that weave-cni
+// did not make. ADD is refused with a spec error naming the conflict, the address it
+// allocated goes back, and the existing eth0 survives the ADD and the runtime's DEL that
+// follows a failed ADD (before, ADD's cleanup deleted that eth0 and its veth peer).
+func TestAddIntoTakenIfNameDestroysNothing(t *testing.T) {
+	f := newFixture(t)
+	f.host.Netns["/run/netns/c1"] = true
+	f.host.AddForeignLink("/run/netns/c1", "eth0")
+	a := args("c1", "/run/netns/c1", "eth0", conf("1.1.0", ""))
+	_, err := f.p.AddResult(a)
+	if code := cniCode(t, err); code != types.ErrInvalidEnvironmentVariables {
+		t.Fatalf("code %d, want %d: %v", code, types.ErrInvalidEnvironmentVariables, err)
+	}
+	if !strings.Contains(err.Error(), "eth0 exists already in /run/netns/c1") {
+		t.Errorf("error does not name the conflict: %v", err)
+	}
+	if l, ok := f.host.Link("/run/netns/c1", "eth0"); !ok || l.HostIfName != "" {
+		t.Fatalf("the foreign eth0 was removed or replaced: %+v %v", l, ok)
+	}
+	if _, ok := f.router.held(allocID("weave", "c1"), "eth0"); ok {
+		t.Fatal("refused ADD kept its address")
+	}
+	if err := f.p.Del(a); err != nil {
+		t.Fatalf("DEL after the refused ADD: %v", err)
+	}
+	if _, ok := f.host.Link("/run/netns/c1", "eth0"); !ok {
+		t.Fatal("DEL after the refused ADD removed the foreign eth0")
+	}
+	// Another interface name in the same container is fine, and DEL removes only it.
+	if _, err := f.p.AddResult(args("c1", "/run/netns/c1", "net1", conf("1.1.0", ""))); err != nil {
+		t.Fatalf("ADD net1: %v", err)
+	}
+	if err := f.p.Del(args("c1", "/run/netns/c1", "net1", conf("1.1.0", ""))); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.host.Link("/run/netns/c1", "net1"); ok {
+		t.Fatal("DEL left net1")
+	}
+	if _, ok := f.host.Link("/run/netns/c1", "eth0"); !ok {
+		t.Fatal("DEL of net1 removed the foreign eth0")
+	}
 }

@@ -61,6 +61,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if err != nil {
 			return fmt.Errorf("encode request: %w", err)
 		}
+		if len(b) > api.MaxRequestBody {
+			// The daemon would refuse it too; saying so here spares sending megabytes.
+			return api.Errorf(api.CodeTooLarge, "%s %s: request body too large: %d bytes, the limit is %d", method, path, len(b), api.MaxRequestBody)
+		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://weave"+path, body)
@@ -185,8 +189,8 @@ func (c *Client) IPAMClaim(ctx context.Context, req api.IPAMRequest) (api.IPAMRe
 }
 
 // IPAMRelease frees one address (req.CIDR), an interface's, or (no Iface) a container's.
-func (c *Client) IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMResponse, error) {
-	return call[api.IPAMResponse](ctx, c, http.MethodPost, api.PathIPAMRelease, req)
+func (c *Client) IPAMRelease(ctx context.Context, req api.IPAMRequest) (api.IPAMReleaseResponse, error) {
+	return call[api.IPAMReleaseResponse](ctx, c, http.MethodPost, api.PathIPAMRelease, req)
 }
 
 // IPAMAllocations lists every allocation the router holds.

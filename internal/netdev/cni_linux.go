@@ -1,20 +1,18 @@
 package netdev
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // CreateVethIn creates spec's veth pair with the container end made directly inside the
 // namespace under its final name (host end on the bridge, MTU, hairpin, up), so that a
-// following Attach only completes it (Attach makes the pair the same way when it finds none;
-// creating it in place, rather than moving a link between namespaces, saves an RCU grace
-// period: about half of a CNI ADD's time on a busy host). An interface of that name already
-// in the namespace is left for Attach.
+// following Attach only completes it. Moving a link between namespaces, as Attach does when
+// it creates the pair itself, waits for an RCU grace period: about half of a CNI ADD's time
+// on a busy host. When either name exists already nothing is made and the error wraps
+// unix.EEXIST: the caller decides whether what is there is its own.
 func CreateVethIn(spec AttachSpec) error {
 	if err := checkIfNames(spec); err != nil {
 		return err
@@ -28,13 +26,7 @@ func CreateVethIn(spec AttachSpec) error {
 	if err != nil {
 		return fmt.Errorf("look up bridge %s: %w", spec.Bridge, err)
 	}
-	if err := addVeth(ns, br, spec); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return nil // the host end or the container end exists: Attach completes or reports it
-		}
-		return err
-	}
-	return nil
+	return addVeth(ns, br, spec)
 }
 
 // addVeth is the one veth creator: the host end on the bridge (MTU, hairpin, up) and the

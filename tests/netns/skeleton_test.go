@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -74,38 +73,45 @@ func TestLaunchStatusStopThreeRouters(t *testing.T) {
 		})
 	}
 
-	// Metrics carry Weave's names and agree with the report.
-	m := rs[0].metrics()
-	// Established connections start on the sleeve and may have moved to fastdp by now: the
-	// series of all overlays add up to the two connections.
-	est := 0.0
-	for _, line := range strings.Split(m, "\n") {
-		if rest, ok := strings.CutPrefix(line, `weave_connections{encryption="",state="established",type="`); ok {
-			if _, v, ok := strings.Cut(rest, "} "); ok {
-				f, _ := strconv.ParseFloat(v, 64)
-				est += f
+	// Metrics carry Weave's names and agree with the report. Right after the connections
+	// are established their overlay may not be chosen yet (type "unknown"), which on a loaded
+	// machine a single snapshot caught: wait until both have one and the metrics say so.
+	testutil.Eventually(t, 20*time.Second, "metrics agree with the report", func() error {
+		types := map[string]int{}
+		for _, c := range rs[0].report().Router.Connections {
+			if c.State == "established" {
+				if c.Overlay == "" {
+					return fmt.Errorf("connection to %s has no overlay yet", c.Peer)
+				}
+				types[c.Overlay]++
 			}
 		}
-	}
-	if est != 2 {
-		t.Errorf("weave_connections established = %v, want 2\n%s", est, m)
-	}
-	for _, want := range []string{
-		"weave_connection_terminations_total ",
-		"weave_peers 3",
-		"weave_ready 1",
-		`weave_ips{state="local-used"} `,
-		"weave_max_ips 1.048576e+06",
-		"weave_ipam_unreachable_count 0",
-		"weave_ipam_pending_allocates 0",
-		`weave_sleeve_frames_total{direction="in"} `,
-		`weave_sleeve_drops_total{direction="out"} `,
-		`weave_mesh_refused_total{reason="malformed_message"} 0`,
-	} {
-		if !strings.Contains(m, want) {
-			t.Errorf("metrics lack %q", want)
+		if types["sleeve"]+types["fastdp"] != 2 {
+			return fmt.Errorf("established connections by overlay: %v", types)
 		}
-	}
+		m := rs[0].metrics()
+		want := []string{
+			"weave_connection_terminations_total ",
+			"weave_peers 3",
+			"weave_ready 1",
+			`weave_ips{state="local-used"} `,
+			"weave_max_ips 1.048576e+06",
+			"weave_ipam_unreachable_count 0",
+			"weave_ipam_pending_allocates 0",
+			`weave_sleeve_frames_total{direction="in"} `,
+			`weave_sleeve_drops_total{direction="out"} `,
+			`weave_mesh_refused_total{reason="malformed_message"} 0`,
+		}
+		for typ, n := range types {
+			want = append(want, fmt.Sprintf(`weave_connections{encryption="",state="established",type=%q} %d`, typ, n))
+		}
+		for _, w := range want {
+			if !strings.Contains(m, w) {
+				return fmt.Errorf("metrics lack %q (report: %v)", w, types)
+			}
+		}
+		return nil
+	})
 
 	// Human status works.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -111,6 +111,12 @@ func Run(args []string, env Env) int {
 		if cmd.name != rest[0] {
 			continue
 		}
+		// Help is answered before the command runs: `launch --help` must not start weaver,
+		// and no verb may touch the daemon, the state dir or the host to print its usage.
+		if wantsHelp(rest[1:]) {
+			commandUsage(env.Stdout, cmd)
+			return 0
+		}
 		err := cmd.run(c, rest[1:])
 		if err == nil {
 			return 0
@@ -140,6 +146,25 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %-40s %s\n", c.name, c.args, c.help)
 	}
 	fmt.Fprintln(w, "\nenvironment: WEAVE_SOCKET, WEAVE_STATE_DIR, WEAVE_PASSWORD")
+}
+
+// wantsHelp reports whether args ask for help. No verb takes a positional argument that
+// starts with "-", so these can never be a PEER, CIDR or TARGET.
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+func commandUsage(w io.Writer, cmd command) {
+	fmt.Fprintf(w, "usage: weavectl [--socket PATH] [--state-dir DIR] %s %s\n\n%s\n", cmd.name, cmd.args, cmd.help)
+	if cmd.name == "launch" {
+		fmt.Fprintf(w, "\n%s\n", launchDetail)
+	}
 }
 
 func timeout(d time.Duration) (context.Context, context.CancelFunc) {

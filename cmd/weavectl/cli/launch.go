@@ -17,6 +17,12 @@ import (
 // launchTimeout is how long launch waits for the router to become ready (CONTRACT: 30 s).
 const launchTimeout = 30 * time.Second
 
+const launchDetail = `flags (as weaver's): --name, --nickname, --password, --password-file, --port,
+  --ipalloc-range CIDR (default 10.32.0.0/12), --ipalloc-init consensus[=N]|seed=NAME,...|observer,
+  --conn-limit, --mtu, --no-fastdp, --no-discovery, --trusted-subnets, --metrics-addr,
+  --log-level, --state-dir, --socket
+PEER is host[:port]. Prints the peer name once the router is ready (at most 30 s).`
+
 func runLaunch(c *ctx, args []string) error {
 	if st, err := statusNow(c); err == nil {
 		return fmt.Errorf("weaver is already running (peer %s, pid %d, socket %s); `weavectl stop` first", st.Name, st.PID, c.socket)
