@@ -224,7 +224,7 @@ func (p *Plugin) AddResult(args *skel.CmdArgs) (types.Result, error) {
 		// an interface another plugin or the runtime put there. The address goes back too.
 		release()
 		if errors.Is(err, ErrIfaceExists) {
-			p.log.Warn("add refused: interface exists", "container", args.ContainerID, "netns", args.Netns, "ifname", args.IfName, "err", err)
+			p.log.Warn("add refused: interface exists", logx.KeyContainer, args.ContainerID, logx.KeyNetns, args.Netns, logx.KeyDevice, args.IfName, logx.KeyErr, err)
 			return nil, types.NewError(types.ErrInvalidEnvironmentVariables,
 				fmt.Sprintf("weave-cni: interface %s exists already in %s and is not weave's: refusing to replace or remove it", args.IfName, args.Netns),
 				err.Error())
