@@ -14,13 +14,18 @@ package sleeve
 // id counts super-frames per connection, so that the receiver also notices super-frames of
 // which no piece arrived (a whole batch dropped at a full socket queue), and reports losses.
 //
-// All pieces of a super-frame go out in one batch (one sendmmsg, in order), so a receiver
-// sees them in order unless the network reorders or loses one; then the partial
-// super-frame is dropped and counted, and TCP recovers as from any loss.
+// All pieces of a super-frame go out in one batch (one sendmmsg, in order), but the network
+// may reorder them, and a path with jitter mixes the pieces of consecutive super-frames
+// (netem with 5 ms of jitter shuffles them all: docs/VMLAB.md). The receiver therefore puts
+// together up to asmSlots super-frames at once per neighbour, each with a bitmap of the
+// pieces it has, among the last asmWindow ids; a super-frame still incomplete when it leaves
+// that window, when its slot is needed for a newer one, or after asmTimeout is dropped and
+// counted as lost, and TCP recovers as from any loss.
 
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"time"
 
 	"github.com/weavemesh/weave/internal/logx"
@@ -92,14 +97,41 @@ func parsePiece(b []byte) (p pieceHdr, data []byte, err error) {
 	return p, data, nil
 }
 
-// assembly is a neighbour's super-frame being put together; only the socket reader uses it.
+// Reassembly bounds, per neighbour. Memory: at most asmSlots buffers of asmHeadroom +
+// maxSuperFrame bytes, taken only while pieces are out of order or missing.
+const (
+	// asmSlots: super-frames in flight at once. netem's 20 ms ± 5 ms with 25% reordering
+	// mixes the pieces of up to ~6 consecutive super-frames in the VM lab.
+	asmSlots = 8
+	// asmWindow: ids (one bit each of a uint64) among which a piece may still arrive; an
+	// id older than that is settled (put together or counted lost).
+	asmWindow = 64
+	// asmMaxPieces: a sender cuts a super-frame into at most one batch of datagrams.
+	asmMaxPieces = batchDatagrams
+	// asmTimeout: a super-frame still incomplete after this is lost; TCP's retransmission
+	// (200 ms at least) has taken over by then anyway.
+	asmTimeout = 250 * time.Millisecond
+)
+
+// asmSlot is one super-frame being put together.
+type asmSlot struct {
+	buf     []byte   // nil: the slot is free
+	hdr     pieceHdr // what every piece must agree on: id, total, src, dst, gso
+	pd      uint32   // the piece size, from a piece that is not the last one; 0 until then
+	have    uint64   // bit k: piece k (bytes [k*pd, (k+1)*pd)) is in buf
+	tailOff uint32   // the last piece, when it came before pd was known (tailLen 0: none)
+	tailLen uint32
+	started int64
+}
+
+// assembly is a neighbour's reassembly state; only the socket reader uses it.
 type assembly struct {
-	buf []byte // nil: none in progress
-	hdr pieceHdr
-	got uint32
-	// nextID is the id expected of the next super-frame's first piece, once idSeen.
-	nextID uint16
-	idSeen bool
+	slots [asmSlots]asmSlot
+	// top is one past the newest id seen, once idSeen; bit k of settled says that id
+	// top-1-k was put together or counted lost, bit k of done that it was put together.
+	top           uint16
+	settled, done uint64
+	idSeen        bool
 }
 
 // MaxGSO implements overlay.GSOForwarder: super-frames go whole to a neighbour that takes
@@ -206,7 +238,10 @@ func (n *neighbour) packSuper(b *batch, fr *overlay.Frame, limit int, locked, le
 	return b, true
 }
 
-// piece handles a piece record from nb; a completed super-frame is appended to r.frames.
+// piece handles a piece record from nb; a completed super-frame is appended to r.done.
+// Pieces that contradict what the super-frame's earlier pieces said (another size, an
+// offset that is not a piece boundary, a piece twice) are refused as malformed: they come
+// from a broken or hostile sender, never from reordering.
 func (r *reader) piece(nb *neighbour, payload []byte) {
 	s := r.s
 	p, data, err := parsePiece(payload)
@@ -215,43 +250,183 @@ func (r *reader) piece(nb *neighbour, payload []byte) {
 		return
 	}
 	a := &nb.gso.asm
-	if p.offset == 0 {
-		lost := uint32(0)
-		if a.buf != nil && a.got > 0 {
-			lost++ // the previous one lost its tail
-		}
-		if gap := p.id - a.nextID; a.idSeen && gap < 1<<15 {
-			lost += uint32(gap) // super-frames of which not even the first piece came
-		}
-		a.nextID, a.idSeen = p.id+1, true
-		if lost > 0 {
-			s.stats.gsoIncomplete.Add(uint64(lost))
-			nb.gso.asmLost.Add(lost)
-		}
-		if a.buf == nil {
-			a.buf = s.getAsm()
-		}
-		a.hdr, a.got = p, 0
-	} else if a.buf == nil || a.got != p.offset || a.hdr.id != p.id || a.hdr.total != p.total ||
-		a.hdr.src != p.src || a.hdr.dst != p.dst {
-		if a.got > 0 { // a piece was lost or came out of order
-			s.stats.gsoIncomplete.Add(1)
-			nb.gso.asmLost.Add(1)
-			a.got = 0
-		}
-		return // (one whose first piece never came is counted by the id gap)
+	lost := a.expire(s, r.now)
+	if !a.idSeen {
+		// Ids before the first one seen were never ours to count.
+		a.top, a.settled, a.done, a.idSeen = p.id+1, ^uint64(1), 0, true
 	}
-	copy(a.buf[asmHeadroom+int(p.offset):], data)
-	a.got += uint32(len(data))
-	if a.got < a.hdr.total {
+	age := a.top - 1 - p.id
+	if age >= 1<<15 { // newer than any seen: slide the window
+		lost += a.advance(s, p.id)
+		age = 0
+	}
+	if lost > 0 {
+		s.stats.gsoIncomplete.Add(uint64(lost))
+		nb.gso.asmLost.Add(lost)
+	}
+	switch {
+	case age >= asmWindow:
+		return // long settled (counted lost by now): late, not hostile
+	case a.done&(1<<age) != 0:
+		s.stats.malformed.Add(1) // a piece of one put together already: a duplicate
+		return
+	case a.settled&(1<<age) != 0:
+		return // its super-frame was counted lost already
+	}
+	sl := a.slotFor(s, nb, p, age, r.now)
+	if sl == nil {
 		return
 	}
-	buf := a.buf
-	a.buf, a.got = nil, 0
+	if sl.hdr.total != p.total || sl.hdr.src != p.src || sl.hdr.dst != p.dst || sl.hdr.gso != p.gso {
+		s.stats.malformed.Add(1)
+		return
+	}
+	ok, tailRefused := sl.add(p.offset, data)
+	if tailRefused {
+		s.stats.malformed.Add(1)
+	}
+	if !ok {
+		s.stats.malformed.Add(1)
+		return
+	}
+	if sl.pd == 0 || sl.have != 1<<(sl.pieces()-1)<<1-1 {
+		return // not complete yet
+	}
+	a.settled |= 1 << age
+	a.done |= 1 << age
+	buf, hdr := sl.buf, sl.hdr
+	*sl = asmSlot{}
 	nb.gso.asmDone.Add(1)
 	r.held = append(r.held, buf) // back to the pool once the router is done with it
-	r.done = append(r.done, overlay.Frame{Src: a.hdr.src, Dst: a.hdr.dst, GSO: a.hdr.gso,
-		Data: buf[asmHeadroom : asmHeadroom+int(a.hdr.total)], Buf: buf, Off: asmHeadroom})
+	r.done = append(r.done, overlay.Frame{Src: hdr.src, Dst: hdr.dst, GSO: hdr.gso,
+		Data: buf[asmHeadroom : asmHeadroom+int(hdr.total)], Buf: buf, Off: asmHeadroom})
+}
+
+// advance makes id the newest id seen and returns how many super-frames that writes off:
+// those that leave the window unsettled, including ids skipped so far that no piece of
+// has come.
+func (a *assembly) advance(s *Sleeve, id uint16) (lost uint32) {
+	n := uint32(id - (a.top - 1)) // 1..1<<15
+	if n >= asmWindow {
+		lost = uint32(bits.OnesCount64(^a.settled)) + n - asmWindow
+		a.settled, a.done = 0, 0
+	} else {
+		leaving := ^a.settled >> (asmWindow - n) // the n oldest bits
+		lost = uint32(bits.OnesCount64(leaving))
+		a.settled <<= n
+		a.done <<= n
+	}
+	// The new ids but the one that came are unsettled: their pieces may still come.
+	a.top = id + 1
+	for i := range a.slots {
+		if sl := &a.slots[i]; sl.buf != nil && a.top-1-sl.hdr.id >= asmWindow {
+			s.putAsm(sl.buf) // counted above, with the unsettled ids leaving
+			*sl = asmSlot{}
+		}
+	}
+	return lost
+}
+
+// expire writes off the super-frames still incomplete after asmTimeout.
+func (a *assembly) expire(s *Sleeve, now int64) (lost uint32) {
+	for i := range a.slots {
+		if sl := &a.slots[i]; sl.buf != nil && now-sl.started > int64(asmTimeout) {
+			a.settle(s, sl)
+			lost++
+		}
+	}
+	return lost
+}
+
+// settle writes off sl's super-frame and frees the slot.
+func (a *assembly) settle(s *Sleeve, sl *asmSlot) {
+	if age := a.top - 1 - sl.hdr.id; age < asmWindow {
+		a.settled |= 1 << age
+	}
+	s.putAsm(sl.buf)
+	*sl = asmSlot{}
+}
+
+// slotFor returns the slot of p's super-frame (age: how far its id is behind the newest),
+// taking a free one, or the one of the oldest super-frame, which is then lost. It returns
+// nil when p's own super-frame is the oldest and so is written off instead.
+func (a *assembly) slotFor(s *Sleeve, nb *neighbour, p pieceHdr, age uint16, now int64) *asmSlot {
+	var free, oldest *asmSlot
+	oldestAge := age
+	for i := range a.slots {
+		sl := &a.slots[i]
+		if sl.buf == nil {
+			if free == nil {
+				free = sl
+			}
+			continue
+		}
+		if sl.hdr.id == p.id {
+			return sl
+		}
+		if sa := a.top - 1 - sl.hdr.id; sa > oldestAge {
+			oldest, oldestAge = sl, sa
+		}
+	}
+	if free == nil {
+		s.stats.gsoIncomplete.Add(1)
+		nb.gso.asmLost.Add(1)
+		if oldest == nil { // p's super-frame is the oldest: it gets no slot
+			a.settled |= 1 << age
+			return nil
+		}
+		a.settle(s, oldest)
+		free = oldest
+	}
+	*free = asmSlot{buf: s.getAsm(), hdr: p, started: now}
+	free.hdr.offset = 0
+	return free
+}
+
+// pieces is how many pieces the super-frame has; only once pd is known.
+func (sl *asmSlot) pieces() uint32 { return (sl.hdr.total + sl.pd - 1) / sl.pd }
+
+// add puts the piece at off into the super-frame, and reports false if it contradicts the
+// pieces so far. A last piece kept aside that the first other piece contradicts is dropped
+// instead (tailRefused): pieces that are not the last are the many. The piece lies within
+// total (parsePiece checked).
+func (sl *asmSlot) add(off uint32, data []byte) (ok, tailRefused bool) {
+	n := uint32(len(data))
+	last := off+n == sl.hdr.total
+	if sl.pd == 0 {
+		switch {
+		case last && off > 0:
+			// The last piece, short: where the boundaries are is known only from a
+			// piece that is not the last. Keep it aside until then.
+			if sl.tailLen != 0 {
+				return false, false
+			}
+			sl.tailOff, sl.tailLen = off, n
+			copy(sl.buf[asmHeadroom+int(off):], data)
+			return true, false
+		case (sl.hdr.total+n-1)/n > asmMaxPieces:
+			return false, false // a sender never cuts that small
+		}
+		sl.pd = n
+		if sl.tailLen != 0 {
+			if sl.tailOff%n != 0 || sl.tailLen > n {
+				tailRefused = true
+			} else {
+				sl.have |= 1 << (sl.tailOff / n)
+			}
+			sl.tailOff, sl.tailLen = 0, 0
+		}
+	}
+	if off%sl.pd != 0 || (!last && n != sl.pd) || n > sl.pd {
+		return false, tailRefused
+	}
+	bit := uint64(1) << (off / sl.pd) // < asmMaxPieces: off < total <= pd*asmMaxPieces
+	if sl.have&bit != 0 {
+		return false, tailRefused // a piece twice
+	}
+	sl.have |= bit
+	copy(sl.buf[asmHeadroom+int(off):], data)
+	return true, tailRefused
 }
 
 func (s *Sleeve) getAsm() []byte {

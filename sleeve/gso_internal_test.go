@@ -42,8 +42,9 @@ func feed(r *reader, recs ...[]byte) {
 	}
 }
 
-// TestReassembly: pieces in order make one super-frame; a lost or reordered piece drops the
-// partial super-frame (counted) and the next complete one still gets through; hostile
+// TestReassembly: pieces in order make one super-frame; reordered pieces too; a super-frame
+// with a lost piece is counted lost when it times out, and one of which no piece came when
+// its id leaves the window, while the complete ones around them still get through; hostile
 // pieces are counted as malformed and never delivered.
 func TestReassembly(t *testing.T) {
 	s, r, _ := fuzzSleeve(t)
@@ -65,31 +66,54 @@ func TestReassembly(t *testing.T) {
 		recv.frames[0].Src != src || recv.frames[0].Dst != dst {
 		t.Fatalf("in-order pieces: delivered %d frames, want the super-frame", len(recv.frames))
 	}
-	// The middle piece lost: nothing, counted; then a whole one.
+	// The middle piece lost: kept in flight; then a whole one.
 	p := whole()
 	feed(r, p[0], p[2])
 	feed(r, whole()...)
-	// Reordered: counted, and the next whole one is fine.
+	// Reordered: put together.
 	p = whole()
 	feed(r, p[0], p[2], p[1])
 	feed(r, whole()...)
-	// The first piece lost: counted once, by the id gap at the next one.
+	// The first piece lost: kept in flight too.
 	p = whole()
 	feed(r, p[1], p[2])
 	feed(r, whole()...)
-	// Not a single piece of one came: the id gap again.
+	// Not a single piece of one came.
 	whole()
 	feed(r, whole()...)
-	if len(recv.frames) != 5 {
-		t.Errorf("delivered %d super-frames, want 5 (the whole ones)", len(recv.frames))
+	if len(recv.frames) != 6 {
+		t.Errorf("delivered %d super-frames, want 6 (the whole and the reordered ones)", len(recv.frames))
 	}
-	if got := s.stats.gsoIncomplete.Load(); got != 4 {
-		t.Errorf("lost super-frames counted %d, want 4", got)
+	if got := s.stats.gsoIncomplete.Load(); got != 0 {
+		t.Errorf("lost super-frames counted %d before they could be known lost, want 0", got)
 	}
 	nb := (*s.peers.Load())[fuzzPlainPeer]
-	if d, l := nb.gso.asmDone.Load(), nb.gso.asmLost.Load(); d != 5 || l != 4 {
-		t.Errorf("the peer's heartbeats would report %d received and %d lost, want 5 and 4", d, l)
+	inFlight := 0
+	for i := range nb.gso.asm.slots {
+		if sl := &nb.gso.asm.slots[i]; sl.buf != nil {
+			inFlight++
+			sl.started -= 2 * int64(asmTimeout)
+		}
 	}
+	if inFlight != 2 {
+		t.Errorf("%d super-frames in flight, want the 2 with a piece missing", inFlight)
+	}
+	// Timed out, those two are lost; the one without pieces when its id leaves the window.
+	feed(r, whole()...)
+	if got := s.stats.gsoIncomplete.Load(); got != 2 {
+		t.Errorf("timed out super-frames counted %d, want 2", got)
+	}
+	for range asmWindow {
+		feed(r, whole()...)
+	}
+	if got := s.stats.gsoIncomplete.Load(); got != 3 {
+		t.Errorf("lost super-frames counted %d, want 3", got)
+	}
+	delivered := 6 + 1 + asmWindow
+	if d, l := nb.gso.asmDone.Load(), nb.gso.asmLost.Load(); d != uint32(delivered) || l != 3 {
+		t.Errorf("the peer's heartbeats would report %d received and %d lost, want %d and 3", d, l, delivered)
+	}
+	recv.frames = recv.frames[:0]
 	before := s.stats.malformed.Load()
 	hostile := [][]byte{
 		pieceRecord(99, src, dst, 1000, 900, payload[:200]),    // beyond its total
@@ -103,7 +127,7 @@ func TestReassembly(t *testing.T) {
 	if got := s.stats.malformed.Load() - before; got != uint64(len(hostile)) {
 		t.Errorf("hostile pieces counted malformed %d, want %d", got, len(hostile))
 	}
-	if len(recv.frames) != 5 {
+	if len(recv.frames) != 0 {
 		t.Errorf("a hostile piece was delivered: %d frames", len(recv.frames))
 	}
 }

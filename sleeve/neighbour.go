@@ -49,7 +49,7 @@ type neighbour struct {
 	// Super-frames sent and received in pieces (gso.go).
 	gso struct {
 		on  bool     // the peer takes super-frames in pieces, and we send them so; immutable
-		asm assembly // the super-frame being received; the socket reader's
+		asm assembly // the super-frames being put together; the socket reader's
 		// Super-frames from the peer put together and lost (the reader counts, heartbeats
 		// report them), and until when we send none because the peer reported losses.
 		asmDone, asmLost atomic.Uint32

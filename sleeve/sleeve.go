@@ -77,7 +77,7 @@ type Stats struct {
 	UnknownSender uint64 // datagrams from a peer we have no connection with
 	Malformed     uint64 // datagrams or records that do not decode
 	Datagrams     uint64 // datagrams received
-	GSOIncomplete uint64 // super-frames dropped because a piece was lost or reordered
+	GSOIncomplete uint64 // super-frames dropped incomplete: a piece lost, or late beyond the reassembly (gso.go)
 	GSOBackoffs   uint64 // times a peer's reported losses turned GSO passthrough to it off for a while
 }
 

@@ -1,0 +1,5 @@
+//go:build !race
+
+package sleeve
+
+const internalRaceEnabled = false
