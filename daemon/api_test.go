@@ -146,6 +146,32 @@ func TestAPIExposeAllocatesOnceAndReportShowsIt(t *testing.T) {
 	}
 }
 
+// TestAPIHideAddressTheHostNeverHad: hide of an address the host was not given is refused
+// with what it has, and changes nothing; its own address hides.
+func TestAPIHideAddressTheHostNeverHad(t *testing.T) {
+	d := newTestDaemon(t)
+	d.ipam.Prime()
+	h := d.apiHandler()
+	testutil.Eventually(t, 10*time.Second, "expose claims its address", func() error {
+		if status, body := call(t, h, "POST", api.PathExpose, `{"cidrs":["10.32.0.7/12"]}`); status != 200 {
+			return fmt.Errorf("%d %s", status, body)
+		}
+		return nil
+	})
+	status, body := call(t, h, "POST", api.PathHide, `{"cidrs":["10.32.0.8/12"]}`)
+	var e api.Error
+	if err := json.Unmarshal(body, &e); err != nil || status != 404 || e.Code != api.CodeNotFound ||
+		!strings.Contains(e.Message, "10.32.0.8/12 is not an address of the host") || !strings.Contains(e.Message, "10.32.0.7/12") {
+		t.Fatalf("hide of a foreign address: %d %s", status, body)
+	}
+	if l, _ := d.links.(*netdev.Fake).Link(d.cfg.Bridge); len(l.Addrs) != 1 {
+		t.Errorf("bridge addresses after the refused hide: %v", l.Addrs)
+	}
+	if status, body := call(t, h, "POST", api.PathHide, `{"cidrs":["10.32.0.7/12"]}`); status != 200 || !strings.Contains(string(body), "10.32.0.7/12") {
+		t.Fatalf("hide of its address: %d %s", status, body)
+	}
+}
+
 // FuzzAPI feeds arbitrary requests to every handler: nothing panics, and every refusal is a
 // well-formed error with a stable code.
 func FuzzAPI(f *testing.F) {

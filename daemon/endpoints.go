@@ -456,13 +456,8 @@ func (d *Daemon) detach(ctx context.Context, req api.DetachRequest) (api.Endpoin
 	if e == nil {
 		return api.Endpoint{}, api.Errorf(api.CodeNotFound, "%s is not attached", req.Target)
 	}
-	// Detaching an address the target never had is an error, not a silent success that
-	// echoes it (and releases nothing, or worse, another holder's claim).
-	for _, c := range cidrs {
-		if !slices.Contains(e.CIDRs, c) {
-			return api.Endpoint{}, api.Errorf(api.CodeNotFound, "%s is not an address of %s (it has %s)",
-				c, req.Target, strings.Join(prefixesToStrings(e.CIDRs), ", "))
-		}
+	if err := checkHeld(cidrs, e.CIDRs, req.Target); err != nil {
+		return api.Endpoint{}, err
 	}
 	removed := cidrs
 	if len(cidrs) == 0 {
@@ -562,6 +557,9 @@ func (d *Daemon) hide(_ context.Context, req api.ExposeRequest) (api.Endpoint, e
 	if e == nil {
 		return api.Endpoint{}, api.Errorf(api.CodeNotFound, "the host is not exposed")
 	}
+	if err := checkHeld(cidrs, e.CIDRs, "the host"); err != nil {
+		return api.Endpoint{}, err
+	}
 	if len(cidrs) == 0 {
 		cidrs = slices.Clone(e.CIDRs)
 	}
@@ -587,6 +585,18 @@ func (d *Daemon) hide(_ context.Context, req api.ExposeRequest) (api.Endpoint, e
 	}
 	d.release(api.ExposeID, d.cfg.Bridge, cidrs)
 	return api.Endpoint{ID: api.ExposeID, MAC: e.MAC, CIDRs: prefixesToStrings(cidrs)}, nil
+}
+
+// checkHeld refuses to take away an address the endpoint never had: detach and hide would
+// otherwise succeed silently, echoing it (and releasing nothing, or another holder's claim).
+func checkHeld(cidrs, has []netip.Prefix, whose string) error {
+	for _, c := range cidrs {
+		if !slices.Contains(has, c) {
+			return api.Errorf(api.CodeNotFound, "%s is not an address of %s (it has %s)",
+				c, whose, strings.Join(prefixesToStrings(has), ", "))
+		}
+	}
+	return nil
 }
 
 // endpointList is what ps and the report show; endpoints whose namespace is gone are left out.

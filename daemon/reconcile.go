@@ -46,16 +46,23 @@ func (d *Daemon) reconcileEndpoints() {
 			continue // the bridge's own addresses: kept with the bridge
 		}
 		log := d.log.With(logx.KeyNetns, e.NetnsPath, logx.KeyContainer, e.ID)
-		if e.Pending {
+		// drop removes what is left of e and releases its addresses; false when the veth
+		// cannot go (the record stays for the next start).
+		drop := func(why string) bool {
 			if err := d.links.Delete(e.HostIf); err != nil {
-				log.Warn("cannot remove the veth of an unfinished attach", logx.KeyErr, err)
-				continue
+				log.Warn("cannot remove the veth of "+why, logx.KeyErr, err)
+				return false
 			}
 			d.release(e.ID, e.IfName, nil)
 			delete(s.m, key)
 			changed = true
-			d.epEvents.undone.Add(1)
-			log.Info("undid an attach that a stopped daemon left unfinished")
+			return true
+		}
+		if e.Pending {
+			if drop("an unfinished attach") {
+				d.epEvents.undone.Add(1)
+				log.Info("undid an attach that a stopped daemon left unfinished")
+			}
 			continue
 		}
 		got, ok, err := d.links.Inspect(e.NetnsPath, e.IfName)
@@ -67,15 +74,10 @@ func (d *Daemon) reconcileEndpoints() {
 			continue
 		}
 		if !ok {
-			if err := d.links.Delete(e.HostIf); err != nil {
-				log.Warn("cannot remove the veth of a gone endpoint", logx.KeyErr, err)
-				continue
+			if drop("a gone endpoint") {
+				d.epEvents.forgotten.Add(1)
+				log.Info("forgot an endpoint whose interface is gone; addresses released", logx.KeyCIDR, prefixesToStrings(e.CIDRs))
 			}
-			d.release(e.ID, e.IfName, nil)
-			delete(s.m, key)
-			changed = true
-			d.epEvents.forgotten.Add(1)
-			log.Info("forgot an endpoint whose interface is gone; addresses released", logx.KeyCIDR, prefixesToStrings(e.CIDRs))
 			continue
 		}
 		if len(e.Adding) > 0 {

@@ -363,16 +363,9 @@ func (r *Switch) routineReadTAP(dev tap.Device) {
 			n, err = dev.Read(w.readBufs, w.readSizes, tap.Headroom)
 		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if overlay.ReadFailed(err, r.closed, r.log, "tap read failed") {
 				return
 			}
-			select {
-			case <-r.closed:
-				return
-			default:
-			}
-			r.log.Warn("tap read failed", logx.KeyErr, err)
-			time.Sleep(10 * time.Millisecond) // a transient error must not spin a core
 			continue
 		}
 		w.handleCaptured(n)

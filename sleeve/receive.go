@@ -74,16 +74,9 @@ func (s *Sleeve) routineReceive() {
 		n, err := s.bind.ReadBatch(r.bufs, r.sizes, r.eps)
 		if err != nil {
 			free <- r
-			if isClosed(err) {
+			if overlay.ReadFailed(err, s.done, s.log, "sleeve socket read failed") {
 				return
 			}
-			select {
-			case <-s.done:
-				return
-			default:
-			}
-			s.log.Warn("sleeve socket read failed", logx.KeyErr, err)
-			time.Sleep(10 * time.Millisecond) // a persistent error must not spin a core
 			continue
 		}
 		r.handle(n)
