@@ -18,40 +18,66 @@ import (
 )
 
 func TestParseIperf(t *testing.T) {
-	good := `{"start":{},"end":{"sum_sent":{"bits_per_second":9.5e9,"retransmits":12},
-		"sum_received":{"bits_per_second":9.4e9},"cpu_utilization_percent":{"host_total":40.5,"remote_total":60.25}}}`
-	r, err := parseIperf([]byte(good))
+	good := `{"start":{"test_start":{"num_streams":1}},"end":{"sum_sent":{"bits_per_second":9.5e9,"retransmits":12},
+		"sum_received":{"bits_per_second":9.4e9,"bytes":11750000000},"cpu_utilization_percent":{"host_total":40.5,"remote_total":60.25}}}`
+	r, err := parseIperf([]byte(good), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.bps != 9.4e9 || r.retransmits != 12 || r.senderCPU != 40.5 || r.receiverCPU != 60.25 {
+	if r.bps != 9.4e9 || r.bytes != 11.75e9 || r.retransmits != 12 || r.senderCPU != 40.5 || r.receiverCPU != 60.25 {
 		t.Fatalf("parseIperf = %+v", r)
 	}
 	for name, out := range map[string]string{
 		"iperf error":   `{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}`,
-		"no throughput": `{"end":{"sum_received":{"bits_per_second":0}}}`,
+		"no throughput": `{"start":{"test_start":{"num_streams":1}},"end":{"sum_received":{"bits_per_second":0,"bytes":5}}}`,
+		"no payload":    `{"start":{"test_start":{"num_streams":1}},"end":{"sum_received":{"bits_per_second":1e9}}}`,
 		"not json":      "iperf3: error - unable to connect",
 	} {
-		if _, err := parseIperf([]byte(out)); err == nil {
+		if _, err := parseIperf([]byte(out), 1); err == nil {
 			t.Errorf("%s: accepted %q", name, out)
 		}
 	}
-	if _, err := parseIperf([]byte(`{"error":"unable to connect to server"}`)); err == nil || !strings.Contains(err.Error(), "unable to connect") {
+	if _, err := parseIperf([]byte(`{"error":"unable to connect to server"}`), 1); err == nil || !strings.Contains(err.Error(), "unable to connect") {
 		t.Errorf("iperf3's own error not passed on: %v", err)
 	}
 }
 
+// With -P the summary is the sum over the streams (the shape of iperf3 3.12's -J -P 4,
+// trimmed), and a run of another number of streams than asked for is refused.
+func TestParseIperfParallel(t *testing.T) {
+	out := `{"start":{"test_start":{"protocol":"TCP","num_streams":4,"duration":2}},
+	"intervals":[{"streams":[{"socket":5,"bytes":1},{"socket":7,"bytes":2}],"sum":{"bytes":3}}],
+	"end":{"streams":[
+		{"sender":{"socket":5,"bytes":1000000000,"bits_per_second":4e9,"retransmits":1},"receiver":{"socket":5,"bytes":990000000,"bits_per_second":3.96e9}},
+		{"sender":{"socket":7,"bytes":1000000000,"bits_per_second":4e9,"retransmits":2},"receiver":{"socket":7,"bytes":1000000000,"bits_per_second":4e9}},
+		{"sender":{"socket":9,"bytes":1000000000,"bits_per_second":4e9,"retransmits":3},"receiver":{"socket":9,"bytes":1000000000,"bits_per_second":4e9}},
+		{"sender":{"socket":11,"bytes":1000000000,"bits_per_second":4e9,"retransmits":4},"receiver":{"socket":11,"bytes":1010000000,"bits_per_second":4.04e9}}],
+	"sum_sent":{"bytes":4000000000,"bits_per_second":16e9,"retransmits":10},
+	"sum_received":{"bytes":4000000000,"bits_per_second":16e9},
+	"cpu_utilization_percent":{"host_total":90,"remote_total":70}}}`
+	r, err := parseIperf([]byte(out), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.bps != 16e9 || r.bytes != 4e9 || r.retransmits != 10 {
+		t.Fatalf("parseIperf -P 4 = %+v, want the sums 16e9 bit/s, 4e9 bytes, 10 retransmits", r)
+	}
+	if _, err := parseIperf([]byte(out), 1); err == nil || !strings.Contains(err.Error(), "4 streams, want 1") {
+		t.Fatalf("4 streams accepted for 1: %v", err)
+	}
+}
+
 // FuzzParseIperf: iperf3's output is another program's; nothing in it may panic the parser or
-// produce a non-positive throughput.
+// produce a non-positive throughput or payload.
 func FuzzParseIperf(f *testing.F) {
-	f.Add([]byte(`{"end":{"sum_received":{"bits_per_second":1e9},"sum_sent":{"retransmits":3}}}`))
+	f.Add([]byte(`{"start":{"test_start":{"num_streams":1}},"end":{"sum_received":{"bits_per_second":1e9,"bytes":1e9},"sum_sent":{"retransmits":3}}}`))
 	f.Add([]byte(`{"error":"x"}`))
 	f.Add([]byte(`{"end":{"sum_received":{"bits_per_second":-1}}}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := parseIperf(b)
-		if err == nil && !(r.bps > 0) {
-			t.Fatalf("accepted throughput %v", r.bps)
+		r, err := parseIperf(b, 1)
+		if err == nil && (!(r.bps > 0) || !(r.bytes > 0)) {
+			t.Fatalf("accepted throughput %v, payload %v", r.bps, r.bytes)
 		}
 	})
 }
@@ -61,7 +87,13 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || c.duration != 3*time.Second || strings.Join(c.modes, "|") != "underlay|fastdp" || c.repeat != 3 || c.out != "" {
 		t.Fatalf("parseFlags = %+v, %v", c, err)
 	}
-	for _, bad := range [][]string{{"-duration", "100ms"}, {"-repeat", "0"}, {"-pings", "0"}, {"extra"}, {"-nope"}} {
+	if c.streams != 1 {
+		t.Fatalf("default -streams %d, want 1", c.streams)
+	}
+	if c, err := parseFlags([]string{"-streams", "4"}, io.Discard); err != nil || c.streams != 4 {
+		t.Fatalf("-streams 4: %+v, %v", c, err)
+	}
+	for _, bad := range [][]string{{"-duration", "100ms"}, {"-repeat", "0"}, {"-streams", "0"}, {"-streams", "129"}, {"-pings", "0"}, {"extra"}, {"-nope"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
 		}

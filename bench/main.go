@@ -39,6 +39,7 @@ type config struct {
 	modes      []string
 	pings      int
 	repeat     int
+	streams    int // parallel TCP streams of each iperf3 run
 	binDir     string
 	keep       bool
 	verbose    bool
@@ -58,6 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.pings, "pings", 50, "pings per RTT measurement")
 	fs.IntVar(&c.repeat, "repeat", 1, "runs per mode (use 3 or 5 on a busy machine): with -interleave, rounds, each mode's ratios the median of its "+
 		"per-round ratios; with -interleave=false, iperf3 runs back to back after one RTT measurement, the median run counts")
+	fs.IntVar(&c.streams, "streams", 1, "parallel TCP streams of each iperf3 run (iperf3 -P), the baseline's too: throughput is their sum")
 	fs.StringVar(&c.binDir, "bin", "bin", "directory of weaver and weavectl for the modes that run them")
 	fs.BoolVar(&c.interleave, "interleave", true, "keep every mode's lab up and take turns: in each round every mode runs once (RTT, then iperf3) "+
 		"between two "+baselineMode+" runs (B M1 B M2 B ..., the order rotating each round), and each run's ratios are to the mean of "+
@@ -77,6 +79,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.pings < 1 {
 		return c, fmt.Errorf("-pings %d: at least 1", c.pings)
+	}
+	if c.streams < 1 || c.streams > 128 {
+		return c, fmt.Errorf("-streams %d: 1 to 128 (iperf3's limit)", c.streams)
 	}
 	if c.repeat < 1 || c.repeat > 20 {
 		return c, fmt.Errorf("-repeat %d: 1 to 20", c.repeat)

@@ -57,6 +57,17 @@ type Result struct {
 	// RTTRatioRuns (interleaved benches) are each RTT measurement's ratio to the baseline's
 	// just before and after it; RTTRatio is then their median.
 	RTTRatioRuns []float64 `json:"rtt_ratio_runs,omitempty"`
+	// RouterCPUPerGBRuns are, for each iperf3 run in the order they ran, both routers'
+	// (weaver processes') user+system CPU seconds during the run per GB (1e9 bytes) of
+	// iperf3 payload received; none for the modes without a router of ours. RouterCPUPerGB
+	// is their median.
+	RouterCPUPerGBRuns []float64 `json:"router_cpu_s_per_gb_runs,omitempty"`
+	RouterCPUPerGB     *float64  `json:"router_cpu_s_per_gb,omitempty"`
+	// MachineCPUPerGBRuns are the same for the whole machine's busy CPU time (/proc/stat:
+	// everything but idle and iowait, so the kernel's softirq work of every mode counts, and
+	// so does any other work on the machine at the time); MachineCPUPerGB is their median.
+	MachineCPUPerGBRuns []float64 `json:"machine_cpu_s_per_gb_runs,omitempty"`
+	MachineCPUPerGB     *float64  `json:"machine_cpu_s_per_gb,omitempty"`
 }
 
 func (r Result) ok() bool { return r.Error == "" && r.Skipped == "" }
@@ -79,16 +90,17 @@ func measureMode(ctx context.Context, cfg config, m Mode, log *slog.Logger) Resu
 // A session is one mode's lab, set up and idle between iperf3 runs, so that runs of several
 // modes can take turns (interleave) while each keeps its own lab.
 type session struct {
-	res   Result
-	lab   *netlab.Lab
-	path  Path
-	srv   *netlab.Proc
-	log   *slog.Logger
-	keep  bool
-	quiet time.Duration
-	pings int
-	runs  []iperfResult       // in the order they ran
-	rtts  []netlab.PingResult // in the order they ran
+	res     Result
+	lab     *netlab.Lab
+	path    Path
+	srv     *netlab.Proc
+	log     *slog.Logger
+	keep    bool
+	quiet   time.Duration
+	pings   int
+	streams int
+	runs    []iperfResult       // in the order they ran
+	rtts    []netlab.PingResult // in the order they ran
 }
 
 func (s *session) ok() bool { return s.res.ok() }
@@ -104,7 +116,7 @@ func (s *session) fail(err error) {
 // that interleaved modes measure in turns. A failure is recorded in the result.
 func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *session {
 	s := &session{res: Result{Mode: m.Name(), Description: m.Description(), StartedAt: time.Now().UTC()},
-		log: log, keep: cfg.keep, quiet: cfg.quiet, pings: cfg.pings}
+		log: log, keep: cfg.keep, quiet: cfg.quiet, pings: cfg.pings, streams: max(1, cfg.streams)}
 	env := &Env{BinDir: absBin(cfg.binDir), Log: log.With(logx.KeyMode, m.Name())}
 	if err := m.Available(env); err != nil {
 		s.res.Skipped = err.Error()
@@ -168,7 +180,7 @@ func (s *session) iperfOnce(ctx context.Context, d time.Duration) {
 	if !s.ok() {
 		return
 	}
-	r, err := iperfRun(ctx, s.path, d, s.quiet)
+	r, err := iperfRun(ctx, s.path, d, s.quiet, s.streams)
 	if err != nil {
 		s.fail(err)
 		return
@@ -193,7 +205,15 @@ func (s *session) result() Result {
 	res.SenderCPU, res.ReceiverCPU = mid.senderCPU, mid.receiverCPU
 	for _, r := range s.runs {
 		res.ThroughputRuns = append(res.ThroughputRuns, r.bps)
+		if r.routerCPUPerGB != nil {
+			res.RouterCPUPerGBRuns = append(res.RouterCPUPerGBRuns, *r.routerCPUPerGB)
+		}
+		if r.machineCPUPerGB != nil {
+			res.MachineCPUPerGBRuns = append(res.MachineCPUPerGBRuns, *r.machineCPUPerGB)
+		}
 	}
+	res.RouterCPUPerGB = medianOrNil(res.RouterCPUPerGBRuns)
+	res.MachineCPUPerGB = medianOrNil(res.MachineCPUPerGBRuns)
 	res.setRTT(s.rtts)
 	return res
 }
@@ -256,10 +276,11 @@ func startIperfServer(ctx context.Context, path Path) (*netlab.Proc, error) {
 	return srv, nil
 }
 
-// iperfRun runs the iperf3 client once against the server of path, once no other iperf3
-// client runs on the machine (another bench or a test: two streams sharing the CPUs would
-// measure each other) or after quiet.
-func iperfRun(ctx context.Context, path Path, d, quiet time.Duration) (iperfResult, error) {
+// iperfRun runs the iperf3 client once (streams parallel TCP streams) against the server of
+// path, once no other iperf3 client runs on the machine (another bench or a test: two streams
+// sharing the CPUs would measure each other) or after quiet. The CPU time of the path's
+// routers and of the machine is read right before and after the client runs.
+func iperfRun(ctx context.Context, path Path, d, quiet time.Duration, streams int) (iperfResult, error) {
 	if quiet > 0 {
 		if err := netlab.WaitFor(ctx, quiet, func() error {
 			if n := otherIperfClients("/proc"); n > 0 {
@@ -273,32 +294,61 @@ func iperfRun(ctx context.Context, path Path, d, quiet time.Duration) (iperfResu
 	secs := max(1, int(math.Round(d.Seconds())))
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
+	before, err := readCPU("/proc", path.RouterPids)
+	if err != nil {
+		return iperfResult{}, err
+	}
 	out, runErr := path.Client.Run(cctx, "iperf3", "-c", path.ServerAddr.String(), "-p", iperfPort,
-		"-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000")
-	r, err := parseIperf(out)
+		"-t", strconv.Itoa(secs), "-P", strconv.Itoa(max(1, streams)), "-J", "--connect-timeout", "5000")
+	after, cpuErr := readCPU("/proc", path.RouterPids)
+	r, err := parseIperf(out, max(1, streams))
 	if err != nil {
 		return iperfResult{}, errors.Join(err, runErr)
 	}
+	if cpuErr != nil { // a router gone during the run: the run does not count
+		return iperfResult{}, cpuErr
+	}
+	r.addCPU(before, after, len(path.RouterPids) > 0)
 	return r, nil
+}
+
+// addCPU sets the run's CPU cost per GB from the readings around it; the routers' only when
+// the mode has routers.
+func (r *iperfResult) addCPU(before, after cpuSample, routers bool) {
+	if routers {
+		r.routerCPUPerGB = cpuPerGB(before.routers, after.routers, r.bytes)
+	}
+	r.machineCPUPerGB = cpuPerGB(before.machine, after.machine, r.bytes)
 }
 
 type iperfResult struct {
 	bps                    float64
+	bytes                  float64 // payload received by the server, all streams
 	retransmits            int
 	senderCPU, receiverCPU float64
+	// CPU seconds per GB of payload (nil: not measured; no routers for routerCPUPerGB).
+	routerCPUPerGB, machineCPUPerGB *float64
 }
 
-// parseIperf reads the summary of `iperf3 -c -J`: throughput as received by the server.
-func parseIperf(out []byte) (iperfResult, error) {
+// parseIperf reads the summary of `iperf3 -c -J -P streams`: throughput and payload as
+// received by the server, summed over the streams; a run with another number of streams
+// than asked for is refused.
+func parseIperf(out []byte, streams int) (iperfResult, error) {
 	var doc struct {
 		Error string `json:"error"`
-		End   struct {
+		Start struct {
+			TestStart struct {
+				NumStreams int `json:"num_streams"`
+			} `json:"test_start"`
+		} `json:"start"`
+		End struct {
 			SumSent struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
 				Retransmits   int     `json:"retransmits"`
 			} `json:"sum_sent"`
 			SumReceived struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
+				Bytes         float64 `json:"bytes"`
 			} `json:"sum_received"`
 			CPU struct {
 				HostTotal   float64 `json:"host_total"`
@@ -316,8 +366,16 @@ func parseIperf(out []byte) (iperfResult, error) {
 	if bps <= 0 || math.IsInf(bps, 0) || math.IsNaN(bps) {
 		return iperfResult{}, fmt.Errorf("iperf3 reported no throughput (%v)", bps)
 	}
+	if n := doc.Start.TestStart.NumStreams; n != streams {
+		return iperfResult{}, fmt.Errorf("iperf3 ran %d streams, want %d", n, streams)
+	}
+	payload := doc.End.SumReceived.Bytes
+	if payload <= 0 || math.IsInf(payload, 0) || math.IsNaN(payload) {
+		return iperfResult{}, fmt.Errorf("iperf3 reported no payload received (%v bytes)", payload)
+	}
 	return iperfResult{
 		bps:         bps,
+		bytes:       payload,
 		retransmits: doc.End.SumSent.Retransmits,
 		senderCPU:   doc.End.CPU.HostTotal,
 		receiverCPU: doc.End.CPU.RemoteTotal,

@@ -50,6 +50,9 @@ type Path struct {
 	ServerAddr     netip.Addr
 	// Info describes the path as the mode sees it (e.g. the overlay the daemon reports).
 	Info string
+	// RouterPids are the processes of ours that carry the traffic (both weavers), whose CPU
+	// time is the mode's cost; none for the kernel paths.
+	RouterPids []int
 }
 
 // allModes is the registry, in the order the modes run. New modes are added here.
@@ -223,7 +226,12 @@ func (m weaveMode) Setup(ctx context.Context, env *Env) (Path, error) {
 		}
 		c.Addr = containerCIDR(i).Addr()
 	}
-	return Path{Client: env.Containers[0], Server: env.Containers[1], ServerAddr: env.Containers[1].Addr, Info: info}, nil
+	pids := make([]int, len(procs))
+	for i, p := range procs {
+		pids[i] = p.Pid
+	}
+	return Path{Client: env.Containers[0], Server: env.Containers[1], ServerAddr: env.Containers[1].Addr, Info: info,
+		RouterPids: pids}, nil
 }
 
 // connected asks the router of h for its report and returns nil once it has an established

@@ -22,7 +22,10 @@ type Report struct {
 	DurationSeconds float64   `json:"duration_seconds"`
 	Pings           int       `json:"pings"`
 	Repeat          int       `json:"iperf_runs_per_mode"`
-	Baseline        string    `json:"baseline"`
+	// Streams is the number of parallel TCP streams of each iperf3 run (-P); throughputs
+	// are their sum.
+	Streams  int    `json:"streams"`
+	Baseline string `json:"baseline"`
 	// Interleaved: the modes took turns, one run (RTT, then iperf3) each per round (see
 	// -interleave); each result's throughput_ratio and rtt_ratio are then the medians of its
 	// throughput_ratio_runs and rtt_ratio_runs.
@@ -51,6 +54,7 @@ func newReport(cfg config) *Report {
 		DurationSeconds: cfg.duration.Seconds(),
 		Pings:           cfg.pings,
 		Repeat:          cfg.repeat,
+		Streams:         max(1, cfg.streams),
 		Baseline:        baselineMode,
 	}
 }
@@ -141,6 +145,15 @@ func (r *Report) finish() {
 	}
 }
 
+// medianOrNil is the median of v, nil for none.
+func medianOrNil(v []float64) *float64 {
+	if len(v) == 0 {
+		return nil
+	}
+	m := median(v)
+	return &m
+}
+
 func median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
@@ -151,10 +164,11 @@ func median(v []float64) float64 {
 }
 
 func (r *Report) printTable(w io.Writer) {
-	fmt.Fprintf(w, "\n%s, %d CPUs, kernel %s; iperf3 1 TCP stream %gs (median of %d), %d pings; ratios to %s\n\n",
-		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.DurationSeconds, max(1, r.Repeat), r.Pings, r.Baseline)
+	fmt.Fprintf(w, "\n%s, %d CPUs, kernel %s; iperf3 %s %gs (median of %d), %d pings; ratios to %s;\n"+
+		"CPU: seconds per GB of iperf3 payload, both routers (weaver, user+system) and the whole machine (busy)\n\n",
+		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, streamsText(r.Streams), r.DurationSeconds, max(1, r.Repeat), r.Pings, r.Baseline)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MODE\tTHROUGHPUT\tx BASE\tRETRANS\tRTT AVG\tRTT MIN\tx BASE\tLOSS\tINFO")
+	fmt.Fprintln(tw, "MODE\tTHROUGHPUT\tx BASE\tRETRANS\tRTT AVG\tRTT MIN\tx BASE\tLOSS\tCPU ROUTERS\tCPU MACHINE\tINFO")
 	for _, res := range r.Results {
 		switch {
 		case res.Skipped != "":
@@ -164,11 +178,29 @@ func (r *Report) printTable(w io.Writer) {
 			fmt.Fprintf(tw, "%s\tFAILED: %s\n", res.Mode, oneLine(res.Error, 160))
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.3f ms\t%.3f ms\t%s\t%.0f%%\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.3f ms\t%.3f ms\t%s\t%.0f%%\t%s\t%s\t%s\n",
 			res.Mode, gbits(res.ThroughputBps), ratio(res.ThroughputRatio), res.Retransmits,
-			res.RTTAvgMs, res.RTTMinMs, ratio(res.RTTRatio), res.PingLoss*100, res.Info)
+			res.RTTAvgMs, res.RTTMinMs, ratio(res.RTTRatio), res.PingLoss*100,
+			cpuText(res.RouterCPUPerGB), cpuText(res.MachineCPUPerGB), res.Info)
 	}
 	tw.Flush()
+	cpuHeader := false
+	for _, res := range r.Results {
+		for _, c := range []struct {
+			what string
+			runs []float64
+		}{{"routers", res.RouterCPUPerGBRuns}, {"machine", res.MachineCPUPerGBRuns}} {
+			line := spread(c.runs)
+			if line == "" {
+				continue
+			}
+			if !cpuHeader {
+				fmt.Fprintf(w, "\nCPU seconds per GB, each run:\n")
+				cpuHeader = true
+			}
+			fmt.Fprintf(w, "  %-16s %s %s\n", res.Mode, c.what, line)
+		}
+	}
 	if r.Interleaved {
 		fmt.Fprintf(w, "\nmodes took turns, each run (RTT, then throughput) between two %s runs; its ratios are to their mean:\n", r.Baseline)
 		for _, res := range r.Results {
@@ -207,6 +239,21 @@ func spread(runs []float64) string {
 	}
 	return fmt.Sprintf("%s  (median %.3f, spread %.3f-%.3f)", strings.Join(parts, " "), median(runs),
 		slices.Min(runs), slices.Max(runs))
+}
+
+func streamsText(n int) string {
+	if n <= 1 {
+		return "1 TCP stream"
+	}
+	return fmt.Sprintf("%d parallel TCP streams", n)
+}
+
+// cpuText is a CPU cost per GB for the table; "-" where there is none (no router of ours).
+func cpuText(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f s/GB", *v)
 }
 
 func gbits(bps float64) string {
