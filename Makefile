@@ -42,7 +42,7 @@ demo-clean: ## remove a lab kept by `make demo KEEP=1`
 	@$(GO) run ./demo -clean
 
 bench: deps build ## throughput and RTT of each data path, as ratios to a hand-made kernel VXLAN
-	$(GO) run ./bench -out bench/results
+	$(GO) run ./bench -out bench/results -streams 1,4
 
 fuzz: ## run every fuzz target for FUZZTIME each
 	@bash scripts/fuzz.sh $(FUZZTIME)

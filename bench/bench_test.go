@@ -87,13 +87,17 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || c.duration != 3*time.Second || strings.Join(c.modes, "|") != "underlay|fastdp" || c.repeat != 3 || c.out != "" {
 		t.Fatalf("parseFlags = %+v, %v", c, err)
 	}
-	if c.streams != 1 {
-		t.Fatalf("default -streams %d, want 1", c.streams)
+	if !slices.Equal(c.streams, []int{1}) {
+		t.Fatalf("default -streams %v, want [1]", c.streams)
 	}
-	if c, err := parseFlags([]string{"-streams", "4"}, io.Discard); err != nil || c.streams != 4 {
+	if c, err := parseFlags([]string{"-streams", "4"}, io.Discard); err != nil || !slices.Equal(c.streams, []int{4}) {
 		t.Fatalf("-streams 4: %+v, %v", c, err)
 	}
-	for _, bad := range [][]string{{"-duration", "100ms"}, {"-repeat", "0"}, {"-streams", "0"}, {"-streams", "129"}, {"-pings", "0"}, {"extra"}, {"-nope"}} {
+	if c, err := parseFlags([]string{"-streams", "1, 4"}, io.Discard); err != nil || !slices.Equal(c.streams, []int{1, 4}) {
+		t.Fatalf("-streams 1,4: %+v, %v", c, err)
+	}
+	for _, bad := range [][]string{{"-duration", "100ms"}, {"-repeat", "0"}, {"-streams", "0"}, {"-streams", "129"},
+		{"-streams", "1,x"}, {"-streams", "4,4"}, {"-streams", ""}, {"-streams", "1,4", "-interleave=false"}, {"-pings", "0"}, {"extra"}, {"-nope"}} {
 		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -128,7 +129,8 @@ func TestCPUInResultTableAndJSON(t *testing.T) {
 		{bps: 4e9, bytes: 5e9, routerCPUPerGB: f(2), machineCPUPerGB: f(4)},
 		{bps: 2e9, bytes: 3e9, routerCPUPerGB: f(4), machineCPUPerGB: f(6)},
 	}}
-	r := &Report{Baseline: baselineMode, Streams: 4, Results: []Result{base.result(), sleeve.result()}}
+	base.streams, sleeve.streams = 4, 4
+	r := &Report{Baseline: baselineMode, Streams: []int{4}, Results: []Result{base.result(), sleeve.result()}}
 	r.finish()
 	b, s := r.Results[0], r.Results[1]
 	if b.RouterCPUPerGB != nil || len(b.RouterCPUPerGBRuns) != 0 || b.MachineCPUPerGB == nil || *b.MachineCPUPerGB != 1.5 {
@@ -142,14 +144,14 @@ func TestCPUInResultTableAndJSON(t *testing.T) {
 	r.printTable(&buf)
 	out := buf.String()
 	for _, want := range []string{"4 parallel TCP streams", "CPU ROUTERS", "CPU MACHINE", "3.00 s/GB", "5.00 s/GB", "1.50 s/GB",
-		"sleeve           routers 3.000 2.000 4.000  (median 3.000, spread 2.000-4.000)",
-		"kernel-vxlan     machine 1.500 1.250 1.750  (median 1.500, spread 1.250-1.750)"} {
+		"sleeve -P4       routers 3.000 2.000 4.000  (median 3.000, spread 2.000-4.000)",
+		"kernel-vxlan -P4 machine 1.500 1.250 1.750  (median 1.500, spread 1.250-1.750)"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("table lacks %q:\n%s", want, out)
 		}
 	}
 	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, baselineMode+" ") && !strings.Contains(line, " - ") {
+		if strings.HasPrefix(line, baselineMode+" -P4 ") && !strings.Contains(line, " - ") {
 			t.Fatalf("baseline row has a router cost: %q", line)
 		}
 	}
@@ -162,10 +164,11 @@ func TestCPUInResultTableAndJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	var doc struct {
-		Streams int `json:"streams"`
+		Streams []int `json:"streams"`
 		Results []map[string]any
 	}
-	if err := json.Unmarshal(raw, &doc); err != nil || doc.Streams != 4 || len(doc.Results) != 2 {
+	if err := json.Unmarshal(raw, &doc); err != nil || !slices.Equal(doc.Streams, []int{4}) || len(doc.Results) != 2 ||
+		doc.Results[1]["streams"] != 4.0 {
 		t.Fatalf("JSON %s: %v", raw, err)
 	}
 	if _, ok := doc.Results[0]["router_cpu_s_per_gb"]; ok {
@@ -177,17 +180,53 @@ func TestCPUInResultTableAndJSON(t *testing.T) {
 	}
 }
 
-// The real /proc of this machine parses: this test process has spent CPU time, the
-// machine more.
+// The real /proc of this machine parses: the machine has been busy, at least as long as this
+// process.
 func TestReadCPUOfThisMachine(t *testing.T) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		t.Fatalf("needs Linux /proc: %v", err)
 	}
-	for i := 0; i < 1e7; i++ { // burn a few ticks so the times are not zero
-		_ = i * i
-	}
 	s, err := readCPU("/proc", []int{os.Getpid()})
 	if err != nil || s.machine <= 0 || s.machine < s.routers {
 		t.Fatalf("readCPU(/proc, self) = %+v, %v", s, err)
+	}
+}
+
+// With -streams 1,4 each mode has a row per count, named in the table by its count, and the
+// parallel ratio is set against the single-stream one (issue #16's goal).
+func TestStreamsPasses(t *testing.T) {
+	s := &session{res: Result{Mode: "sleeve"}, streams: 1, runs: []iperfResult{{bps: 3e9, bytes: 1e9}}}
+	one := s.result()
+	s.beginPass(4)
+	if len(s.runs) != 0 || len(s.rtts) != 0 || s.streams != 4 {
+		t.Fatalf("beginPass(4) kept the last pass: %+v", s)
+	}
+	s.runs = []iperfResult{{bps: 5e9, bytes: 2e9}}
+	four := s.result()
+	if one.Streams != 1 || four.Streams != 4 || four.ThroughputBps != 5e9 || len(four.ThroughputRuns) != 1 {
+		t.Fatalf("rows %+v %+v", one, four)
+	}
+	one.ThroughputRatioRuns, four.ThroughputRatioRuns = []float64{0.4}, []float64{0.3}
+	fd1 := Result{Mode: "fastdp", Streams: 1, ThroughputBps: 8e9, ThroughputRuns: []float64{8e9}, ThroughputRatioRuns: []float64{0.9}}
+	fd4 := Result{Mode: "fastdp", Streams: 4, ThroughputBps: 9e9, ThroughputRuns: []float64{9e9}, ThroughputRatioRuns: []float64{0.95}}
+	r := &Report{Baseline: baselineMode, Interleaved: true, Streams: []int{1, 4}, Results: []Result{
+		{Mode: baselineMode, Streams: 1, ThroughputBps: 9e9, ThroughputRuns: []float64{9e9, 9e9}},
+		one, fd1,
+		{Mode: baselineMode, Streams: 4, ThroughputBps: 1e10, ThroughputRuns: []float64{1e10, 1e10}},
+		four, fd4,
+	}}
+	r.finish()
+	if r.Results[3].ThroughputRatio == nil || *r.Results[3].ThroughputRatio != 1 || *r.Results[4].ThroughputRatio != 0.3 {
+		t.Fatalf("4-stream ratios %v %v", r.Results[3].ThroughputRatio, r.Results[4].ThroughputRatio)
+	}
+	var buf bytes.Buffer
+	r.printTable(&buf)
+	out := buf.String()
+	for _, want := range []string{"TCP streams 1, then 4", "\nsleeve -P4 ", "\nkernel-vxlan -P4 ", "\nsleeve ",
+		"sleeve           x0.40 with 1 stream, x0.30 with 4: below the 1-stream ratio",
+		"fastdp           x0.90 with 1 stream, x0.95 with 4: keeps the 1-stream ratio"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("table lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -39,7 +40,7 @@ type config struct {
 	modes      []string
 	pings      int
 	repeat     int
-	streams    int // parallel TCP streams of each iperf3 run
+	streams    []int // parallel TCP streams of the iperf3 runs: one pass of rounds per count
 	binDir     string
 	keep       bool
 	verbose    bool
@@ -51,6 +52,7 @@ type config struct {
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
 	var modes string
+	var streams string
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.out, "out", "bench/results", "directory for the JSON result (empty: do not write)")
@@ -59,7 +61,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.pings, "pings", 50, "pings per RTT measurement")
 	fs.IntVar(&c.repeat, "repeat", 1, "runs per mode (use 3 or 5 on a busy machine): with -interleave, rounds, each mode's ratios the median of its "+
 		"per-round ratios; with -interleave=false, iperf3 runs back to back after one RTT measurement, the median run counts")
-	fs.IntVar(&c.streams, "streams", 1, "parallel TCP streams of each iperf3 run (iperf3 -P), the baseline's too: throughput is their sum")
+	fs.StringVar(&streams, "streams", "1", "parallel TCP streams of each iperf3 run (iperf3 -P), the baseline's too: throughput is their sum; "+
+		"a comma-separated list (e.g. 1,4, needs -interleave) runs all the rounds once per count, every mode in the same labs, "+
+		"each count's ratios to the baseline with as many streams")
 	fs.StringVar(&c.binDir, "bin", "bin", "directory of weaver and weavectl for the modes that run them")
 	fs.BoolVar(&c.interleave, "interleave", true, "keep every mode's lab up and take turns: in each round every mode runs once (RTT, then iperf3) "+
 		"between two "+baselineMode+" runs (B M1 B M2 B ..., the order rotating each round), and each run's ratios are to the mean of "+
@@ -80,8 +84,18 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.pings < 1 {
 		return c, fmt.Errorf("-pings %d: at least 1", c.pings)
 	}
-	if c.streams < 1 || c.streams > 128 {
-		return c, fmt.Errorf("-streams %d: 1 to 128 (iperf3's limit)", c.streams)
+	for f := range strings.SplitSeq(streams, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 128 {
+			return c, fmt.Errorf("-streams %q: each count 1 to 128 (iperf3's limit)", streams)
+		}
+		if slices.Contains(c.streams, n) {
+			return c, fmt.Errorf("-streams %q: %d twice", streams, n)
+		}
+		c.streams = append(c.streams, n)
+	}
+	if len(c.streams) > 1 && !c.interleave {
+		return c, fmt.Errorf("-streams %q: several counts need -interleave", streams)
 	}
 	if c.repeat < 1 || c.repeat > 20 {
 		return c, fmt.Errorf("-repeat %d: 1 to 20", c.repeat)
@@ -209,14 +223,24 @@ func measureInterleaved(ctx context.Context, cfg config, selected []Mode, log *s
 	for i, s := range sessions {
 		runners[i] = loggedRunner{s, stderr}
 	}
-	tput, rtt := interleave(ctx, runners, max(1, cfg.repeat), cfg.duration)
-	for i, s := range sessions {
-		res := s.result()
-		if res.Error != "" && ctx.Err() == nil {
-			fmt.Fprintf(stderr, "bench: %s: %s\n", res.Mode, res.Error)
+	// One pass of rounds per stream count, in the same labs: each count's runs are paired
+	// with baseline runs of as many streams.
+	for pass, n := range cfg.streams {
+		if pass > 0 && ctx.Err() != nil {
+			return
 		}
-		res.ThroughputRatioRuns, res.RTTRatioRuns = tput[i], rtt[i]
-		rep.Results = append(rep.Results, res)
+		for _, s := range sessions {
+			s.beginPass(n)
+		}
+		tput, rtt := interleave(ctx, runners, max(1, cfg.repeat), cfg.duration)
+		for i, s := range sessions {
+			res := s.result()
+			if res.Error != "" && ctx.Err() == nil && pass == 0 {
+				fmt.Fprintf(stderr, "bench: %s: %s\n", res.Mode, res.Error)
+			}
+			res.ThroughputRatioRuns, res.RTTRatioRuns = tput[i], rtt[i]
+			rep.Results = append(rep.Results, res)
+		}
 	}
 }
 

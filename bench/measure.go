@@ -34,7 +34,11 @@ type Result struct {
 	Skipped     string    `json:"skipped,omitempty"`
 	Error       string    `json:"error,omitempty"`
 	StartedAt   time.Time `json:"started_at"`
-	SetupSecs   float64   `json:"setup_seconds"`
+	// Streams is the number of parallel TCP streams of this row's iperf3 runs; with several
+	// (-streams 1,4) a mode has one row per count, each with ratios to the baseline's row
+	// of the same count.
+	Streams   int     `json:"streams"`
+	SetupSecs float64 `json:"setup_seconds"`
 
 	ThroughputBps   float64   `json:"throughput_bps"`      // median of ThroughputRuns
 	ThroughputRuns  []float64 `json:"throughput_runs_bps"` // in the order they ran
@@ -116,7 +120,10 @@ func (s *session) fail(err error) {
 // that interleaved modes measure in turns. A failure is recorded in the result.
 func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *session {
 	s := &session{res: Result{Mode: m.Name(), Description: m.Description(), StartedAt: time.Now().UTC()},
-		log: log, keep: cfg.keep, quiet: cfg.quiet, pings: cfg.pings, streams: max(1, cfg.streams)}
+		log: log, keep: cfg.keep, quiet: cfg.quiet, pings: cfg.pings, streams: 1}
+	if len(cfg.streams) > 0 {
+		s.streams = cfg.streams[0]
+	}
 	env := &Env{BinDir: absBin(cfg.binDir), Log: log.With(logx.KeyMode, m.Name())}
 	if err := m.Available(env); err != nil {
 		s.res.Skipped = err.Error()
@@ -161,6 +168,12 @@ func openSession(ctx context.Context, cfg config, m Mode, log *slog.Logger) *ses
 	return s
 }
 
+// beginPass starts a pass of runs with n parallel streams: the runs of the pass before are
+// no longer the session's (its row was taken); a failure stays.
+func (s *session) beginPass(n int) {
+	s.streams, s.runs, s.rtts = n, nil, nil
+}
+
 // pingOnce measures the RTT once, on the idle path (no iperf3 run of ours is going); a
 // failure ends the session's runs.
 func (s *session) pingOnce(ctx context.Context) {
@@ -192,6 +205,7 @@ func (s *session) iperfOnce(ctx context.Context, d time.Duration) {
 // run can be far off); every run is listed in the order it ran.
 func (s *session) result() Result {
 	res := s.res
+	res.Streams = s.streams
 	if !res.ok() || len(s.runs) == 0 {
 		if res.ok() {
 			res.Error = "no iperf3 run"

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,9 +23,9 @@ type Report struct {
 	DurationSeconds float64   `json:"duration_seconds"`
 	Pings           int       `json:"pings"`
 	Repeat          int       `json:"iperf_runs_per_mode"`
-	// Streams is the number of parallel TCP streams of each iperf3 run (-P); throughputs
-	// are their sum.
-	Streams  int    `json:"streams"`
+	// Streams are the numbers of parallel TCP streams of the iperf3 runs (-P; throughputs
+	// are their sum), one pass of all rounds per count; each result says its own.
+	Streams  []int  `json:"streams"`
 	Baseline string `json:"baseline"`
 	// Interleaved: the modes took turns, one run (RTT, then iperf3) each per round (see
 	// -interleave); each result's throughput_ratio and rtt_ratio are then the medians of its
@@ -54,7 +55,7 @@ func newReport(cfg config) *Report {
 		DurationSeconds: cfg.duration.Seconds(),
 		Pings:           cfg.pings,
 		Repeat:          cfg.repeat,
-		Streams:         max(1, cfg.streams),
+		Streams:         cfg.streams,
 		Baseline:        baselineMode,
 	}
 }
@@ -164,7 +165,7 @@ func median(v []float64) float64 {
 }
 
 func (r *Report) printTable(w io.Writer) {
-	fmt.Fprintf(w, "\n%s, %d CPUs, kernel %s; iperf3 %s %gs (median of %d), %d pings; ratios to %s;\n"+
+	fmt.Fprintf(w, "\n%s, %d CPUs, kernel %s; iperf3 %s, %gs (median of %d), %d pings; ratios to %s;\n"+
 		"CPU: seconds per GB of iperf3 payload, both routers (weaver, user+system) and the whole machine (busy)\n\n",
 		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, streamsText(r.Streams), r.DurationSeconds, max(1, r.Repeat), r.Pings, r.Baseline)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -172,14 +173,14 @@ func (r *Report) printTable(w io.Writer) {
 	for _, res := range r.Results {
 		switch {
 		case res.Skipped != "":
-			fmt.Fprintf(tw, "%s\tskipped: %s\n", res.Mode, res.Skipped)
+			fmt.Fprintf(tw, "%s\tskipped: %s\n", label(res), res.Skipped)
 			continue
 		case res.Error != "":
-			fmt.Fprintf(tw, "%s\tFAILED: %s\n", res.Mode, oneLine(res.Error, 160))
+			fmt.Fprintf(tw, "%s\tFAILED: %s\n", label(res), oneLine(res.Error, 160))
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.3f ms\t%.3f ms\t%s\t%.0f%%\t%s\t%s\t%s\n",
-			res.Mode, gbits(res.ThroughputBps), ratio(res.ThroughputRatio), res.Retransmits,
+			label(res), gbits(res.ThroughputBps), ratio(res.ThroughputRatio), res.Retransmits,
 			res.RTTAvgMs, res.RTTMinMs, ratio(res.RTTRatio), res.PingLoss*100,
 			cpuText(res.RouterCPUPerGB), cpuText(res.MachineCPUPerGB), res.Info)
 	}
@@ -198,9 +199,10 @@ func (r *Report) printTable(w io.Writer) {
 				fmt.Fprintf(w, "\nCPU seconds per GB, each run:\n")
 				cpuHeader = true
 			}
-			fmt.Fprintf(w, "  %-16s %s %s\n", res.Mode, c.what, line)
+			fmt.Fprintf(w, "  %-16s %s %s\n", label(res), c.what, line)
 		}
 	}
+	r.printStreams(w)
 	if r.Interleaved {
 		fmt.Fprintf(w, "\nmodes took turns, each run (RTT, then throughput) between two %s runs; its ratios are to their mean:\n", r.Baseline)
 		for _, res := range r.Results {
@@ -208,10 +210,10 @@ func (r *Report) printTable(w io.Writer) {
 				continue
 			}
 			if line := spread(res.ThroughputRatioRuns); line != "" {
-				fmt.Fprintf(w, "  %-16s throughput %s\n", res.Mode, line)
+				fmt.Fprintf(w, "  %-16s throughput %s\n", label(res), line)
 			}
 			if line := spread(res.RTTRatioRuns); line != "" {
-				fmt.Fprintf(w, "  %-16s RTT        %s\n", res.Mode, line)
+				fmt.Fprintf(w, "  %-16s RTT        %s\n", label(res), line)
 			}
 		}
 		if r.BaselineDrift != nil {
@@ -241,11 +243,57 @@ func spread(runs []float64) string {
 		slices.Min(runs), slices.Max(runs))
 }
 
-func streamsText(n int) string {
-	if n <= 1 {
+func streamsText(counts []int) string {
+	switch {
+	case len(counts) == 0 || len(counts) == 1 && counts[0] <= 1:
 		return "1 TCP stream"
+	case len(counts) == 1:
+		return fmt.Sprintf("%d parallel TCP streams", counts[0])
 	}
-	return fmt.Sprintf("%d parallel TCP streams", n)
+	parts := make([]string, len(counts))
+	for i, n := range counts {
+		parts[i] = strconv.Itoa(n)
+	}
+	return "TCP streams " + strings.Join(parts, ", then ") + " (-P, a pass of all rounds each)"
+}
+
+// label names a row in the table: the mode, and its stream count when it ran several.
+func label(res Result) string {
+	if res.Streams > 1 {
+		return fmt.Sprintf("%s -P%d", res.Mode, res.Streams)
+	}
+	return res.Mode
+}
+
+// printStreams compares, for each mode measured with one stream and with several, the
+// throughput ratios (issue #16: the aggregate of parallel streams should keep at least the
+// single-stream ratio).
+func (r *Report) printStreams(w io.Writer) {
+	if len(r.Streams) < 2 {
+		return
+	}
+	single := map[string]*float64{}
+	for _, res := range r.Results {
+		if res.Streams <= 1 && res.ok() && res.ThroughputRatio != nil {
+			single[res.Mode] = res.ThroughputRatio
+		}
+	}
+	header := false
+	for _, res := range r.Results {
+		one := single[res.Mode]
+		if res.Streams <= 1 || res.Mode == r.Baseline || one == nil || !res.ok() || res.ThroughputRatio == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(w, "\nparallel streams against one (each to %s with as many streams):\n", r.Baseline)
+			header = true
+		}
+		verdict := "keeps the 1-stream ratio"
+		if *res.ThroughputRatio < *one {
+			verdict = "below the 1-stream ratio"
+		}
+		fmt.Fprintf(w, "  %-16s x%.2f with 1 stream, x%.2f with %d: %s\n", res.Mode, *one, *res.ThroughputRatio, res.Streams, verdict)
+	}
 }
 
 // cpuText is a CPU cost per GB for the table; "-" where there is none (no router of ours).
