@@ -12,7 +12,7 @@ FUZZTIME ?= 10s
 # The whole suite must stay well under 20 minutes on 2 cores.
 TEST_TIMEOUT ?= 25m
 
-.PHONY: help build test test-race demo demo-clean bench fuzz lint install clean deps
+.PHONY: help build image test test-race demo demo-clean bench fuzz lint install clean deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,17 @@ help: ## list the targets
 build: ## build weaver, weavectl and weave-cni into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/weaver ./cmd/weavectl ./cmd/weave-cni
+
+# The Kubernetes image: its own static (CGO_ENABLED=0) binaries, since it has no libc.
+IMAGE ?= ghcr.io/weavemesh/weave:latest
+# The base layer's shell; BUSYBOX= leaves it out.
+BUSYBOX ?= /bin/busybox
+IMAGE_CMDS := ./cmd/weaver ./cmd/weavectl ./cmd/weave-cni $(wildcard ./cmd/weave-kube ./cmd/weave-npc)
+
+image: ## write bin/weave-image.tar (IMAGE, for `ctr -n k8s.io images import`) without docker
+	@mkdir -p $(BIN)/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/image/ $(IMAGE_CMDS)
+	$(GO) run ./internal/image/cmd -bin $(BIN)/image -busybox '$(BUSYBOX)' -name '$(IMAGE)' -o $(BIN)/weave-image.tar
 
 deps: ## install the system packages the tests and demo need (root, Debian)
 	@bash scripts/install-deps.sh

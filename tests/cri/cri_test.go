@@ -227,6 +227,26 @@ func newEnv(t *testing.T, h *netlab.Host, peers ...string) *env {
   {"type":"portmap","capabilities":{"portMappings":true},"snat":true}]}`, e.weave)
 	os.WriteFile(filepath.Join(conf, "10-weave.conflist"), []byte(conflist), 0o644)
 
+	e.startContainerd(ctx, bin, conf)
+	archive := filepath.Join(dir, "images.tar")
+	ociArchive(t, archive)
+	if _, err := e.run(ctx, "ctr", "-a", e.sock, "-n", "k8s.io", "images", "import", archive); err != nil {
+		t.Fatalf("import images: %v", err)
+	}
+	testutil.Eventually(t, 10*time.Second, "CRI sees the images", func() error {
+		out, err := e.cri(ctx, "images", "-q")
+		if err != nil || strings.Count(out, "sha256:") < 2 {
+			return fmt.Errorf("crictl images: %q %v", out, err)
+		}
+		return nil
+	})
+	return e
+}
+
+// startContainerd runs containerd, with its CRI plugin using the CNI plugins in bin and
+// conf, in the lab host's network namespace; it is stopped (and its shims) on cleanup.
+func (e *env) startContainerd(ctx context.Context, bin, conf string) {
+	e.t.Helper()
 	// containerd with its own everything, cgroupfs, OOM score adjustments restricted.
 	cfg := fmt.Sprintf(`version = 2
 root = %[1]q
@@ -258,43 +278,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     bin_dir = %[7]q
     conf_dir = %[8]q
     max_conf_num = 1
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state-ctr"), e.sock, filepath.Join(dir, "ttrpc.sock"),
-		filepath.Join(dir, "opt"), pauseImage, bin, conf)
-	cfgPath := filepath.Join(dir, "containerd.toml")
+`, filepath.Join(e.dir, "root"), filepath.Join(e.dir, "state-ctr"), e.sock, filepath.Join(e.dir, "ttrpc.sock"),
+		filepath.Join(e.dir, "opt"), pauseImage, bin, conf)
+	cfgPath := filepath.Join(e.dir, "containerd.toml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	logf, err := os.Create(filepath.Join(e.dir, "containerd.log"))
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	// nsenter changes only the network namespace: runc needs the host's /sys/fs/cgroup,
 	// which `ip netns exec` would hide behind a fresh sysfs.
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+h.Name, "containerd", "--config", cfgPath)
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+e.host.Name, "containerd", "--config", cfgPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(done) }()
-	t.Cleanup(func() { e.teardown(cmd, done) })
+	e.t.Cleanup(func() { e.teardown(cmd, done) })
 
-	testutil.Eventually(t, 30*time.Second, "containerd answers", func() error {
-		_, err := e.cri(ctx, "version")
+	testutil.Eventually(e.t, 30*time.Second, "containerd answers", func() error {
+		_, err := e.run(ctx, "ctr", "-a", e.sock, "version")
 		return err
 	})
-	archive := filepath.Join(dir, "images.tar")
-	ociArchive(t, archive)
-	if _, err := e.run(ctx, "ctr", "-a", e.sock, "-n", "k8s.io", "images", "import", archive); err != nil {
-		t.Fatalf("import images: %v", err)
-	}
-	testutil.Eventually(t, 10*time.Second, "CRI sees the images", func() error {
-		out, err := e.cri(ctx, "images", "-q")
-		if err != nil || strings.Count(out, "sha256:") < 2 {
-			return fmt.Errorf("crictl images: %q %v", out, err)
-		}
-		return nil
-	})
-	return e
 }
 
 // teardown removes every pod (so containerd runs DEL), stops containerd and its shims, and
