@@ -19,10 +19,10 @@ import (
 )
 
 // pmtuStallBound is the longest the stream may stand still when the path MTU drops under it.
-// Measured: the receiver's loss report (1 s heartbeats) makes the sender re-probe at once
-// and the search takes about a second, so TCP resumes within ~2-3 s; the sleeve's 15 s
-// re-verify alone would stall it for up to 15 s. The bound leaves margin for a loaded machine
-// while still failing on a stall that waits for the periodic re-verify.
+// Measured: the sleeve checks the MTU in use at the next heartbeat (1 s) while data flows,
+// the search ends about a second later, and TCP resumes at its next retransmission: ~3.1 s.
+// Without the check it waited for the 15 s periodic re-probe: ~13 s. The bound leaves margin
+// for a loaded machine and still fails on a stall that waits for the periodic re-probe.
 const pmtuStallBound = 8 * time.Second
 
 // TestDataPlanePMTUDropMidFlow: a TCP stream runs between containers on two hosts over the
@@ -30,8 +30,9 @@ const pmtuStallBound = 8 * time.Second
 // bridge drops larger frames silently). The stream completes with every byte intact and no
 // stall longer than pmtuStallBound, the connection's reported MTU drops to 1280 less the
 // sleeve's overhead, and pings
-// are never duplicated (plaintext and with a password). Then the MTU goes back to 1500 and the stream keeps flowing (the
-// sleeve finds the larger MTU again at its next re-verify).
+// are never duplicated (plaintext and with a password). Then the MTU goes back to 1500: the
+// stream keeps flowing at the lower MTU, and the sleeve's periodic re-probe (at most 15 s
+// later) raises the connection's MTU again, with the stream still flowing.
 func TestDataPlanePMTUDropMidFlow(t *testing.T) {
 	testutil.RequireRoot(t)
 	for _, tc := range []struct {
@@ -83,10 +84,21 @@ func testPMTUDropMidFlow(t *testing.T, args ...string) {
 	if err := lab.SetMTU(lab.Hosts[1], 1500); err != nil {
 		t.Fatal(err)
 	}
+	upAt := time.Now()
 	base = st.received.Load()
 	st.waitBytes(t, base+20<<20, 30*time.Second)
 	pingNoDup(t, nodes[0], nodes[1], 10)
-	t.Logf("after the MTU went back to 1500 the connection reports mtu %d", connMTU(t, nodes[0]))
+	// Nothing tells the sleeve that the path grew; the mid-flow check starts from the MTU in
+	// use, so only the periodic re-probe (from the kernel's value, every 15 s) finds it.
+	testutil.Eventually(t, 30*time.Second, "the sleeve's mtu follows the path back up", func() error {
+		if m := connMTU(t, nodes[0]); m != 1500-overhead {
+			return fmt.Errorf("connection mtu %d, want %d", m, 1500-overhead)
+		}
+		return nil
+	})
+	t.Logf("mtu %d again %v after the path grew", 1500-overhead, time.Since(upAt).Round(10*time.Millisecond))
+	base = st.received.Load()
+	st.waitBytes(t, base+20<<20, 30*time.Second)
 
 	sent, got := st.finish(t)
 	if sent.n != got.n || sent.sum != got.sum {
