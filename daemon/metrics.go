@@ -57,6 +57,8 @@ var (
 		[]string{"reason"}, nil)
 	descGSOBackoffs = prometheus.NewDesc("weave_sleeve_gso_backoffs_total",
 		"Times a peer reported lost super-frames and the sleeve sent it cut TCP segments for a while instead.", nil, nil)
+	descPMTUShrunk = prometheus.NewDesc("weave_sleeve_pmtu_shrunk_total",
+		"Times the sleeve's mid-flow check of a connection's path MTU found it had shrunk silently, and lowered it.", nil, nil)
 	descL2SwitchEvents = prometheus.NewDesc("weave_router_frames_total",
 		"Frames the L2 switch (package l2switch) relayed, dropped, answered with ICMP, fragmented, left to the kernel path, or passed as whole or cut TCP super-frames, by event.",
 		[]string{"event"}, nil)
@@ -129,7 +131,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		if n, ok := c.d.dp.fastdpRefused(); ok {
 			ch <- prometheus.MustNewConstMetric(descFastdpRefused, prometheus.CounterValue, float64(n), "unknown_source")
 		}
-		ch <- prometheus.MustNewConstMetric(descGSOBackoffs, prometheus.CounterValue, float64(c.d.dp.sleeve.Stats().GSOBackoffs))
+		ss := c.d.dp.sleeve.Stats()
+		ch <- prometheus.MustNewConstMetric(descGSOBackoffs, prometheus.CounterValue, float64(ss.GSOBackoffs))
+		ch <- prometheus.MustNewConstMetric(descPMTUShrunk, prometheus.CounterValue, float64(ss.PMTUShrunk))
 		rs := c.d.dp.l2switchStats()
 		for event, v := range map[string]uint64{
 			"relayed": rs.Relayed, "no_route": rs.NoRoute, "oversize": rs.Oversize, "icmp_sent": rs.ICMPSent,

@@ -85,6 +85,8 @@ type neighbour struct {
 		ctlOut  [][]byte
 		probe   probeState
 		lastMTU time.Time
+		// sentData: data datagrams went out since the last heartbeat (checkPMTU).
+		sentData bool
 	}
 }
 

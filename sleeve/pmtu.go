@@ -29,7 +29,11 @@ type probeState struct {
 	cand     int
 	attempts int
 	verified bool
-	timer    *time.Timer
+	// check: this search started from the MTU in use to confirm it (checkPMTU), not from
+	// the kernel's; its end does not count as the periodic re-probe, which alone can find
+	// a path that grew.
+	check bool
+	timer *time.Timer
 }
 
 func (n *neighbour) sendFailed(err error) {
@@ -69,6 +73,28 @@ func (n *neighbour) startProbe() {
 	}
 	hi := n.kernelPMTU()
 	n.send.probe = probeState{active: true, lo: minMTU, hi: hi, cand: hi, verified: n.send.probe.verified, timer: n.send.probe.timer}
+	n.sendProbe()
+}
+
+// checkPMTU confirms, once a heartbeat while data flows, that the path still carries our
+// MTU: one probe of that size. A path MTU can shrink mid-flow with nothing telling us (ICMP
+// filtered, or a bridge dropping larger frames silently); every full-size datagram then
+// vanishes, TCP stalls in retransmission back-off, and no other signal reaches us (the peer
+// sees no pieces, so it reports no lost super-frames). Without this the stall lasts until
+// the periodic re-probe (ReprobeEvery, 15 s); with it, about a heartbeat plus the search.
+// When the probe is lost probeAttempts times the search goes on below it. Must hold n.send.
+func (n *neighbour) checkPMTU() {
+	busy := n.send.sentData
+	n.send.sentData = false
+	p := &n.send.probe
+	if !busy || p.active || !p.verified || !n.path.established.Load() {
+		return
+	}
+	cur := int(n.path.maxPayload.Load()) + n.ipOverhead()
+	if cur <= minMTU {
+		return
+	}
+	*p = probeState{active: true, check: true, lo: minMTU, hi: cur, cand: cur, verified: true, timer: p.timer}
 	n.sendProbe()
 }
 
@@ -119,11 +145,17 @@ func (n *neighbour) onProbeTimeout() {
 }
 
 func (n *neighbour) finishProbe(mtu int) {
-	n.send.probe.active = false
+	check := n.send.probe.check
+	n.send.probe.active, n.send.probe.check = false, false
 	n.send.probe.verified = true
-	n.send.lastMTU = time.Now()
+	if !check {
+		n.send.lastMTU = time.Now()
+	}
 	old := n.path.maxPayload.Swap(int32(mtu - n.ipOverhead()))
 	if int(old) != mtu-n.ipOverhead() {
+		if check {
+			n.s.stats.pmtuShrunk.Add(1)
+		}
 		n.s.log.Info("effective MTU verified", logx.KeyPeer, n.name.String(), logx.KeyPMTU, mtu, logx.KeyMTU, n.maxFrame()-14)
 	}
 	n.tick()

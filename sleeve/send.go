@@ -223,6 +223,7 @@ func (n *neighbour) routineSend() {
 			n.send.Lock()
 			n.heartbeat()
 			n.tick()
+			n.checkPMTU()
 			n.send.Unlock()
 			if n.path.established.Load() {
 				hb.Reset(cfg.SlowHeartbeat)
@@ -259,6 +260,7 @@ func (n *neighbour) sendBatchLocked(b *batch) {
 		n.sendFailed(err)
 		return
 	}
+	n.send.sentData = true
 	n.s.stats.AddOut(b.frames, b.bytes, 0)
 }
 

@@ -79,6 +79,7 @@ type Stats struct {
 	Datagrams     uint64 // datagrams received
 	GSOIncomplete uint64 // super-frames dropped incomplete: a piece lost, or late beyond the reassembly (gso.go)
 	GSOBackoffs   uint64 // times a peer's reported losses turned GSO passthrough to it off for a while
+	PMTUShrunk    uint64 // times a check of the path MTU in use mid-flow found a smaller one (pmtu.go checkPMTU)
 }
 
 // PeerInfo describes the sleeve's connection to a neighbour, for status.
@@ -106,7 +107,7 @@ type Sleeve struct {
 	stats struct {
 		overlay.Counters
 		replayed, authFailed, unknown, malformed, datagrams atomic.Uint64
-		gsoIncomplete, gsoBackoffs                          atomic.Uint64
+		gsoIncomplete, gsoBackoffs, pmtuShrunk              atomic.Uint64
 	}
 	asmPool chan []byte // reassembly buffers of super-frames
 
@@ -230,7 +231,7 @@ func (s *Sleeve) Stats() Stats {
 		Replayed: s.stats.replayed.Load(), AuthFailed: s.stats.authFailed.Load(),
 		UnknownSender: s.stats.unknown.Load(), Malformed: s.stats.malformed.Load(),
 		Datagrams: s.stats.datagrams.Load(), GSOIncomplete: s.stats.gsoIncomplete.Load(),
-		GSOBackoffs: s.stats.gsoBackoffs.Load(),
+		GSOBackoffs: s.stats.gsoBackoffs.Load(), PMTUShrunk: s.stats.pmtuShrunk.Load(),
 	}
 }
 
