@@ -6,19 +6,14 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/weavemesh/weave/internal/netlab"
 )
 
 // TestAttachDetachExposePs attaches containers (by netns name and by PID) with explicit
 // CIDRs, checks that they reach each other and the exposed host over the bridge, that ps and
 // re-attach tell the truth, and that detach and hide undo it all.
 func TestAttachDetachExposePs(t *testing.T) {
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
+	lab := h.Lab()
 	c1, err := h.AddContainer("c1")
 	if err != nil {
 		t.Fatal(err)

@@ -185,11 +185,7 @@ func cniErr(t *testing.T, err error, code uint) *types.Error {
 // DEL without netns or prevResult, well-formed errors, GC, STATUS with the router stopped.
 func TestCNIConformance(t *testing.T) {
 	testutil.RequireRoot(t)
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
 	e := newCNIEnv(t, h, r)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -497,11 +493,7 @@ func TestCNIConformance(t *testing.T) {
 // gets a single gateway.
 func TestCNIParallelAdds(t *testing.T) {
 	testutil.RequireRoot(t)
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
 	e := newCNIEnv(t, h, r)
 	list := e.weaveList("1.1.0", "")
 	const n = 50

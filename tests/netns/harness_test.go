@@ -62,6 +62,17 @@ func (r *router) launch(args ...string) {
 	r.name = lines[len(lines)-1]
 }
 
+// launchOneHost builds a one-host lab and launches a router in it (args as launch's),
+// dumping its log if the test fails.
+func launchOneHost(t *testing.T, args ...string) (*netlab.Host, *router) {
+	t.Helper()
+	h := netlab.New(t, netlab.Options{Hosts: 1}).Hosts[0]
+	r := newRouter(t, h)
+	dumpOnFailure(t, r)
+	r.launch(args...)
+	return h, r
+}
+
 func shortName(ns string) string {
 	if i := strings.LastIndex(ns, "-"); i >= 0 {
 		return ns[i+1:]

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weavemesh/weave/internal/netlab"
 	"github.com/weavemesh/weave/internal/testutil"
 )
 
@@ -15,11 +14,7 @@ import (
 // address, its record and its allocation alone (before, it exited 0 and echoed the CIDR).
 func TestCLIDetachAddressNotOnTarget(t *testing.T) {
 	testutil.RequireRoot(t)
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
 	c, err := h.AddContainer("c1")
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/weavemesh/weave/internal/netlab"
 	"github.com/weavemesh/weave/internal/testutil"
 )
 
@@ -19,11 +18,7 @@ import (
 // the failed ADD removes nothing either. Before, ADD's cleanup deleted eth0 and its peer.
 func TestCNIAddIntoTakenIfName(t *testing.T) {
 	testutil.RequireRoot(t)
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
 	e := newCNIEnv(t, h, r)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -127,11 +127,7 @@ func attachAll(ctx context.Context, r *router, cs []*netlab.Container, onSuccess
 // agree (nothing half-made, no address without its interface), every attach that had
 // succeeded is still there, and every container can be attached again (scenario 6).
 func TestHostileKillDuringParallelAttaches(t *testing.T) {
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var cs []*netlab.Container
@@ -244,11 +240,7 @@ func immutable(t *testing.T, dir string) (undo func()) {
 // address in the container, no address held, no target dialled; after a restart, ps,
 // targets and IPAM are what they were before (scenario 7).
 func TestHostileUnwritableStateDir(t *testing.T) {
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch("--ipalloc-init", "consensus=1", "10.201.0.77")
+	h, r := launchOneHost(t, "--ipalloc-init", "consensus=1", "10.201.0.77")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c1, err := h.AddContainer("c1")
@@ -445,11 +437,8 @@ func TestHostileRefusedLaunchLeavesNoDevices(t *testing.T) {
 // block the open forever) fails within seconds with a clear error, and holds no address
 // (scenario 10).
 func TestHostileAttachToFIFO(t *testing.T) {
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
+	lab := h.Lab()
 	fifo := filepath.Join(lab.Dir, "not-a-netns")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)

@@ -93,11 +93,7 @@ func TestResetLeavesNothing(t *testing.T) {
 // TestKill9AndRelaunchRecovers: after kill -9 (stale socket, held bridge) a launch works,
 // keeps the identity and the attachments.
 func TestKill9AndRelaunchRecovers(t *testing.T) {
-	lab := netlab.New(t, netlab.Options{Hosts: 1})
-	h := lab.Hosts[0]
-	r := newRouter(t, h)
-	dumpOnFailure(t, r)
-	r.launch()
+	h, r := launchOneHost(t)
 	name := r.name
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
