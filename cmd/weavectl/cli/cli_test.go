@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
@@ -85,7 +86,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		f.stopped = true
 		f.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
-		go f.srv.Close()
+		go f.srv.Shutdown(context.Background()) // graceful, like the daemon: the reply goes out first
 	})
 	peers := func(w http.ResponseWriter, r *http.Request) {
 		record(r)
@@ -158,7 +159,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	mux.HandleFunc("POST "+api.PathReset, func(w http.ResponseWriter, r *http.Request) {
 		record(r)
 		w.WriteHeader(http.StatusNoContent)
-		go f.srv.Close()
+		go f.srv.Shutdown(context.Background()) // graceful, like the daemon: the reply goes out first
 	})
 	mux.HandleFunc("POST "+api.PathConnect, peers)
 	mux.HandleFunc("POST "+api.PathForget, peers)
